@@ -1,0 +1,107 @@
+"""Maintenance commands: fingerprint, verify, gc, bases, and the db group."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pvreg.cli.output import emit_json, short, table
+from pvreg.cli.state import open_registry
+from pvreg.cli.vectors import JsonOpt
+
+
+def fingerprint(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="Model directory, .safetensors file or .bin checkpoint.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the canonical fingerprint of a model's weights."""
+    with open_registry(ctx) as reg:
+        fp = reg.fingerprint(path)
+    emit_json({"path": str(path), "fingerprint": fp}) if as_json else print(fp)
+
+
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[Optional[str], typer.Argument(help="Only this reference (default: every version).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-hash blobs and recompute norms; exit 1 on any mismatch."""
+    with open_registry(ctx) as reg:
+        report = reg.verify(ref)
+    if as_json:
+        emit_json(report.model_dump(mode="json") | {"ok": report.ok})
+    else:
+        for p in report.problems:
+            print(f"{p.ref}: {p.problem}", file=sys.stderr)
+        print(f"verified {report.checked} version(s): " + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be removed.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete unreferenced blobs and stale temporary files."""
+    with open_registry(ctx) as reg:
+        report = reg.gc(dry_run=dry_run)
+    if as_json:
+        emit_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes) "
+          f"and {len(report.removed_temp)} temporary file(s)")
+
+
+def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Base models the registry knows, by fingerprint."""
+    with open_registry(ctx) as reg:
+        rows = reg.bases()
+    if as_json:
+        emit_json(rows)
+        return
+    table(["FINGERPRINT", "LABEL", "ARCHITECTURE", "TENSORS", "PATH"],
+          [[short(b.fingerprint, 16), b.label or "-", b.architecture or "-", b.num_tensors or "-", b.local_path or "-"]
+           for b in rows])
+
+
+db_app = typer.Typer(help="Inspect and upgrade the metadata database schema.", no_args_is_help=True)
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Print the schema revision of the database."""
+    from pvreg.registry.api import Registry
+    from pvreg.cli.state import State
+
+    state = ctx.find_object(State) or State()
+    with Registry.open(state.registry, upgrade=False) as reg:
+        print(reg.db_current() or "(empty database)")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Upgrade the schema to this pvreg's head (backing up a SQLite file first)."""
+    from pvreg.registry.api import Registry
+    from pvreg.cli.state import State
+
+    state = ctx.find_object(State) or State()
+    with Registry.open(state.registry, upgrade=False) as reg:
+        before, after, backup = reg.db_upgrade()
+    if before == after:
+        print(f"already at {after}")
+    else:
+        print(f"upgraded {before or '(empty)'} -> {after}" + (f" (backup: {backup})" if backup else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(fingerprint)
+    app.command()(verify)
+    app.command()(gc)
+    app.command()(bases)
+    app.add_typer(db_app, name="db")

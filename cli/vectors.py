@@ -1,0 +1,176 @@
+"""Commands over stored vectors: add, list, show, log, tag, untag, deprecate, rm, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pvreg.cli.output import emit_json, fmt_norm, short, table
+from pvreg.cli.state import open_registry
+from pvreg.registry.api import parse_tags
+from pvreg.schemas import VectorMeta
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+RefArg = Annotated[str, typer.Argument(help="NAME, NAME@N, NAME@ALIAS or sha256:HEX.", show_default=False)]
+
+
+def describe(meta: VectorMeta) -> str:
+    return f"{meta.ref}  sha256:{short(meta.sha256)}  norm={fmt_norm(meta.norm)}"
+
+
+def add(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="Vector name (optional when the file is a pvreg export).", show_default=False)] = None,
+    vector: Annotated[Optional[Path], typer.Option("--vector", help="A safetensors (or .bin) delta file.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="Base model path, or a known base fingerprint.")] = None,
+    positive: Annotated[Optional[Path], typer.Option("--positive", help="Checkpoint (or LoRA adapter) trained on the preference data.")] = None,
+    negative: Annotated[Optional[Path], typer.Option("--negative", help="Checkpoint (or LoRA adapter) trained with chosen/rejected swapped.")] = None,
+    finetuned: Annotated[Optional[Path], typer.Option("--finetuned", help="Fine-tuned checkpoint; the vector is finetuned - base.")] = None,
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="PEFT LoRA adapter directory; the vector is its dense delta.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Stored dtype for built vectors: float32, bfloat16 or float16.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset the vector was trained on, e.g. PKU-SafeRLHF:helpful.")] = None,
+    sign: Annotated[Optional[int], typer.Option("--sign", help="+1 if the delta points toward the preference, -1 if away.")] = None,
+    description: Annotated[Optional[str], typer.Option("--description", help="Description of the vector name.")] = None,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Message for this version.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE metadata tag (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a vector and store it as the next version of NAME."""
+    tags = parse_tags(tag or [])
+    with open_registry(ctx) as reg:
+        meta = reg.add(
+            name, vector, base=base, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
+            dtype=dtype, dataset=dataset, sign=sign, description=description, message=message, tags=tags,
+        )
+    emit_json(meta) if as_json else print(describe(meta))
+
+
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """One row per vector name: its latest version and how many there are."""
+    with open_registry(ctx) as reg:
+        entries = reg.list()
+    if as_json:
+        emit_json(entries)
+        return
+    if not entries:
+        print("no vectors registered")
+        return
+    table(
+        ["NAME", "LATEST", "VERSIONS", "BASE", "DATASET", "SIGN", "NORM"],
+        [
+            [e.name, e.version, e.versions, e.base_label or short(e.base_fingerprint), e.dataset or "-",
+             f"{e.sign:+d}", fmt_norm(e.norm)]
+            for e in entries
+        ],
+    )
+
+
+def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
+    """Everything known about one version."""
+    with open_registry(ctx) as reg:
+        meta = reg.show(ref)
+        base = reg.base_info(meta.base_fingerprint)
+    if as_json:
+        emit_json(meta)
+        return
+    rows = [
+        ("ref", meta.ref),
+        ("state", meta.state),
+        ("sha256", meta.sha256),
+        ("size", f"{meta.size_bytes} bytes"),
+        ("base", meta.base_fingerprint + (f" ({base.label})" if base and base.label else "")),
+        ("dataset", meta.dataset or "-"),
+        ("sign", f"{meta.sign:+d}"),
+        ("norm", f"{meta.norm:.6g}"),
+        ("dtype", meta.dtype),
+        ("tensors", f"{meta.num_tensors} ({meta.num_params} parameters)"),
+        ("kind", meta.kind),
+        ("created", meta.created_at.isoformat()),
+        ("aliases", ", ".join(meta.aliases) or "-"),
+        ("tags", ", ".join(f"{k}={v}" for k, v in meta.tags.items()) or "-"),
+        ("parents", ", ".join(_parent(p.ref, p.coefficient) for p in meta.parents) or "-"),
+        ("message", meta.message or "-"),
+        ("description", meta.description or "-"),
+    ]
+    for k, v in rows:
+        print(f"{k + ':':<13}{v}")
+
+
+def _parent(ref: str, coefficient: float | None) -> str:
+    return ref if coefficient is None else f"{ref}:{coefficient:g}"
+
+
+def log(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Vector name.")], as_json: JsonOpt = False) -> None:
+    """All versions of NAME, newest first, with lineage."""
+    with open_registry(ctx) as reg:
+        metas = reg.log(name)
+    if as_json:
+        emit_json(metas)
+        return
+    table(
+        ["VERSION", "STATE", "SHA256", "KIND", "NORM", "CREATED", "ALIASES", "PARENTS", "MESSAGE"],
+        [
+            [m.version, m.state, short(m.sha256), m.kind, fmt_norm(m.norm), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+             ",".join(m.aliases) or "-", ",".join(_parent(p.ref, p.coefficient) for p in m.parents) or "-",
+             m.message or "-"]
+            for m in metas
+        ],
+    )
+
+
+def tag(ctx: typer.Context, ref: RefArg, alias: Annotated[str, typer.Argument(help="Alias, e.g. prod.")]) -> None:
+    """Point ALIAS of the vector at REF (moving it if it exists)."""
+    with open_registry(ctx) as reg:
+        meta = reg.tag(ref, alias)
+    print(f"{meta.name}@{alias} -> {meta.ref}")
+
+
+def untag(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Vector name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to remove.")],
+) -> None:
+    """Remove ALIAS from vector NAME."""
+    with open_registry(ctx) as reg:
+        reg.untag(name, alias)
+    print(f"removed {name}@{alias}")
+
+
+def deprecate(ctx: typer.Context, ref: RefArg) -> None:
+    """Mark a version deprecated (a bare NAME no longer resolves to it)."""
+    with open_registry(ctx) as reg:
+        meta = reg.deprecate(ref)
+    print(f"deprecated {meta.ref}")
+
+
+def rm(ctx: typer.Context, ref: RefArg) -> None:
+    """Remove a version's metadata (its blob stays until gc)."""
+    with open_registry(ctx) as reg:
+        meta = reg.rm(ref)
+    print(f"removed {meta.ref} (blob sha256:{short(meta.sha256)} stays until gc)")
+
+
+def export(
+    ctx: typer.Context,
+    ref: RefArg,
+    file: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the vector with its metadata embedded (pvreg add restores it)."""
+    with open_registry(ctx) as reg:
+        out = reg.export(ref, file, force=force)
+    print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(add)
+    app.command("list")(list_)
+    app.command()(show)
+    app.command()(log)
+    app.command()(tag)
+    app.command()(untag)
+    app.command()(deprecate)
+    app.command()(rm)
+    app.command()(export)

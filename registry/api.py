@@ -1,0 +1,755 @@
+"""The ``Registry`` service: every pvreg operation, for the CLI and for Python users.
+
+It takes and returns ``pvreg.schemas`` models, never ORM rows, and raises only
+``PvregError`` subclasses for expected failures.  Storage sits below it: the
+database (``db``/``models``), the blob store, and tensor I/O.  Heavy modules
+(torch, alembic, huggingface_hub) load inside the operations that need them,
+so read-only commands stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from pvreg.registry import db
+from pvreg.registry.blobstore import BlobStore
+from pvreg.registry.errors import (
+    AmbiguousReferenceError,
+    BaseMismatchError,
+    InvalidNameError,
+    InvalidVectorError,
+    NotFoundError,
+    OutputExistsError,
+    UserError,
+)
+from pvreg.registry.models import Alias, BaseModelRow, Vector, Version, VersionParent, VersionTag
+from pvreg.registry.refs import HEX64_RE, Ref, check_name, parse_ref
+from pvreg.registry.settings import Settings
+from pvreg.schemas import (
+    BaseModelInfo,
+    GcReport,
+    ListEntry,
+    ParentRef,
+    VectorMeta,
+    VerifyProblem,
+    VerifyReport,
+)
+
+if TYPE_CHECKING:
+    from pvreg.registry.fingerprint import FingerprintCache
+    from pvreg.registry.ingest import BlobStats, TensorSource
+    from pvreg.registry.tensorio import Checkpoint, TensorInfo
+
+FP_PREFIX_RE = re.compile(r"[0-9a-f]{8,64}")
+
+
+@dataclass
+class ResolvedBase:
+    """A base model as given on the command line, resolved to a fingerprint."""
+
+    fingerprint: str
+    infos: "Mapping[str, TensorInfo] | None" = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+@dataclass
+class NewVersion:
+    """Everything needed to insert a version once its blob is stored."""
+
+    name: str
+    stats: "BlobStats"
+    base: ResolvedBase
+    kind: str = "file"
+    dataset: str | None = None
+    sign: int = 1
+    description: str | None = None
+    message: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    parents: list[ParentRef] = field(default_factory=list)
+    dedupe: bool = False
+
+
+def parse_tags(pairs: Iterable[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings to a dict; a malformed pair is a user error."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or len(key) > 128:
+            raise UserError(f"invalid tag {pair!r}: expected KEY=VALUE with a key of 1-128 characters")
+        tags[key.strip()] = value
+    return tags
+
+
+def _check_sign(sign: int) -> int:
+    if sign not in (1, -1):
+        raise UserError(f"invalid sign {sign!r}: must be 1 or -1")
+    return sign
+
+
+def _utc(dt: Any) -> Any:
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+class Registry:
+    """A preference-vector registry: metadata database plus blob store.
+
+    Open one with :meth:`open`; it is a context manager that disposes of its
+    database connections on exit.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = db.make_engine(settings.database_url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.blobs = BlobStore(settings.blob_dir)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> "Registry":
+        """Open (creating if needed) the registry at ``location``.
+
+        Args:
+            location: a registry directory or a SQLAlchemy database URL; default
+                ``PVREG_HOME`` or the platform data directory.
+            upgrade: migrate an older schema (after backing up a SQLite file).
+
+        Raises:
+            DatabaseVersionError: the database is newer than this pvreg, or a
+                migration failed (the original database stays usable).
+        """
+        settings = Settings.resolve(location)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        reg = cls(settings)
+        try:
+            reg.blobs.ensure()
+            if upgrade:
+                db.ensure_current(reg.engine, settings)
+        except BaseException:
+            reg.close()
+            raise
+        return reg
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def db_current(self) -> str | None:
+        """The schema revision the database is at."""
+        return db.current_revision(self.engine)
+
+    def db_upgrade(self) -> tuple[str | None, str | None, Path | None]:
+        """Upgrade the schema to this pvreg's head; returns (from, to, backup path)."""
+        return db.upgrade(self.engine, self.settings)
+
+    @property
+    def fingerprint_cache(self) -> "FingerprintCache":
+        from pvreg.registry.fingerprint import FingerprintCache
+
+        return FingerprintCache(self.settings.cache_dir / "fingerprints")
+
+    # --- bases ---------------------------------------------------------------
+
+    def fingerprint(self, path: str | os.PathLike[str]) -> str:
+        """Canonical fingerprint of a model (directory, shards, file or ``.bin``)."""
+        from pvreg.registry.fingerprint import fingerprint_path
+
+        return fingerprint_path(path, self.fingerprint_cache)
+
+    def resolve_base(self, base: str | os.PathLike[str]) -> ResolvedBase:
+        """A base given as a path (fingerprinted, shapes known) or a fingerprint (prefix).
+
+        Raises:
+            NotFoundError: neither an existing path nor a known fingerprint.
+            AmbiguousReferenceError: a fingerprint prefix matches several bases.
+        """
+        from pvreg.registry.fingerprint import fingerprint_checkpoint
+        from pvreg.registry.ingest import base_config_facts
+        from pvreg.registry.tensorio import open_checkpoint
+
+        text = os.fspath(base)
+        path = Path(text).expanduser()
+        if path.exists():
+            with open_checkpoint(path) as ckpt:
+                fp = fingerprint_checkpoint(ckpt, self.fingerprint_cache)
+                directory = ckpt.directory
+                facts: dict[str, Any] = {
+                    "label": (directory or path).name,
+                    "num_tensors": len(ckpt.infos),
+                    "num_params": ckpt.num_params,
+                    "local_path": str(path.resolve()),
+                    **base_config_facts(directory),
+                }
+                return ResolvedBase(fp, dict(ckpt.infos), facts, path.resolve())
+        lowered = text.lower().removeprefix("sha256:")
+        if FP_PREFIX_RE.fullmatch(lowered):
+            with db.read_session(self._sessions) as s:
+                rows = s.scalars(
+                    select(BaseModelRow).where(BaseModelRow.fingerprint.startswith(lowered))
+                ).all()
+            if len(rows) > 1:
+                raise AmbiguousReferenceError(f"base fingerprint prefix {text!r} matches {len(rows)} bases")
+            if rows:
+                row = rows[0]
+                if row.local_path and Path(row.local_path).exists():
+                    resolved = self.resolve_base(row.local_path)
+                    if resolved.fingerprint == row.fingerprint:
+                        return resolved
+                return ResolvedBase(row.fingerprint)
+            if HEX64_RE.fullmatch(lowered):
+                return ResolvedBase(lowered)
+            raise NotFoundError(f"base {text!r}: no such path, and no known base fingerprint starts with it")
+        raise NotFoundError(f"base {text!r}: no such file or directory")
+
+    def bases(self) -> list[BaseModelInfo]:
+        with db.read_session(self._sessions) as s:
+            rows = s.scalars(select(BaseModelRow).order_by(BaseModelRow.created_at)).all()
+            return [_base_info(r) for r in rows]
+
+    def base_info(self, fingerprint: str) -> BaseModelInfo | None:
+        with db.read_session(self._sessions) as s:
+            row = s.get(BaseModelRow, fingerprint)
+            return _base_info(row) if row else None
+
+    # --- adding ----------------------------------------------------------------
+
+    def add(
+        self,
+        name: str | None,
+        vector: str | os.PathLike[str] | None = None,
+        *,
+        base: str | os.PathLike[str] | None = None,
+        positive: str | os.PathLike[str] | None = None,
+        negative: str | os.PathLike[str] | None = None,
+        finetuned: str | os.PathLike[str] | None = None,
+        lora: str | os.PathLike[str] | None = None,
+        dataset: str | None = None,
+        sign: int | None = None,
+        description: str | None = None,
+        message: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        dtype: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> VectorMeta:
+        """Validate a vector and store it as the next version of ``name``.
+
+        Exactly one source is given: ``vector`` (a delta file; an exported pvreg
+        file restores its metadata, so ``name`` and ``base`` may then be
+        omitted), ``positive``+``negative`` (φ = θ+ − θ−), ``finetuned``
+        (φ = θft − θbase), or ``lora`` (a PEFT adapter's dense ΔW).
+
+        Raises:
+            InvalidNameError, NotFoundError, InvalidTensorFileError,
+            InvalidVectorError, BaseMismatchError, UnsupportedAdapterError.
+        """
+        sources = {
+            "vector": vector is not None,
+            "positive/negative": positive is not None or negative is not None,
+            "finetuned": finetuned is not None,
+            "lora": lora is not None and positive is None,
+        }
+        chosen = [k for k, v in sources.items() if v]
+        if len(chosen) != 1:
+            raise UserError(
+                "give exactly one source: --vector FILE, --positive DIR --negative DIR, "
+                "--finetuned DIR or --lora DIR"
+                + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        if name is not None:
+            check_name(name)
+        tag_map = dict(tags or {})
+        if sign is not None:
+            _check_sign(sign)
+        if vector is not None:
+            return self._add_file(
+                name, Path(vector), base=base, dataset=dataset, sign=sign, description=description,
+                message=message, tags=tag_map, progress=progress,
+            )
+        from pvreg.registry import extract
+
+        if name is None:
+            raise InvalidNameError("a vector name is required")
+        if base is None:
+            raise UserError("--base is required to build a vector from checkpoints")
+        resolved = self.resolve_base(base)
+        made = extract.build_source(
+            resolved, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
+            dtype=dtype, cache=self.fingerprint_cache,
+        )
+        return self._store(
+            made.source,
+            NewVersion(
+                name=name, stats=None, base=resolved, kind=made.kind,  # type: ignore[arg-type]
+                dataset=dataset, sign=sign or 1, description=description, message=message,
+                tags=tag_map, provenance=made.provenance,
+            ),
+            progress=progress,
+            after=made.finish,
+        )
+
+    def _add_file(
+        self,
+        name: str | None,
+        path: Path,
+        *,
+        base: str | os.PathLike[str] | None,
+        dataset: str | None,
+        sign: int | None,
+        description: str | None,
+        message: str | None,
+        tags: dict[str, str],
+        progress: Callable[[int], None] | None,
+    ) -> VectorMeta:
+        from pvreg.registry.ingest import CheckpointSource, check_plan
+        from pvreg.registry.tensorio import open_checkpoint
+
+        with open_checkpoint(path) as ckpt:
+            embedded = _embedded_meta(path, ckpt.metadata)
+            if name is None:
+                if embedded is None:
+                    raise InvalidNameError("a vector name is required (the file carries no pvreg metadata)")
+                name = embedded.name
+            if base is None:
+                if embedded is None:
+                    raise UserError("--base is required (the file carries no pvreg metadata)")
+                base = embedded.base_fingerprint
+            resolved = self.resolve_base(base)
+            if embedded is not None and embedded.base_fingerprint != resolved.fingerprint:
+                raise BaseMismatchError(
+                    f"{path}: was made for base {embedded.base_fingerprint[:16]} "
+                    f"but --base has fingerprint {resolved.fingerprint[:16]}"
+                )
+            source = CheckpointSource(ckpt, str(path))
+            check_plan(source.plan(), str(path), resolved.infos)
+            e = embedded
+            new = NewVersion(
+                name=name,
+                stats=None,  # type: ignore[arg-type]
+                base=resolved,
+                kind=e.kind if e else "file",
+                dataset=dataset if dataset is not None else (e.dataset if e else None),
+                sign=sign if sign is not None else (e.sign if e else 1),
+                description=description if description is not None else (e.description if e else None),
+                message=message if message is not None else (e.message if e else None),
+                tags={**(e.tags if e else {}), **tags},
+                provenance=(
+                    {**e.provenance, "restored_from": {"ref": e.ref, "path": str(path.resolve())}}
+                    if e
+                    else {"source": "file", "path": str(path.resolve())}
+                ),
+                parents=list(e.parents) if e else [],
+            )
+            return self._store(
+                source, new, progress=progress, expect_sha256=e.sha256 if e else None
+            )
+
+    def _store(
+        self,
+        source: "TensorSource",
+        new: NewVersion,
+        *,
+        progress: Callable[[int], None] | None = None,
+        expect_sha256: str | None = None,
+        after: Callable[["BlobStats"], None] | None = None,
+    ) -> VectorMeta:
+        """Write the blob and insert its version, holding gc off in between."""
+        from pvreg.registry.ingest import write_blob
+
+        with self.blobs.writer_lock():
+            new.stats = write_blob(source, self.blobs, progress=progress, expect_sha256=expect_sha256)
+            if after is not None:
+                after(new.stats)
+            return self.commit_version(new)
+
+    def commit_version(self, new: NewVersion) -> VectorMeta:
+        """Insert a version for a blob already in the store (one transaction, retried).
+
+        With ``new.dedupe`` an existing version of the same name with the same
+        sha256 is returned instead of creating another.
+        """
+        stats = new.stats
+
+        def work(s: Session) -> int:
+            vec = s.scalar(select(Vector).where(Vector.name == new.name))
+            if vec is None:
+                vec = Vector(name=new.name, description=new.description)
+                s.add(vec)
+                s.flush()
+            elif new.description is not None:
+                vec.description = new.description
+            if new.dedupe:
+                existing = s.scalar(
+                    select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256)
+                )
+                if existing is not None:
+                    return existing
+            base_row = s.get(BaseModelRow, new.base.fingerprint)
+            if base_row is None:
+                base_row = BaseModelRow(fingerprint=new.base.fingerprint)
+                s.add(base_row)
+            for key in ("label", "hub_id", "architecture", "num_tensors", "num_params", "local_path"):
+                value = new.base.facts.get(key)
+                if value is not None and (key in ("local_path", "num_tensors", "num_params") or getattr(base_row, key) is None):
+                    setattr(base_row, key, value)
+            last = s.scalar(select(func.max(Version.version)).where(Version.vector_id == vec.id)) or 0
+            row = Version(
+                vector_id=vec.id,
+                version=last + 1,
+                sha256=stats.sha256,
+                size_bytes=stats.size_bytes,
+                base_fingerprint=new.base.fingerprint,
+                dataset=new.dataset,
+                sign=new.sign,
+                norm=stats.norm,
+                tensor_norms=stats.tensor_norms,
+                dtype=stats.dtype,
+                num_tensors=stats.num_tensors,
+                num_params=stats.num_params,
+                kind=new.kind,
+                provenance={**new.provenance, **stats.extra},
+                message=new.message,
+                state="active",
+            )
+            s.add(row)
+            s.flush()
+            for pos, p in enumerate(new.parents):
+                s.add(VersionParent(version_id=row.id, position=pos, parent_ref=p.ref,
+                                    parent_sha256=p.sha256, coefficient=p.coefficient))
+            for k, v in sorted(new.tags.items()):
+                s.add(VersionTag(version_id=row.id, key=k, value=v))
+            return row.id
+
+        version_id = db.run_transaction(self._sessions, work)
+        return self._meta_by_id(version_id)
+
+    # --- reading ---------------------------------------------------------------
+
+    def _resolve_row(self, s: Session, ref: str | Ref) -> Version:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        q = select(Version).join(Vector).options(*_LOAD)
+        if r.sha_prefix is not None:
+            rows = s.scalars(
+                q.where(Version.sha256.startswith(r.sha_prefix)).order_by(Version.created_at.desc(), Version.id.desc())
+            ).all()
+            shas = {row.sha256 for row in rows}
+            if not rows:
+                raise NotFoundError(f"unknown reference {r.text!r}: no version has that sha256")
+            if len(shas) > 1:
+                raise AmbiguousReferenceError(
+                    f"ambiguous reference {r.text!r}: matches {len(shas)} blobs; give more hex digits"
+                )
+            return rows[0]
+        vec = s.scalar(select(Vector).where(Vector.name == r.name))
+        if vec is None:
+            raise NotFoundError(f"unknown reference {r.text!r}: no vector named {r.name!r}")
+        if r.version is not None:
+            row = s.scalar(q.where(Version.vector_id == vec.id, Version.version == r.version))
+            if row is None:
+                raise NotFoundError(f"unknown reference {r.text!r}: {r.name} has no version {r.version}")
+            return row
+        if r.alias is not None:
+            alias = s.get(Alias, (vec.id, r.alias))
+            if alias is None:
+                raise NotFoundError(f"unknown reference {r.text!r}: {r.name} has no alias {r.alias!r}")
+            return s.scalar(q.where(Version.id == alias.version_id))  # type: ignore[return-value]
+        row = s.scalar(
+            q.where(Version.vector_id == vec.id, Version.state == "active").order_by(Version.version.desc()).limit(1)
+        )
+        if row is None:
+            raise NotFoundError(
+                f"unknown reference {r.text!r}: {r.name} has no active version (name one as {r.name}@N)"
+            )
+        return row
+
+    def resolve(self, ref: str) -> VectorMeta:
+        """The version a reference points at.
+
+        Raises:
+            InvalidReferenceError, NotFoundError, AmbiguousReferenceError.
+        """
+        with db.read_session(self._sessions) as s:
+            row = self._resolve_row(s, ref)
+            return _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+
+    show = resolve
+
+    def _meta_by_id(self, version_id: int) -> VectorMeta:
+        with db.read_session(self._sessions) as s:
+            row = s.scalar(select(Version).where(Version.id == version_id).options(*_LOAD))
+            assert row is not None
+            return _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+
+    def list(self) -> list[ListEntry]:
+        """The latest version of every name (latest active one when there is one)."""
+        with db.read_session(self._sessions) as s:
+            active_max = (
+                select(Version.vector_id, func.max(Version.version).label("v"))
+                .where(Version.state == "active")
+                .group_by(Version.vector_id)
+                .subquery()
+            )
+            any_max = (
+                select(Version.vector_id, func.max(Version.version).label("v"), func.count().label("n"))
+                .group_by(Version.vector_id)
+                .subquery()
+            )
+            rows = s.execute(
+                select(Version, any_max.c.n)
+                .join(any_max, any_max.c.vector_id == Version.vector_id)
+                .outerjoin(active_max, active_max.c.vector_id == Version.vector_id)
+                .where(Version.version == func.coalesce(active_max.c.v, any_max.c.v))
+                .options(*_LOAD)
+            ).all()
+            aliases = _aliases_of(s, [r[0].id for r in rows])
+            labels = dict(s.execute(select(BaseModelRow.fingerprint, BaseModelRow.label)).all())
+            out = [
+                ListEntry(
+                    **_to_meta(row, aliases.get(row.id, [])).model_dump(),
+                    versions=n,
+                    base_label=labels.get(row.base_fingerprint),
+                )
+                for row, n in rows
+            ]
+        return sorted(out, key=lambda e: e.name)
+
+    def log(self, name: str) -> list[VectorMeta]:
+        """All versions of ``name``, newest first."""
+        check_name(name)
+        with db.read_session(self._sessions) as s:
+            vec = s.scalar(select(Vector).where(Vector.name == name))
+            if vec is None:
+                raise NotFoundError(f"unknown vector {name!r}")
+            rows = s.scalars(
+                select(Version).where(Version.vector_id == vec.id).order_by(Version.version.desc()).options(*_LOAD)
+            ).all()
+            aliases = _aliases_of(s, [r.id for r in rows])
+            return [_to_meta(r, aliases.get(r.id, [])) for r in rows]
+
+    def blob_path(self, ref: str) -> Path:
+        """Where the canonical blob of ``ref`` is stored (read-only!)."""
+        meta = self.resolve(ref)
+        path = self.blobs.path(meta.sha256)
+        if not path.is_file():
+            raise NotFoundError(f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing from the store (run pvreg verify)")
+        return path
+
+    # --- changing metadata --------------------------------------------------------
+
+    def tag(self, ref: str, alias: str) -> VectorMeta:
+        """Point ``alias`` of the referenced vector at this version (moving it if set)."""
+        check_name(alias, what="alias")
+        if alias.isdigit():
+            raise InvalidNameError(f"invalid alias {alias!r}: an alias cannot be a number (it would read as a version)")
+
+        def work(s: Session) -> int:
+            row = self._resolve_row(s, ref)
+            existing = s.get(Alias, (row.vector_id, alias))
+            if existing is None:
+                s.add(Alias(vector_id=row.vector_id, alias=alias, version_id=row.id))
+            else:
+                existing.version_id = row.id
+            return row.id
+
+        return self._meta_by_id(db.run_transaction(self._sessions, work))
+
+    def untag(self, name: str, alias: str) -> None:
+        check_name(name)
+        check_name(alias, what="alias")
+
+        def work(s: Session) -> None:
+            vec = s.scalar(select(Vector).where(Vector.name == name))
+            row = s.get(Alias, (vec.id, alias)) if vec else None
+            if row is None:
+                raise NotFoundError(f"{name} has no alias {alias!r}")
+            s.delete(row)
+
+        db.run_transaction(self._sessions, work)
+
+    def deprecate(self, ref: str) -> VectorMeta:
+        """Mark a version deprecated: bare ``NAME`` no longer resolves to it."""
+
+        def work(s: Session) -> int:
+            row = self._resolve_row(s, ref)
+            row.state = "deprecated"
+            return row.id
+
+        return self._meta_by_id(db.run_transaction(self._sessions, work))
+
+    def rm(self, ref: str) -> VectorMeta:
+        """Remove a version's metadata; its blob stays until ``gc`` finds it unreferenced."""
+
+        def work(s: Session) -> VectorMeta:
+            row = self._resolve_row(s, ref)
+            meta = _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+            vector_id = row.vector_id
+            s.delete(row)
+            s.flush()
+            remaining = s.scalar(select(func.count()).select_from(Version).where(Version.vector_id == vector_id))
+            if not remaining:
+                s.delete(s.get(Vector, vector_id))
+            return meta
+
+        return db.run_transaction(self._sessions, work)
+
+    # --- maintenance ------------------------------------------------------------------
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Delete blobs no version references, and temporary files of dead writers.
+
+        Holds the store's exclusive lock, so no writer is between writing a
+        blob and committing the version that references it.
+        """
+        report = GcReport()
+        with self.blobs.gc_lock():
+            with db.read_session(self._sessions) as s:
+                referenced = set(s.scalars(select(Version.sha256).distinct()).all())
+            for sha, path in list(self.blobs.iter_blobs()):
+                if sha not in referenced:
+                    report.removed_blobs.append(sha)
+                    report.freed_bytes += path.stat().st_size
+                    if not dry_run:
+                        self.blobs.delete(sha)
+            for tmp in list(self.blobs.iter_temp()):
+                if self.blobs.stale(tmp):
+                    report.removed_temp.append(str(tmp))
+                    if not dry_run:
+                        from pvreg.registry.fsutil import remove_path
+
+                        remove_path(tmp)
+            for extra in self._gc_extra(dry_run):
+                report.removed_temp.append(extra)
+        return report
+
+    def _gc_extra(self, dry_run: bool) -> list[str]:
+        """Hook for leftovers outside the blob store (compose staging directories)."""
+        from pvreg.registry.fsutil import remove_path
+
+        removed = []
+        pending = self.settings.home / "pending"
+        if pending.is_dir():
+            for marker in pending.glob("*.json"):
+                if not self.blobs.stale(marker):
+                    continue
+                try:
+                    target = Path(json.loads(marker.read_text())["path"])
+                except (ValueError, KeyError, OSError):
+                    target = None
+                if target is not None and target.exists():
+                    removed.append(str(target))
+                    if not dry_run:
+                        remove_path(target)
+                if not dry_run:
+                    remove_path(marker)
+        return removed
+
+    def verify(self, ref: str | None = None) -> VerifyReport:
+        """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""
+        from pvreg.registry.verify import verify_versions
+
+        metas = [self.resolve(ref)] if ref is not None else self._all_versions()
+        return verify_versions(metas, self.blobs)
+
+    def _all_versions(self) -> list[VectorMeta]:
+        with db.read_session(self._sessions) as s:
+            rows = s.scalars(select(Version).join(Vector).order_by(Vector.name, Version.version).options(*_LOAD)).all()
+            aliases = _aliases_of(s, [r.id for r in rows])
+            return [_to_meta(r, aliases.get(r.id, [])) for r in rows]
+
+    def export(self, ref: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the blob with its ``VectorMeta`` embedded in ``__metadata__['pvreg']``.
+
+        Raises:
+            OutputExistsError: ``path`` exists and ``force`` is false.
+        """
+        from pvreg.registry.export import write_exported
+
+        meta = self.resolve(ref)
+        out = Path(path)
+        if out.exists() and not force:
+            raise OutputExistsError(f"{out}: already exists (use --force to overwrite)")
+        if out.is_dir():
+            raise OutputExistsError(f"{out}: is a directory")
+        write_exported(self.blob_path(meta.ref), meta, out)
+        return out
+
+
+_LOAD = (
+    selectinload(Version.vector),
+    selectinload(Version.parents),
+    selectinload(Version.tags),
+)
+
+
+def _aliases_of(s: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    if not version_ids:
+        return out
+    for vid, alias in s.execute(
+        select(Alias.version_id, Alias.alias).where(Alias.version_id.in_(version_ids)).order_by(Alias.alias)
+    ):
+        out.setdefault(vid, []).append(alias)
+    return out
+
+
+def _to_meta(row: Version, aliases: list[str]) -> VectorMeta:
+    return VectorMeta(
+        name=row.vector.name,
+        version=row.version,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        base_fingerprint=row.base_fingerprint,
+        dataset=row.dataset,
+        sign=row.sign,  # type: ignore[arg-type]
+        norm=row.norm,
+        tensor_norms=row.tensor_norms or {},
+        dtype=row.dtype,
+        num_tensors=row.num_tensors,
+        num_params=row.num_params,
+        kind=row.kind,  # type: ignore[arg-type]
+        provenance=row.provenance or {},
+        parents=[ParentRef(ref=p.parent_ref, sha256=p.parent_sha256, coefficient=p.coefficient) for p in row.parents],
+        message=row.message,
+        tags={t.key: t.value for t in row.tags},
+        aliases=aliases,
+        created_at=_utc(row.created_at),
+        state=row.state,  # type: ignore[arg-type]
+        description=row.vector.description,
+    )
+
+
+def _base_info(row: BaseModelRow) -> BaseModelInfo:
+    return BaseModelInfo(
+        fingerprint=row.fingerprint, label=row.label, hub_id=row.hub_id, architecture=row.architecture,
+        num_tensors=row.num_tensors, num_params=row.num_params, local_path=row.local_path,
+    )
+
+
+def _embedded_meta(path: Path, metadata: Mapping[str, str]) -> VectorMeta | None:
+    raw = metadata.get("pvreg")
+    if raw is None:
+        return None
+    from pydantic import ValidationError
+
+    try:
+        return VectorMeta.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidVectorError(f"{path}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}") from None

@@ -1,0 +1,136 @@
+"""Crash-safe file writing and the locks that order writers against ``gc``.
+
+Every file pvreg creates is written to a temporary name in the destination
+directory, fsynced, and renamed into place, so a reader (or a crash) only ever
+sees the old state or the complete new one.  Temporary files are held under an
+exclusive ``flock`` while being written: ``gc`` deletes a temporary file only
+when it can take that lock, i.e. when its writer is dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_PREFIX = ".pvreg-tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a rename: fsync the directory that holds the entry."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_sibling(target: Path, suffix: str = "") -> Path:
+    """A unique temporary name next to ``target`` (same filesystem, so rename is atomic)."""
+    return target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}{suffix}"
+
+
+class AtomicFile:
+    """A binary file that appears at ``target`` only on :meth:`commit`.
+
+    Used as a context manager: leaving the block without ``commit`` (an
+    exception, a ``return``) deletes the temporary file.
+    """
+
+    def __init__(self, target: Path, *, overwrite: bool = True) -> None:
+        self.target = target
+        self.overwrite = overwrite
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = temp_sibling(target, ".part")
+        self.handle: BinaryIO = open(self.temp, "xb")  # noqa: SIM115 - closed in commit/abort
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        self.done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.handle.write(data)
+
+    def commit(self, target: Path | None = None) -> Path:
+        """Make the file visible at ``target`` (default: the one given at creation).
+
+        A different ``target`` must be on the same filesystem; content-addressed
+        writers only learn their final name once every byte is hashed.
+        """
+        if target is not None:
+            self.target = target
+            target.parent.mkdir(parents=True, exist_ok=True)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        if not self.overwrite and self.target.exists():
+            self.abort()
+            return self.target
+        os.replace(self.temp, self.target)
+        self.handle.close()
+        fsync_dir(self.target.parent)
+        self.done = True
+        return self.target
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.temp.unlink()
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def write_bytes_atomic(target: Path, data: bytes) -> None:
+    with AtomicFile(target) as out:
+        out.write(data)
+        out.commit()
+
+
+def is_stale_temp(path: Path) -> bool:
+    """True when no live process holds the temporary file or directory's lock."""
+    lock_target = path / ".lock" if path.is_dir() else path
+    try:
+        fd = os.open(lock_target, os.O_RDONLY)
+    except FileNotFoundError:
+        return path.is_dir()  # a temp dir without lock file was never claimed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, shared: bool) -> Iterator[None]:
+    """Hold a shared or exclusive advisory lock on ``path`` (created if missing).
+
+    Writers that create blobs hold it shared from the blob write until their
+    database commit; ``gc`` holds it exclusively, so it never sees a blob that
+    is in place but not yet referenced.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

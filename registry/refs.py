@@ -1,0 +1,74 @@
+"""Names and references: the grammar users type everywhere.
+
+``NAME`` (latest active version), ``NAME@N``, ``NAME@ALIAS``, ``sha256:HEX``
+(at least 8 hex digits).  Names and aliases are slugs so they are safe as
+file and Hub path components.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pvreg.registry.errors import InvalidNameError, InvalidReferenceError
+
+NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+SHA_RE = re.compile(r"[0-9a-f]{8,64}")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _printable(value: str) -> str:
+    return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+
+
+def check_name(name: str, *, what: str = "name") -> str:
+    """Validate a vector name or alias (lowercase letters, digits, ``-_.``; 1-64 chars)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        if isinstance(name, str) and len(name) > 64:
+            why = f"is {len(name)} characters (at most 64)"
+        elif not name:
+            why = "is empty"
+        else:
+            why = "may only contain lowercase letters, digits, '-', '_' and '.'"
+        raise InvalidNameError(f"invalid {what} {_printable(str(name))}: {why}")
+    return name
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed reference; exactly one of the selector fields is set (or none: latest)."""
+
+    text: str
+    name: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    sha_prefix: str | None = None
+
+
+def parse_ref(text: str) -> Ref:
+    if not isinstance(text, str) or not text:
+        raise InvalidReferenceError("empty reference")
+    if text.startswith("sha256:"):
+        hexpart = text[len("sha256:"):].lower()
+        if not SHA_RE.fullmatch(hexpart):
+            raise InvalidReferenceError(
+                f"invalid reference {_printable(text)}: sha256: needs 8 to 64 hex digits"
+            )
+        return Ref(text=text, sha_prefix=hexpart)
+    name, sep, selector = text.partition("@")
+    try:
+        check_name(name)
+    except InvalidNameError as exc:
+        raise InvalidReferenceError(f"invalid reference {_printable(text)}: {exc}") from None
+    if not sep:
+        return Ref(text=text, name=name)
+    if selector.isdigit() and selector.isascii():
+        version = int(selector)
+        if version < 1:
+            raise InvalidReferenceError(f"invalid reference {_printable(text)}: versions start at 1")
+        return Ref(text=text, name=name, version=version)
+    try:
+        check_name(selector, what="alias")
+    except InvalidNameError as exc:
+        raise InvalidReferenceError(f"invalid reference {_printable(text)}: {exc}") from None
+    return Ref(text=text, name=name, alias=selector)
