@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from pvreg.cli import maintenance, vectors
+from pvreg.cli import compose, hub, maintenance, vectors
 from pvreg.cli.state import State
 from pvreg.registry.errors import PvregError
 
@@ -91,6 +91,8 @@ def main_callback(
 
 
 vectors.register(app)
+compose.register(app)
+hub.register(app)
 maintenance.register(app)
 
 

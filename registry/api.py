@@ -46,7 +46,9 @@ from pvreg.schemas import (
 )
 
 if TYPE_CHECKING:
+    from pvreg.registry.compose import ComposeResult, CompositionRecord
     from pvreg.registry.fingerprint import FingerprintCache
+    from pvreg.schemas.compose import ComposeSpec
     from pvreg.registry.ingest import BlobStats, TensorSource
     from pvreg.registry.tensorio import Checkpoint, TensorInfo
 
@@ -688,6 +690,54 @@ class Registry:
             raise OutputExistsError(f"{out}: is a directory")
         write_exported(self.blob_path(meta.ref), meta, out)
         return out
+
+
+    # --- composing (implemented in compose.py / apply.py) --------------------------
+
+    def compose(self, spec: "ComposeSpec | str | Sequence[str]", **options: Any) -> "ComposeResult":
+        """Merge registered vectors into a base model (or into one vector).
+
+        See :func:`pvreg.registry.compose.compose` for the options.
+        """
+        from pvreg.registry.compose import compose
+
+        return compose(self, spec, **options)
+
+    def compositions(self) -> "list[CompositionRecord]":
+        """Every recorded compose run, oldest first."""
+        from pvreg.registry.compose import list_compositions
+
+        return list_compositions(self)
+
+    def apply(self, model: Any, spec: "ComposeSpec | str | Sequence[str]", **options: Any) -> Any:
+        """Add a composed delta into a loaded ``torch.nn.Module`` in place.
+
+        The return value is also a context manager that restores the original
+        parameters bit-exactly on exit.  See :mod:`pvreg.registry.apply`.
+        """
+        from pvreg.registry.apply import apply
+
+        return apply(self, model, spec, **options)
+
+    # --- Hub (implemented in hub.py) ------------------------------------------------
+
+    def push(self, refs: Sequence[str], repo: str, **options: Any) -> Any:
+        """Publish versions to a Hugging Face Hub model repo in one commit."""
+        from pvreg.registry.hub import push
+
+        return push(self, refs, repo, **options)
+
+    def pull(self, repo: str, **options: Any) -> Any:
+        """Download vectors from a Hub repo, verify them, and register them."""
+        from pvreg.registry.hub import pull
+
+        return pull(self, repo, **options)
+
+    def remote_ls(self, repo: str, **options: Any) -> Any:
+        """List the vectors in a Hub repo without downloading blobs."""
+        from pvreg.registry.hub import remote_ls
+
+        return remote_ls(self, repo, **options)
 
 
 _LOAD = (

@@ -85,6 +85,19 @@ class FingerprintCache:
 
 
 def fingerprint_checkpoint(checkpoint: Checkpoint, cache: FingerprintCache | None = None) -> str:
+    return combine(checkpoint_entries(checkpoint, cache))
+
+
+def tensor_digests(checkpoint: Checkpoint, cache: FingerprintCache | None = None) -> dict[str, str]:
+    """sha256 of every tensor's bytes (cached like fingerprints).
+
+    Equal digests (with equal dtype and shape) mean bit-identical tensors, which
+    is how extraction learns which deltas are exactly zero before writing.
+    """
+    return {name: digest for name, _, _, digest in checkpoint_entries(checkpoint, cache)}
+
+
+def checkpoint_entries(checkpoint: Checkpoint, cache: FingerprintCache | None = None) -> list[FingerprintEntry]:
     cache = cache or FingerprintCache(None)
     entries: list[FingerprintEntry] = []
     for file in checkpoint.files:
@@ -93,15 +106,11 @@ def fingerprint_checkpoint(checkpoint: Checkpoint, cache: FingerprintCache | Non
             if file.suffix == ".safetensors":
                 infos = SafetensorsFile(file).infos  # header only; cheap
             else:
-                infos = {n: i for n, i in checkpoint.infos.items() if _owner_is(checkpoint, n, file)}
+                infos = {n: i for n, i in checkpoint.infos.items() if checkpoint.file_of(n) == file}
             cached = _file_entries(checkpoint, file, infos)
             cache.put(file, cached)
         entries.extend(cached)
-    return combine(entries)
-
-
-def _owner_is(checkpoint: Checkpoint, name: str, file: Path) -> bool:
-    return checkpoint._owner[name].path == file  # noqa: SLF001 - same package
+    return entries
 
 
 def fingerprint_path(path: str | os.PathLike[str], cache: FingerprintCache | None = None) -> str:

@@ -43,6 +43,10 @@ class TensorSource(Protocol):
         """The tensor's bytes if they can be copied verbatim (fast path), else None."""
         ...
 
+    def release(self, name: str) -> None:
+        """Called once the tensor is written: drop its input pages (bounded RSS)."""
+        ...
+
 
 @dataclass
 class CheckpointSource:
@@ -59,6 +63,9 @@ class CheckpointSource:
 
     def raw(self, name: str) -> memoryview | None:
         return self.checkpoint.raw(name)
+
+    def release(self, name: str) -> None:
+        self.checkpoint.release(name)
 
 
 @dataclass
@@ -143,6 +150,7 @@ def write_blob(
             raw = source.raw(info.name)
             writer.write(info.name, raw if raw is not None else t)
             del t, raw
+            source.release(info.name)
             if progress is not None:
                 progress(info.nbytes)
         digest = writer.finish()

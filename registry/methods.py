@@ -234,9 +234,10 @@ def _sign_consensus(
         neg.logical_and_(sigma_neg)
         agree.logical_or_(neg)
         del neg
-        d.mul_(agree)  # zero the dissenters in place (a -0.0 here adds nothing)
+        # Same-size uint8 view: adding a bool tensor would allocate a cast copy.
+        count.add_(agree.view(torch.uint8) if count_dtype == torch.uint8 else agree)
+        d.masked_fill_(agree.logical_not_(), 0)
         total.add_(d)
-        count.add_(agree)
         del d, agree
     del sigma_pos, sigma_neg
     count.clamp_(min=1)

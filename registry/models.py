@@ -162,3 +162,19 @@ class Composition(Base):
         ForeignKey("versions.id", ondelete="SET NULL"), index=True
     )
     pvreg_version: Mapped[str] = mapped_column(String(32))
+
+
+class HubRecord(Base):
+    """Where a version was pushed to or pulled from on a Hugging Face Hub (never a token)."""
+
+    __tablename__ = "hub_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # "push" | "pull"
+    endpoint: Mapped[str] = mapped_column(Text)
+    repo: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    commit_sha: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

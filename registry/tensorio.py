@@ -212,6 +212,23 @@ class SafetensorsFile:
         )
         return flat.view(slot.info.shape)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process (they stay in the page cache).
+
+        File-backed pages count toward RSS once touched; releasing them after
+        each tensor keeps a pass over a model far larger than RAM at a flat
+        footprint.  Views of the tensor must not be used afterwards (a private
+        mapping re-reads the file, so they would still see the file's bytes).
+        """
+        if self._mmap is None:
+            return
+        slot = self._slots[name]
+        page = mmap.PAGESIZE
+        start = -(-slot.start // page) * page
+        end = (slot.start + slot.info.nbytes) // page * page
+        if end > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         if self._mmap is not None:
             try:
@@ -266,6 +283,15 @@ class Checkpoint:
 
     def raw(self, name: str) -> memoryview:
         return self._owner[name].raw(name)
+
+    def release(self, name: str) -> None:
+        """See :meth:`SafetensorsFile.release`; a no-op for ``.bin`` checkpoints."""
+        owner = self._owner[name]
+        if isinstance(owner, SafetensorsFile):
+            owner.release(name)
+
+    def file_of(self, name: str) -> Path:
+        return self._owner[name].path
 
     @property
     def num_params(self) -> int:

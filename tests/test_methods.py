@@ -25,6 +25,7 @@ from pvreg.registry.methods import (
     Ties,
     derive_seed,
     get_method,
+    kth_largest_abs,
     trim_count,
 )
 
@@ -434,3 +435,23 @@ def test_combine_rejects_broken_contract() -> None:
         m.combine([torch.ones(2), torch.ones(3)], [1.0, 1.0], tensor_name="w", keys=["a", "b"])
     with pytest.raises(SpecError):
         m.combine([torch.ones(2)], [math.nan], tensor_name="w", keys=["a"])
+
+
+def test_ties_many_vectors_counts_beyond_uint8() -> None:
+    # 300 agreeing vectors (count > 255) and one dissenter per element.
+    deltas = [t([1.0, -2.0]) for _ in range(300)] + [t([-5.0, 5.0])]
+    keys = [f"k{i:03d}" for i in range(301)]
+    out = get_method("ties", density=1.0).combine(
+        deltas, [1.0] * 301, tensor_name="w", keys=keys
+    )
+    assert_same(out, t([1.0, -2.0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kth_largest_abs_matches_sorted_reference(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    values = (torch.randn(50_000, generator=g) * torch.randint(0, 3, (50_000,), generator=g)).to(dtype)
+    ranked = sorted((abs(v) for v in values.tolist()), reverse=True)
+    for k in (1, 7, 1000, 25_000, 49_999, 50_000):
+        assert kth_largest_abs(values, k).item() == ranked[k - 1]
+    assert kth_largest_abs(t([-3.0, 3.0, 1.0], dtype), 2).item() == 3.0

@@ -1,0 +1,30 @@
+# The two commands the README promises: `make demo` (the main job, end to end)
+# and `make test` (the whole suite, PostgreSQL included).  Both create the
+# virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first, so the range in pyproject is already met.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	rm -rf $(DEMO_DIR)
+	PATH="$(abspath $(BIN)):$$PATH" bash tests/demo/run.sh $(DEMO_DIR)
+
+test: setup
+	PVREG_TEST_POSTGRES_URL="$$(bash .ci/postgres.sh)" PVREG_REQUIRE_POSTGRES=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python -m pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/run.py

@@ -1,0 +1,147 @@
+"""The model card (``README.md``) pvreg keeps in a Hub repo of preference vectors.
+
+pvreg owns two things in the card: a few keys of the YAML front matter
+(``library_name``, ``tags``, ``base_model``, ``datasets``) and the text between
+``<!-- pvreg:begin -->`` and ``<!-- pvreg:end -->``.  Everything else the
+owner wrote is kept byte for byte.  Rendering is deterministic (no dates), so
+re-pushing identical vectors produces an identical card and no commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pvreg.schemas.hub import HubVectorFile
+
+BEGIN = "<!-- pvreg:begin -->"
+END = "<!-- pvreg:end -->"
+TAGS = ("pvreg", "preference-vector")
+
+
+def _split_front_matter(text: str) -> tuple[str | None, str]:
+    """(front matter YAML or None, body) of a card."""
+    if text.startswith("---\n") or text.startswith("---\r\n"):
+        first_nl = text.index("\n") + 1
+        rest = text[first_nl:]
+        for marker in ("\n---\n", "\n---\r\n"):
+            idx = rest.find(marker)
+            if idx != -1:
+                return rest[:idx + 1], rest[idx + len(marker):]
+        if rest.endswith("\n---"):
+            return rest[:-3], ""
+        if rest.startswith("---\n"):  # empty front matter
+            return "", rest[4:]
+    return None, text
+
+
+def _datasets(vectors: Sequence[HubVectorFile]) -> list[str]:
+    """Dataset ids for the card metadata: ``ORG/NAME:subset`` is listed as ``ORG/NAME``."""
+    out: list[str] = []
+    for v in vectors:
+        if v.dataset:
+            ds = v.dataset.split(":", 1)[0].strip()
+            if ds and ds not in out:
+                out.append(ds)
+    return sorted(out)
+
+
+def _base_models(vectors: Sequence[HubVectorFile]) -> list[str]:
+    return sorted({v.base.hub_id for v in vectors if v.base is not None and v.base.hub_id})
+
+
+def _merge_metadata(existing: dict[str, Any], vectors: Sequence[HubVectorFile]) -> dict[str, Any]:
+    meta = dict(existing)
+    meta["library_name"] = "pvreg"
+    tags = existing.get("tags")
+    tag_list = [str(t) for t in tags] if isinstance(tags, list) else ([str(tags)] if tags else [])
+    for t in TAGS:
+        if t not in tag_list:
+            tag_list.append(t)
+    meta["tags"] = tag_list
+    bases = _base_models(vectors)
+    if bases:
+        meta["base_model"] = bases[0] if len(bases) == 1 else bases
+    datasets = _datasets(vectors)
+    if datasets:
+        meta["datasets"] = datasets
+    return meta
+
+
+def _fmt_norm(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_section(repo: str, vectors: Sequence[HubVectorFile]) -> str:
+    """The pvreg-owned block, markers included."""
+    lines = [
+        BEGIN,
+        f"# {repo.split('/')[-1]}",
+        "",
+        "Preference vectors (task-arithmetic deltas, arXiv:2504.20106) published with "
+        "[pvreg](https://arxiv.org/abs/2504.20106). Each vector is `<name>/vector.safetensors` "
+        "(metadata embedded) with its metadata in `<name>/pvreg.json`.",
+        "",
+        "| Name | Version | Sign | Norm | Dataset | Base | sha256 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in sorted(vectors, key=lambda v: v.name):
+        base = (v.base.hub_id or v.base.label) if v.base is not None else None
+        lines.append(
+            "| " + " | ".join(_cell(c) for c in (
+                v.name, v.version, f"{v.sign:+d}", _fmt_norm(v.norm), v.dataset or "-",
+                base or v.base_fingerprint[:12], f"`{v.sha256[:12]}`",
+            )) + " |"
+        )
+    lines += [
+        "",
+        "Pull them into a local registry (every blob is sha256-verified):",
+        "",
+        "```sh",
+        f"pvreg pull {repo}",
+        "```",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_card(repo: str, vectors: Sequence[HubVectorFile], existing: str | None = None) -> str:
+    """A new or updated card: owner text outside the markers is kept unchanged."""
+    import yaml
+
+    section = render_section(repo, vectors)
+    if existing is None:
+        existing = ""
+    front, body = _split_front_matter(existing)
+    parsed: dict[str, Any] = {}
+    if front is not None and front.strip():
+        try:
+            loaded = yaml.safe_load(front)
+        except yaml.YAMLError:
+            loaded = None
+        if isinstance(loaded, dict):
+            parsed = loaded
+        else:  # unparseable front matter: keep the owner's text in the body, start a fresh header
+            body = existing
+            front = None
+    merged = _merge_metadata(parsed, vectors)
+    if front is not None and merged == parsed:
+        header = "---\n" + front + "---\n"  # already right: keep the owner's formatting
+    else:
+        header = "---\n" + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True) + "---\n"
+
+    b, e = body.find(BEGIN), body.find(END)
+    if b != -1 and e != -1 and e > b:
+        after = body[e + len(END):]
+        if after.startswith("\n"):
+            after = after[1:]
+        new_body = body[:b] + section + after
+    elif not body.strip():
+        new_body = section
+    else:
+        new_body = body + ("" if body.endswith("\n") else "\n") + "\n" + section
+    return header + new_body
