@@ -1,7 +1,115 @@
-"""Placeholder: the hub commands land here."""
+"""Hub commands: push, pull, and ``remote ls``.
+
+The endpoint is ``--endpoint``, else ``$HF_ENDPOINT``, else huggingface.co; the
+token comes from ``HF_TOKEN`` or ``hf auth login`` (there is deliberately no
+``--token`` option: a token on the command line ends up in shell history).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
 
 import typer
+
+from pvreg.cli.output import emit_json, fmt_norm, short, table
+from pvreg.cli.state import open_registry
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+EndpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).", show_default=False),
+]
+RepoArg = Annotated[str, typer.Argument(help="OWNER/NAME[@REVISION] of a Hub model repo.", show_default=False)]
+
+
+def push(
+    ctx: typer.Context,
+    refs: Annotated[list[str], typer.Argument(help="Versions to publish: NAME, NAME@N, NAME@ALIAS or sha256:HEX.",
+                                              show_default=False)],
+    repo: Annotated[str, typer.Option("--repo", help="Target Hub model repo, OWNER/NAME.", show_default=False)],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (default: main).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Make the repo private when --create creates it.")] = False,
+    create: Annotated[bool, typer.Option("--create", help="Create the repo (and branch) if missing.")] = False,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
+    endpoint: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish vectors and an updated model card to a Hub repo in one commit."""
+    with open_registry(ctx) as reg:
+        result = reg.push(refs, repo, revision=revision, private=private, create=create, message=message,
+                          endpoint=endpoint)
+    if as_json:
+        emit_json(result)
+        return
+    where = f"{result.repo}@{result.revision}"
+    if result.created_repo:
+        print(f"created {result.repo}")
+    if not result.committed:
+        refs_text = ", ".join(v.ref for v in result.vectors)
+        print(f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
+              "no commit created")
+        return
+    for v in result.vectors:
+        state = "pushed" if v.changed else "unchanged"
+        print(f"{state} {v.ref} -> {result.repo}:{v.path}  sha256:{short(v.sha256)}")
+    print(f"commit {result.commit_sha} on {where}" + (f"  {result.commit_url}" if result.commit_url else ""))
+
+
+def pull(
+    ctx: typer.Context,
+    repo: RepoArg,
+    name: Annotated[Optional[list[str]], typer.Option("--name", help="Pull only this vector (repeatable).")] = None,
+    as_name: Annotated[Optional[str], typer.Option("--as", help="Register under this local name (one vector).")] = None,
+    endpoint: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download vectors from a Hub repo, verify their sha256, and register them."""
+    with open_registry(ctx) as reg:
+        result = reg.pull(repo, names=name or None, as_name=as_name, endpoint=endpoint)
+    if as_json:
+        emit_json(result)
+        return
+    for v in result.vectors:
+        if v.registered:
+            print(f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
+                  f"sha256:{short(v.meta.sha256)}")
+        else:
+            print(f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
+                  f"sha256:{short(v.meta.sha256)}")
+    print(f"from commit {result.commit_sha}", file=sys.stderr)
+
+
+def remote_ls(
+    ctx: typer.Context,
+    repo: RepoArg,
+    endpoint: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the vectors in a Hub repo (reads pvreg.json files only, no blobs)."""
+    with open_registry(ctx) as reg:
+        listing = reg.remote_ls(repo, endpoint=endpoint)
+    if as_json:
+        emit_json(listing)
+        return
+    if not listing.vectors:
+        print(f"no pvreg vectors in {listing.repo}@{listing.revision}")
+        return
+    table(
+        ["NAME", "VERSION", "SHA256", "SIGN", "NORM", "DATASET", "BASE", "LOCAL"],
+        [
+            [v.name, v.version, short(v.sha256), f"{v.sign:+d}", fmt_norm(v.norm), v.dataset or "-",
+             v.base_model or short(v.base_fingerprint), ",".join(v.local_refs) or "-"]
+            for v in listing.vectors
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Mount this module's commands on the main app."""
+    app.command()(push)
+    app.command()(pull)
+    remote = typer.Typer(name="remote", help="Inspect Hub repos without downloading blobs.",
+                         no_args_is_help=True, rich_markup_mode=None)
+    remote.command("ls")(remote_ls)
+    app.add_typer(remote, name="remote")

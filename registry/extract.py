@@ -210,12 +210,10 @@ def _check_floating(sides: list[tuple[str, Mapping[str, TensorInfo]]]) -> None:
 
 
 def _hash(ckpt: Checkpoint, cache: "FingerprintCache") -> tuple[str, dict[str, str]]:
-    """(fingerprint, per-tensor digests) in one cached pass; drops the pages it touched."""
+    """(fingerprint, per-tensor digests) in one cached pass (pages are dropped as hashed)."""
     from pvreg.registry.fingerprint import checkpoint_entries, combine
 
     entries = checkpoint_entries(ckpt, cache)
-    for name in ckpt.infos:
-        ckpt.release(name)
     return combine(entries), {name: digest for name, _, _, digest in entries}
 
 

@@ -36,11 +36,18 @@ def _hash(view: memoryview) -> str:
     return hashlib.sha256(view).hexdigest()
 
 
+def _hash_and_release(checkpoint: Checkpoint, name: str) -> str:
+    # Drop the tensor's pages once hashed, so hashing a large model keeps RSS flat.
+    digest = _hash(checkpoint.raw(name))
+    checkpoint.release(name)
+    return digest
+
+
 def _file_entries(checkpoint: Checkpoint, file: Path, infos: dict[str, TensorInfo]) -> list[FingerprintEntry]:
     names = sorted(infos)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(pool.map(lambda n: _hash(checkpoint.raw(n)), names))
+        digests = list(pool.map(lambda n: _hash_and_release(checkpoint, n), names))
     return [(n, infos[n].dtype, infos[n].shape, d) for n, d in zip(names, digests)]
 
 

@@ -82,9 +82,9 @@ def render_section(repo: str, vectors: Sequence[HubVectorFile]) -> str:
         BEGIN,
         f"# {repo.split('/')[-1]}",
         "",
-        "Preference vectors (task-arithmetic deltas, arXiv:2504.20106) published with "
-        "[pvreg](https://arxiv.org/abs/2504.20106). Each vector is `<name>/vector.safetensors` "
-        "(metadata embedded) with its metadata in `<name>/pvreg.json`.",
+        "Preference vectors ([arXiv:2504.20106](https://arxiv.org/abs/2504.20106)) published with pvreg. "
+        "Each vector is `<name>/vector.safetensors` (its metadata embedded) with the same metadata in "
+        "`<name>/pvreg.json`. A vector is a delta to add to its base model's weights.",
         "",
         "| Name | Version | Sign | Norm | Dataset | Base | sha256 |",
         "|---|---|---|---|---|---|---|",

@@ -349,7 +349,10 @@ def load_torch_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "forbidden content"
+        # torch's message is a multi-line essay with ANSI codes; keep the line that names the global.
+        text = str(exc).replace("\x1b[1m", "").replace("\x1b[0m", "").strip()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["forbidden content"]
+        first = next((ln[ln.index("Unsupported"):].split(" was not", 1)[0] for ln in lines if "Unsupported" in ln), lines[0])
         raise UnsafeCheckpointError(
             f"{path}: refused: the pickle needs code execution or unsupported objects ({first[:160]})"
         ) from None

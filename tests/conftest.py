@@ -116,6 +116,15 @@ def registry_snapshot(home: Path) -> dict[str, object]:
     from pvreg.registry.settings import Settings
 
     settings = Settings.resolve()
+    db_bytes = None
+    if settings.sqlite_path is not None and settings.sqlite_path.exists():
+        import sqlite3
+
+        # Fold the WAL into the main file so its bytes are comparable.
+        with sqlite3.connect(settings.sqlite_path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        db_bytes = hashlib.sha256(settings.sqlite_path.read_bytes()).hexdigest()
     engine = create_engine(settings.database_url)
     tables: dict[str, list] = {}
     try:
@@ -136,7 +145,7 @@ def registry_snapshot(home: Path) -> dict[str, object]:
                 files[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
             elif p.is_dir():
                 files[rel + "/"] = "dir"
-    return {"tables": tables, "files": files}
+    return {"tables": tables, "files": files, "sqlite_bytes": db_bytes}
 
 
 @pytest.fixture

@@ -627,6 +627,12 @@ class _Handler(BaseHTTPRequestHandler):
             orgs = [{"name": o, "type": "org"} for o, members in hub.orgs.items() if user in members]
             return self._send_json({"type": "user", "id": user, "name": user, "fullname": user, "orgs": orgs,
                                     "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
+        if segs == ["validate-yaml"] and method == "POST":
+            # The client validates a README's front matter before committing it; accept any YAML text.
+            payload = self._json_body()
+            if not isinstance(payload.get("content"), str):
+                raise HubError(400, "validate-yaml needs a 'content' string")
+            return self._send_json({"errors": [], "warnings": []})
         if segs == ["repos", "create"] and method == "POST":
             return self._create_repo(user)
         if segs == ["repos", "delete"] and method == "DELETE":

@@ -43,6 +43,12 @@ def _add(**kwargs):
         return reg.add(kwargs.pop("name", "v"), **kwargs)
 
 
+def _init_registry(base_dir: Path) -> None:
+    """Create the registry and its fingerprint cache (snapshots ignore cache files, not cache dirs)."""
+    with Registry.open() as reg:
+        reg.resolve_base(base_dir)
+
+
 def _fingerprint(path: Path) -> str:
     with Registry.open() as reg:
         return reg.fingerprint(path)
@@ -89,6 +95,8 @@ def test_pair_float32_exact(pair, base_dir: Path) -> None:
     json.dumps(prov)  # JSON-able
     expected_norm = math.sqrt(sum(float(((pos[n] - neg[n]).double() ** 2).sum()) for n in NAMES))
     assert meta.norm == pytest.approx(expected_norm, rel=1e-12)
+    with Registry.open() as reg:
+        assert reg.verify(meta.ref).ok
 
 
 def test_finetuned_exact_with_zero_tensors_omitted(tmp_path: Path, base_dir: Path, base_tensors) -> None:
@@ -218,7 +226,7 @@ def test_bin_zero_delta_detected_against_safetensors(tmp_path: Path, base_dir: P
 
 def test_all_zero_refused(tmp_path: Path, base_dir: Path, base_tensors, snapshot, cli) -> None:
     save_checkpoint(tmp_path / "same", base_tensors)
-    Registry.open().close()
+    _init_registry(base_dir)
     before = snapshot()
     with pytest.raises(InvalidVectorError, match="all deltas are zero"):
         _add(finetuned=tmp_path / "same", base=base_dir)
@@ -244,8 +252,8 @@ def test_omitted_names_are_capped(tmp_path: Path) -> None:
 def test_all_zero_after_cast_refused(tmp_path: Path) -> None:
     """Deltas that differ in bytes but round to zero in float16 are still refused."""
     shapes = {"a": (4,), "b": (4,)}
-    base = {n: torch.ones(s) for n, s in shapes.items()}
-    ft = {n: t + 1e-7 for n, t in base.items()}
+    base = {n: torch.zeros(s) for n, s in shapes.items()}
+    ft = {n: t + 1e-9 for n, t in base.items()}  # below float16's smallest subnormal
     save_checkpoint(tmp_path / "base", base)
     save_checkpoint(tmp_path / "ft", ft)
     with pytest.raises(InvalidVectorError, match="all deltas are zero after casting to float16"):
@@ -261,7 +269,7 @@ def test_float16_overflow_is_one_line(tmp_path: Path, base_dir: Path, base_tenso
 
 
 def test_nan_in_input_is_one_line(tmp_path: Path, base_dir: Path, base_tensors, snapshot, cli) -> None:
-    Registry.open().close()
+    _init_registry(base_dir)
     ft = dict(base_tensors)
     ft["model.norm.weight"] = ft["model.norm.weight"].clone()
     ft["model.norm.weight"][3] = float("nan")
