@@ -239,18 +239,42 @@ class Sample:
     rc: int
 
 
-def measure(cmd: list[str], log: Path, *, env: dict | None = None, cwd: Path | None = None) -> Sample:
-    """Run ``cmd`` as a child, return its wall time and the OS's peak RSS of that child alone."""
+_WRAPPER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "_, st, ru = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+
+
+def measure(cmd: list, log: Path, *, env: dict | None = None, cwd: Path | None = None) -> Sample:
+    """Run ``cmd`` as a child; return its wall time and the OS's peak RSS of that process alone.
+
+    Linux carries ``ru_maxrss`` across fork and exec, so a child forked from this
+    (large) harness would report the harness's RSS.  The tool is therefore started
+    by a small wrapper (GNU ``/usr/bin/time -f %M``, else a bare ``python -S``
+    fork/exec/wait4) and the peak RSS is the one that wrapper reads from wait4.
+    """
+    cmd = [str(c) for c in cmd]
+    rss_file = log.with_name(".maxrss")
+    if Path("/usr/bin/time").exists():
+        wrapped = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
+    else:
+        wrapped = [sys.executable, "-S", "-c", _WRAPPER, str(rss_file), *cmd]
     with open(log, "ab") as out:
-        out.write(("\n$ " + " ".join(map(str, cmd)) + "\n").encode())
+        out.write(("\n$ " + " ".join(cmd) + "\n").encode())
         out.flush()
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        _, status, ru = os.wait4(proc.pid, 0)
+        proc = subprocess.run(wrapped, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         wall = time.perf_counter() - t0
-    rc = os.waitstatus_to_exitcode(status)
-    proc.returncode = rc
-    return Sample(wall, ru.ru_maxrss * 1024, rc)
+    try:
+        maxrss_kib = int(rss_file.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        maxrss_kib = -1
+    return Sample(wall, maxrss_kib * 1024, proc.returncode)
 
 
 def dir_bytes(files: list[Path]) -> int:

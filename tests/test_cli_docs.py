@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import typer
 
 from pvreg.cli.main import app
@@ -13,12 +12,17 @@ from pvreg.cli.main import app
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+def _is_group(cmd) -> bool:
+    # typer vendors click, so isinstance checks against the click package would not match.
+    return hasattr(cmd, "commands")
+
+
+def _commands(group, prefix: str = "") -> list[tuple[str, object]]:
     out = []
     for name, cmd in sorted(group.commands.items()):
         full = f"{prefix}{name}"
         out.append((full, cmd))
-        if isinstance(cmd, click.Group):
+        if _is_group(cmd):
             out.extend(_commands(cmd, full + " "))
     return out
 
@@ -36,14 +40,14 @@ def test_every_command_has_help() -> None:
     for name, cmd in COMMANDS:
         assert (cmd.help or "").strip(), f"pvreg {name} has no help text"
         for param in cmd.params:
-            if isinstance(param, click.Option) and param.name not in ("help",):
+            if param.param_type_name == "option" and param.name not in ("help",):
                 assert (param.help or "").strip(), f"pvreg {name} {param.opts[0]} has no help text"
 
 
 def test_every_command_is_in_the_readme_reference() -> None:
     reference = README.split("## Command reference", 1)[1]
     for name, cmd in COMMANDS:
-        if isinstance(cmd, click.Group):
+        if _is_group(cmd):
             continue
         assert re.search(rf"`pvreg {re.escape(name)}\b", reference), f"pvreg {name} missing from README reference"
 

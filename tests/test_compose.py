@@ -390,3 +390,27 @@ def test_dtype_override_updates_config(reg: Registry, tmp_path: Path, base_dir: 
     cfg = json.loads((tmp_path / "o" / "config.json").read_text())
     assert cfg["torch_dtype"] == "bfloat16"
     assert {t.dtype for t in load_dir(tmp_path / "o").values()} == {torch.bfloat16}
+
+
+def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: Path, base_dir: Path,
+                                                      vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvreg.registry import compose as compose_mod
+
+    reg.add("h", vector_file, base=base_dir)
+    real = compose_mod.combined_delta
+    seen: list[list[str]] = []
+
+    def with_gc(*args, **kwargs):
+        if not seen:
+            report = reg.gc()
+            seen.append(report.removed_temp)
+            staged = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+            assert len(staged) == 1 and staged[0].is_dir()
+            markers = list((reg.settings.home / "pending").glob("*.json"))
+            assert len(markers) == 1 and json.loads(markers[0].read_text())["path"] == str(staged[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compose_mod, "combined_delta", with_gc)
+    reg.compose("h", base=base_dir, out=tmp_path / "out")
+    assert seen == [[]]
+    assert no_leftovers(tmp_path) and not list((reg.settings.home / "pending").iterdir())

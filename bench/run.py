@@ -1,0 +1,478 @@
+"""pvreg performance harness (GitHub issue 6): one command, one report.
+
+    python bench/run.py [--params 0.5e9] [--repeats 3] [--workdir DIR] [--keep]
+                        [--skip-mergekit] [--cache warm|cold] [--out results.md]
+
+What it does, all on the same files and in one run:
+
+1. Generates a synthetic Llama checkpoint (LlamaForCausalLM config.json that
+   transformers and mergekit load; bf16; sharded with an index like
+   transformers saves it) of about ``--params`` parameters, and three
+   "fine-tuned" variants (base + a random low-magnitude delta each), streaming
+   one tensor at a time.
+2. Registers the three deltas in a temporary registry with
+   ``pvreg add NAME --finetuned FT --base BASE --dtype bfloat16``.
+3. Measures, each ``--repeats`` times (median reported), interleaved per
+   repetition: the I/O floor (read every input byte once with readinto, write
+   the output's bytes, fsync like pvreg), ``pvreg compose a:1 b:0.7 c:0.3``,
+   mergekit ``task_arithmetic`` (weights 1/0.7/0.3, normalize false, dtype
+   bfloat16, CPU, defaults otherwise) and a naive load_file/add/save_file merge.
+   Every timed command is a fresh child process; wall time from the parent,
+   peak RSS of that process alone from the OS (GNU time's %M, i.e. wait4's
+   ru_maxrss, taken by a small wrapper because Linux carries ru_maxrss across
+   fork+exec from this large harness).
+4. Checks pvreg's output against mergekit's tensor by tensor.
+5. Repeats pvreg compose on a model ~4x smaller (same width, fewer layers, so
+   the largest tensor is the same) and compares peak RSS.
+6. Extraction (``pvreg add --positive FT_A --negative BASE``) vs its I/O floor,
+   ``pvreg verify`` vs ``sha256sum`` on the same blobs, and ``pvreg list`` on a
+   10,000-version registry (bench/bench_list.py).
+
+Page cache: ``--cache warm`` (default) reads every input of every tool once
+before *each* timed run (the same files for all tools) after an ``os.sync()``;
+``--cache cold`` syncs and drops the page cache instead (root only).  Output
+directories are removed and dirty pages flushed before each run, so no run pays
+for another's writeback; the time of the ``sync`` right after each run is
+reported separately ("flush"), because pvreg fsyncs its output and the other
+tools do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+from common import Sample, dir_bytes, measure, weight_files  # noqa: E402
+
+WEIGHTS = {"a": 1.0, "b": 0.7, "c": 0.3}
+VARIANTS = {"a": "ft_a", "b": "ft_b", "c": "ft_c"}
+MiB = 2**20
+T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
+
+
+def tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"bench: {name} not found (pip install -r bench/requirements.txt)")
+    return found
+
+
+@dataclass
+class Series:
+    label: str
+    samples: list[Sample] = field(default_factory=list)
+    flush: list[float] = field(default_factory=list)
+    failed: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None and bool(self.samples)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s.wall for s in self.samples) if self.ok else float("nan")
+
+    @property
+    def rss(self) -> float:
+        return statistics.median(s.maxrss for s in self.samples) if self.ok else float("nan")
+
+    @property
+    def flush_s(self) -> float:
+        return statistics.median(self.flush) if self.flush else float("nan")
+
+    def runs(self) -> str:
+        return ", ".join(f"{s.wall:.2f}" for s in self.samples) if self.samples else "-"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.work = workdir
+        self.log = workdir / "bench.log"
+        self.pvreg = tool("pvreg")
+        self.py = sys.executable
+        self.common = str(HERE / "common.py")
+        self.buf = bytearray(common.BUF_BYTES)
+
+    # -- cache protocol ---------------------------------------------------- #
+
+    def prepare_cache(self, inputs: list[Path]) -> None:
+        """The same page-cache state before every timed run, whatever the tool."""
+        os.sync()
+        if self.args.cache == "cold":
+            if not common.drop_caches():
+                raise SystemExit("bench: --cache cold needs root (/proc/sys/vm/drop_caches)")
+        else:
+            common.read_all(inputs, self.buf)
+
+    def timed(self, series: Series, cmd: list, inputs: list[Path], clear: list[Path] = ()) -> Sample | None:
+        if series.failed:
+            return None
+        for p in clear:
+            common_rm(p)
+        self.prepare_cache(inputs)
+        s = measure(cmd, self.log)
+        t = time.perf_counter()
+        os.sync()
+        series.flush.append(time.perf_counter() - t)
+        if s.rc != 0:
+            series.failed = f"exit status {s.rc}"
+            say(f"  {series.label}: FAILED ({s.rc}); see {self.log}")
+            print(tail(self.log), flush=True)
+            return None
+        series.samples.append(s)
+        say(f"  {series.label}: {s.wall:.2f} s, peak RSS {s.maxrss / MiB:.0f} MiB")
+        return s
+
+    def run_checked(self, cmd: list, what: str) -> Sample:
+        s = measure(cmd, self.log)
+        if s.rc != 0:
+            print(tail(self.log), flush=True)
+            raise SystemExit(f"bench: {what} failed with status {s.rc}; log: {self.log}")
+        return s
+
+    # -- setup ------------------------------------------------------------- #
+
+    def make_models(self, root: Path, params: float, hidden: int | None) -> tuple[dict, dict[str, Path]]:
+        cfg = common.llama_config(params, hidden)
+        t = time.perf_counter()
+        dirs = common.generate_models(root, cfg, list(VARIANTS.values()), shard_bytes=self.args.shard_bytes)
+        n = common.count_params(cfg)
+        say(f"generated base + 3 fine-tuned at {n / 1e9:.3f}B params (hidden {cfg['hidden_size']}, "
+            f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
+            f"{len(weight_files(dirs['base']))} shards) in {time.perf_counter() - t:.0f} s")
+        return cfg, dirs
+
+    def register(self, home: Path, dirs: dict[str, Path]) -> tuple[dict[str, Path], list[Sample]]:
+        samples = []
+        for name, variant in VARIANTS.items():
+            s = self.run_checked([self.pvreg, "--registry", home, "add", name, "--finetuned", dirs[variant],
+                                  "--base", dirs["base"], "--dtype", "bfloat16", "-m", "bench"], f"pvreg add {name}")
+            samples.append(s)
+        from pvreg import Registry
+
+        with Registry.open(home) as reg:
+            blobs = {name: Path(reg.blobs.path(reg.resolve(name).sha256)) for name in VARIANTS}
+        say(f"registered a, b, c (pvreg add --finetuned: {', '.join(f'{s.wall:.1f}' for s in samples)} s)")
+        return blobs, samples
+
+    # -- measurements ------------------------------------------------------ #
+
+    def compose_cmd(self, home: Path, base: Path, out: Path) -> list:
+        terms = [f"{n}:{w:g}" for n, w in WEIGHTS.items()]
+        return [self.pvreg, "--registry", home, "compose", *terms, "--base", base, "--out", out, "--quiet"]
+
+    def compose_suite(self, home: Path, dirs: dict[str, Path], blobs: dict[str, Path]) -> dict[str, Series]:
+        base = dirs["base"]
+        base_files = weight_files(base)
+        blob_files = [blobs[n] for n in WEIGHTS]
+        ft_files = [f for v in VARIANTS.values() for f in weight_files(dirs[v])]
+        warm = base_files + blob_files + ft_files  # every tool's inputs, identically for all
+        outs = {k: self.work / f"out-{k}" for k in ("pvreg", "floor", "mergekit", "naive")}
+        mk_cfg = self.work / "mergekit.yml"
+        mk_cfg.write_text(
+            "merge_method: task_arithmetic\n"
+            f"base_model: {base}\n"
+            "models:\n"
+            + "".join(f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items())
+            + "parameters:\n  normalize: false\n"
+            "dtype: bfloat16\n"
+        )
+        series = {
+            "floor": Series("I/O floor"),
+            "pvreg": Series("pvreg compose"),
+            "mergekit": Series("mergekit task_arithmetic"),
+            "naive": Series("naive load_file/add/save_file"),
+        }
+        if self.args.skip_mergekit:
+            series["mergekit"].failed = "skipped (--skip-mergekit)"
+        mergekit = None if self.args.skip_mergekit else tool("mergekit-yaml")
+        for r in range(self.args.repeats):
+            say(f"compose repetition {r + 1}/{self.args.repeats}")
+            self.timed(series["pvreg"], self.compose_cmd(home, base, outs["pvreg"]), warm, [outs["pvreg"]])
+            if not series["pvreg"].ok:
+                raise SystemExit("bench: pvreg compose failed")
+            sizes = [p.stat().st_size for p in weight_files(outs["pvreg"])]
+            floor = [self.py, self.common, "floor", "--read", *base_files, *blob_files,
+                     "--write-dir", outs["floor"], "--write-sizes", *sizes, "--fsync"]
+            self.timed(series["floor"], floor, warm, [outs["floor"]])
+            if mergekit:
+                self.timed(series["mergekit"], [mergekit, mk_cfg, outs["mergekit"], "--no-copy-tokenizer", "--quiet"],
+                           warm, [outs["mergekit"]])
+            naive = [self.py, self.common, "naive", "--base", base, "--vector",
+                     *[f"{blobs[n]}:{w}" for n, w in WEIGHTS.items()], "--out", outs["naive"]]
+            self.timed(series["naive"], naive, warm, [outs["naive"]])
+        common_rm(outs["floor"])
+        self.outs = outs
+        return series
+
+    def small_suite(self, hidden: int) -> tuple[float, Series]:
+        root = self.work / "small"
+        cfg, dirs = self.make_models(root, self.args.params / self.args.small_factor, hidden)
+        home = root / "registry"
+        blobs, _ = self.register(home, dirs)
+        warm = weight_files(dirs["base"]) + list(blobs.values()) + [
+            f for v in VARIANTS.values() for f in weight_files(dirs[v])]
+        series = Series("pvreg compose (small)")
+        out = root / "out-pvreg"
+        for r in range(self.args.repeats):
+            say(f"small compose repetition {r + 1}/{self.args.repeats}")
+            self.timed(series, self.compose_cmd(home, dirs["base"], out), warm, [out])
+        common_rm(root)
+        return common.count_params(cfg), series
+
+    def extraction_suite(self, dirs: dict[str, Path]) -> tuple[Series, Series]:
+        base, ft = dirs["base"], dirs[VARIANTS["a"]]
+        inputs = weight_files(base) + weight_files(ft)
+        pv, fl = Series("pvreg add --positive/--negative"), Series("I/O floor (read 2, write 1)")
+        for r in range(self.args.repeats):
+            say(f"extraction repetition {r + 1}/{self.args.repeats}")
+            home = self.work / f"extract-{r}"
+            # A known base (its fingerprint cached, as after any earlier add); the pair is new.
+            self.run_checked([self.pvreg, "--registry", home, "fingerprint", base], "pvreg fingerprint")
+            self.timed(pv, [self.pvreg, "--registry", home, "add", "x", "--positive", ft, "--negative", base,
+                            "--base", base, "-m", "bench"], inputs)
+            if not pv.ok:
+                raise SystemExit("bench: pvreg add --positive/--negative failed")
+            from pvreg import Registry
+
+            with Registry.open(home) as reg:
+                size = Path(reg.blobs.path(reg.resolve("x").sha256)).stat().st_size
+            common_rm(home)
+            out = self.work / "out-floor-extract"
+            self.timed(fl, [self.py, self.common, "floor", "--read", *inputs, "--write-dir", out,
+                            "--write-sizes", size, "--fsync"], inputs, [out])
+            common_rm(out)
+        return pv, fl
+
+    def verify_suite(self, home: Path, blobs: dict[str, Path]) -> tuple[Series, Series, int]:
+        files = list(blobs.values())
+        nbytes = dir_bytes(files)
+        sha, pv = Series("sha256sum"), Series("pvreg verify")
+        for r in range(self.args.repeats):
+            say(f"verify repetition {r + 1}/{self.args.repeats}")
+            self.timed(sha, ["sha256sum", *files], files)
+            self.timed(pv, [self.pvreg, "--registry", home, "verify"], files)
+        return sha, pv, nbytes
+
+    def list_suite(self) -> tuple[float, float, float]:
+        import bench_list
+
+        home = self.work / "list" / "home"
+        t = time.perf_counter()
+        bench_list.build(home, self.args.list_versions, 100)
+        say(f"built a {self.args.list_versions}-version registry in {time.perf_counter() - t:.0f} s")
+        runs = max(5, self.args.repeats)
+        bare = bench_list.timed([self.py, "-c", "pass"], runs)
+        plain = bench_list.timed([self.pvreg, "--registry", str(home), "list"], runs)
+        as_json = bench_list.timed([self.pvreg, "--registry", str(home), "list", "--json"], runs)
+        common_rm(self.work / "list")
+        return bare, plain, as_json
+
+
+def common_rm(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def status(ok: bool | None) -> str:
+    return "skipped" if ok is None else ("met" if ok else "MISSED")
+
+
+def mib(x: float) -> str:
+    return "-" if x != x else f"{x / MiB:.0f}"
+
+
+def sec(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if a == a and b == b and b > 0 else float("nan")
+
+
+def fmt_ratio(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}×"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=float, default=0.5e9, help="model size in parameters (default 0.5e9)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported")
+    ap.add_argument("--workdir", type=Path, help="where to put the models (default: a new temp dir under /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                    help="warm: read every input before each timed run; cold: drop the page cache (root)")
+    ap.add_argument("--small-factor", type=float, default=4.0, help="the second size is params / this (default 4)")
+    ap.add_argument("--shard-size", dest="shard_bytes", type=float, default=500e6,
+                    help="max bytes per input shard (default 500e6: a 0.5B bf16 model has 3 shards)")
+    ap.add_argument("--list-versions", type=int, default=10_000)
+    ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    args = ap.parse_args()
+    args.shard_bytes = int(args.shard_bytes)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+
+    if args.workdir is not None:
+        workdir = args.workdir.resolve()
+        if workdir.exists() and any(workdir.iterdir()):
+            ap.error(f"--workdir {workdir} exists and is not empty")
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="pvreg-bench-", dir="/tmp"))
+    machine = common.machine_description(workdir)
+    for line in machine:
+        say(line)
+    say(f"workdir {workdir} (cache protocol: {args.cache})")
+    try:
+        report = run(args, workdir, machine)
+    finally:
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(report)
+    if args.out:
+        args.out.write_text(report + "\n")
+        say(f"wrote {args.out}")
+
+
+def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
+    b = Bench(args, workdir)
+    cfg, dirs = b.make_models(workdir / "models", args.params, None)
+    nparams = common.count_params(cfg)
+    home = workdir / "registry"
+    blobs, add_samples = b.register(home, dirs)
+
+    compose = b.compose_suite(home, dirs, blobs)
+    cmp_mk = cmp_naive = None
+    if compose["mergekit"].ok:
+        say("comparing pvreg's output with mergekit's")
+        cmp_mk = common.compare_models(b.outs["pvreg"], b.outs["mergekit"], dirs["base"])
+    if compose["naive"].ok:
+        cmp_naive = common.compare_models(b.outs["pvreg"], b.outs["naive"], dirs["base"])
+    for k in ("mergekit", "naive"):
+        common_rm(b.outs[k])
+
+    verify_sha, verify_pv, verify_bytes = b.verify_suite(home, blobs)
+    extract_pv, extract_floor = b.extraction_suite(dirs)
+    # The pvreg output is no longer needed; free the space before the small model.
+    common_rm(b.outs["pvreg"])
+    small_params, small = b.small_suite(cfg["hidden_size"])
+    bare, list_s, list_json = b.list_suite()
+
+    # ----------------------------------------------------------------- report
+    fl, pv, mk, nv = compose["floor"], compose["pvreg"], compose["mergekit"], compose["naive"]
+    in_bytes = dir_bytes(weight_files(dirs["base"]) + list(blobs.values()))
+    L: list[str] = []
+    L.append(f"## pvreg benchmark: {nparams / 1e9:.3f}B-parameter bf16 Llama, 3 vectors")
+    L.append("")
+    L.append("Machine: " + "; ".join(machine))
+    L.append("")
+    L.append(f"Model: hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, "
+             f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
+             f"{len(weight_files(dirs['base']))} input shards; compose reads {in_bytes / 1e9:.2f} GB "
+             f"(base + 3 vectors). Median of {args.repeats} runs each; page cache: {args.cache} "
+             + ("(every input of every tool read once before each timed run)." if args.cache == "warm"
+                else "(dropped before each timed run)."))
+    L.append("")
+    L.append("### Compose: θ = base + 1·a + 0.7·b + 0.3·c")
+    L.append("")
+    L.append("| tool | median s | runs (s) | ratio | peak RSS MiB | flush after, s |")
+    L.append("|---|---|---|---|---|---|")
+    rows = [
+        (fl, "floor = 1.00×" if fl.ok else "-"),
+        (pv, f"pvreg / floor = {fmt_ratio(ratio(pv.wall, fl.wall))}"),
+        (mk, f"mergekit / pvreg = {fmt_ratio(ratio(mk.wall, pv.wall))}" if mk.ok else (mk.failed or "-")),
+        (nv, f"naive / pvreg = {fmt_ratio(ratio(nv.wall, pv.wall))}" if nv.ok else (nv.failed or "-")),
+    ]
+    for s, r in rows:
+        L.append(f"| {s.label} | {sec(s.wall)} | {s.runs()} | {r} | {mib(s.rss)} | {sec(s.flush_s)} |")
+    L.append("")
+    L.append("\"flush after\": time of an `os.sync()` right after the run (pvreg and the floor fsync "
+             "their output inside the timed run; mergekit and the naive merge leave it to writeback).")
+    L.append("")
+    if cmp_mk is not None:
+        L.append(f"pvreg vs mergekit, {cmp_mk.tensors} tensors: worst max|Δ|/max|mergekit| = {cmp_mk.worst_rel:.2e} "
+                 f"({cmp_mk.worst_name}); elements off by more than 1 bf16 ulp: {cmp_mk.over_1ulp} of {cmp_mk.elements}; "
+                 f"‖pvreg − mergekit‖ / ‖mergekit − base‖ = {cmp_mk.delta_rel:.2e}"
+                 + (f"; tensor names differ: {cmp_mk.missing[:3]}" if cmp_mk.missing else ""))
+    if cmp_naive is not None:
+        L.append(f"pvreg vs naive: worst max|Δ|/max|naive| = {cmp_naive.worst_rel:.2e}; elements off by more than "
+                 f"1 ulp: {cmp_naive.over_1ulp}; ‖pvreg − naive‖ / ‖naive − base‖ = {cmp_naive.delta_rel:.2e}")
+    L.append("")
+    L.append("### Other measurements")
+    L.append("")
+    L.append("| measurement | median s | runs (s) | ratio / throughput | peak RSS MiB |")
+    L.append("|---|---|---|---|---|")
+    L.append(f"| pvreg compose, {small_params / 1e9:.3f}B (same width, fewer layers) | {sec(small.wall)} | {small.runs()} "
+             f"| RSS {mib(small.rss)} vs {mib(pv.rss)} MiB at {nparams / 1e9:.3f}B | {mib(small.rss)} |")
+    L.append(f"| {extract_floor.label} | {sec(extract_floor.wall)} | {extract_floor.runs()} | floor | {mib(extract_floor.rss)} |")
+    L.append(f"| pvreg add x --positive FT_A --negative BASE (base known) | {sec(extract_pv.wall)} | {extract_pv.runs()} "
+             f"| pvreg / floor = {fmt_ratio(ratio(extract_pv.wall, extract_floor.wall))} | {mib(extract_pv.rss)} |")
+    L.append(f"| pvreg add --finetuned a, b, c (registration; a also hashes the base) | - | "
+             f"{', '.join(f'{s.wall:.2f}' for s in add_samples)} | - | {mib(max(s.maxrss for s in add_samples))} |")
+    tp_sha = verify_bytes / sha.wall / 1e6 if (sha := verify_sha).ok else float("nan")
+    tp_pv = verify_bytes / verify_pv.wall / 1e6 if verify_pv.ok else float("nan")
+    L.append(f"| sha256sum on the 3 blobs ({verify_bytes / 1e9:.2f} GB) | {sec(sha.wall)} | {sha.runs()} | {tp_sha:.0f} MB/s | {mib(sha.rss)} |")
+    L.append(f"| pvreg verify (same blobs: hash + norms) | {sec(verify_pv.wall)} | {verify_pv.runs()} | {tp_pv:.0f} MB/s "
+             f"= {fmt_ratio(ratio(tp_pv, tp_sha))} sha256sum | {mib(verify_pv.rss)} |")
+    L.append(f"| python -c pass | {bare:.3f} | - | - | - |")
+    L.append(f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | - | - |")
+    L.append(f"| pvreg list --json, {args.list_versions} versions | {list_json:.3f} | - | - | - |")
+    L.append("")
+    L.append("### Targets")
+    L.append("")
+    L.append("| target | measured | status |")
+    L.append("|---|---|---|")
+    r_floor = ratio(pv.wall, fl.wall)
+    L.append(f"| pvreg compose ≤ 1.5× I/O floor | {fmt_ratio(r_floor)} | {status(r_floor <= 1.5)} |")
+    r_mk = ratio(mk.wall, pv.wall)
+    L.append(f"| pvreg compose ≥ 2× faster than mergekit | {fmt_ratio(r_mk)} | {status(r_mk >= 2 if mk.ok else None)} |")
+    rss_diff = abs(pv.rss - small.rss) / max(pv.rss, small.rss)
+    L.append(f"| pvreg peak RSS within 15% between {nparams / 1e9:.2f}B and {small_params / 1e9:.2f}B | "
+             f"{mib(pv.rss)} vs {mib(small.rss)} MiB ({rss_diff * 100:.1f}%) | {status(rss_diff <= 0.15)} |")
+    L.append(f"| pvreg peak RSS below mergekit's | {mib(pv.rss)} vs {mib(mk.rss)} MiB | "
+             f"{status(pv.rss < mk.rss if mk.ok else None)} |")
+    r_ex = ratio(extract_pv.wall, extract_floor.wall)
+    L.append(f"| extraction ≤ 1.5× its I/O floor | {fmt_ratio(r_ex)} | {status(r_ex <= 1.5)} |")
+    r_v = ratio(tp_pv, tp_sha)
+    L.append(f"| pvreg verify ≥ 0.8× sha256sum throughput | {fmt_ratio(r_v)} | {status(r_v >= 0.8)} |")
+    L.append(f"| pvreg list < 0.5 s at {args.list_versions} versions | {list_s:.3f} s | {status(list_s < 0.5)} |")
+    if cmp_mk is not None:
+        ok = cmp_mk.worst_rel <= 2**-6 and not cmp_mk.missing
+        L.append(f"| pvreg output = mergekit's within bf16 tolerance (max|Δ| ≤ 2⁻⁶·max|x| per tensor) | "
+                 f"{cmp_mk.worst_rel:.2e} | {status(ok)} |")
+    return "\n".join(L)
+
+
+if __name__ == "__main__":
+    main()
