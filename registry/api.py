@@ -640,25 +640,41 @@ class Registry:
         return report
 
     def _gc_extra(self, dry_run: bool) -> list[str]:
-        """Hook for leftovers outside the blob store (compose staging directories)."""
+        """Leftovers of killed composes: their staging directories, named by pending markers.
+
+        A marker whose flock is free belongs to a dead process.  A marker that
+        records an interrupted ``--force`` swap (``aside``/``out``) puts the old
+        output back when the new one never arrived.
+        """
         from pvreg.registry.fsutil import remove_path
 
-        removed = []
+        removed: list[str] = []
         pending = self.settings.home / "pending"
-        if pending.is_dir():
-            for marker in pending.glob("*.json"):
-                if not self.blobs.stale(marker):
-                    continue
-                try:
-                    target = Path(json.loads(marker.read_text())["path"])
-                except (ValueError, KeyError, OSError):
-                    target = None
-                if target is not None and target.exists():
-                    removed.append(str(target))
-                    if not dry_run:
-                        remove_path(target)
+        if not pending.is_dir():
+            return removed
+        for marker in sorted(pending.iterdir()):
+            if not marker.name.endswith((".json", ".json.part")) or not self.blobs.stale(marker):
+                continue
+            try:
+                record = json.loads(marker.read_text())
+            except (ValueError, OSError):
+                record = {}
+            target = Path(record["path"]) if isinstance(record.get("path"), str) else None
+            aside = Path(record["aside"]) if isinstance(record.get("aside"), str) else None
+            out = Path(record["out"]) if isinstance(record.get("out"), str) else None
+            if aside is not None and out is not None and aside.exists():
+                removed.append(str(aside))
                 if not dry_run:
-                    remove_path(marker)
+                    if out.exists():
+                        remove_path(aside)  # the new output made it; the old one goes
+                    else:
+                        os.replace(aside, out)  # the swap broke off: restore the old output
+            if target is not None and target.exists() and target != out:
+                removed.append(str(target))
+                if not dry_run:
+                    remove_path(target)
+            if not dry_run:
+                remove_path(marker)
         return removed
 
     def verify(self, ref: str | None = None) -> VerifyReport:

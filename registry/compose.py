@@ -555,9 +555,12 @@ def publish_dir(tmp: Path, out: Path, rewrite: Callable[[dict[str, str]], None])
     """Rename ``tmp`` to ``out``; an existing ``out`` (``--force``) is moved aside first."""
     if out.exists() or out.is_symlink():
         aside = temp_sibling(out, "-old")
+        # Announce the swap first: if we die between the renames, gc puts the
+        # old output back (or, once the new one is in place, drops the old).
+        rewrite({"path": str(tmp), "aside": str(aside), "out": str(out)})
         os.replace(out, aside)
-        rewrite({"path": str(aside)})
         os.replace(tmp, out)
+        rewrite({"path": str(aside)})
         remove_path(aside)
     else:
         os.replace(tmp, out)

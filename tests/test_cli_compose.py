@@ -200,6 +200,30 @@ def test_killed_composition_is_cleaned_by_gc(cli, setup: Path, tmp_path: Path, h
     assert live_tmp.exists() and live_marker.exists()
 
 
+def test_gc_recovers_an_interrupted_force_swap(cli, setup: Path, tmp_path: Path, home: Path) -> None:
+    """Killed between moving the old --out aside and moving the new one in: gc restores the old."""
+    pending = home / "pending"
+    pending.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "merged"
+    aside = tmp_path / f"{TEMP_PREFIX}{uuid.uuid4().hex}-old"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    new_tmp = tmp_path / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    new_tmp.mkdir()
+    (pending / f"{uuid.uuid4().hex}.json").write_text(
+        json.dumps({"path": str(new_tmp), "aside": str(aside), "out": str(out)}))
+    assert cli("gc").exit_code == 0
+    assert (out / "config.json").read_text() == "{}"
+    assert not aside.exists() and not new_tmp.exists()
+    # Killed after the new output was in place: the old copy is dropped, the new one kept.
+    aside.mkdir()
+    (pending / f"{uuid.uuid4().hex}.json").write_text(
+        json.dumps({"path": str(new_tmp), "aside": str(aside), "out": str(out)}))
+    assert cli("gc").exit_code == 0
+    assert out.exists() and not aside.exists()
+    assert list(pending.iterdir()) == []
+
+
 def test_cli_import_does_not_load_torch() -> None:
     code = "import sys; import pvreg.cli.main, pvreg.cli.compose; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
