@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from pvreg.registry.blobstore import BlobStore
 from pvreg.registry.errors import PvregError
@@ -21,9 +22,13 @@ REL_TOL = 1e-9
 
 
 def _norms(blob_path: str, label: str) -> dict[str, float]:
-    f = SafetensorsFile(__import__("pathlib").Path(blob_path))
+    f = SafetensorsFile(Path(blob_path))
+    norms: dict[str, float] = {}
     try:
-        return {n: math.sqrt(tensor_sq_norm(f.tensor(n), label=label, name=n)) for n in sorted(f.infos)}
+        for n in sorted(f.infos):
+            norms[n] = math.sqrt(tensor_sq_norm(f.tensor(n), label=label, name=n))
+            f.release(n)  # keep RSS flat on blobs larger than RAM
+        return norms
     finally:
         f.close()
 
