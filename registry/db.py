@@ -9,9 +9,11 @@ database newer than this code is refused.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry.errors import DatabaseVersionError, PvregError
-from pvreg.registry.fsutil import file_lock
+from pvreg.registry.fsutil import TEMP_PREFIX, file_lock, fsync_dir, remove_path
 from pvreg.registry.settings import Settings
 
 T = TypeVar("T")
@@ -77,18 +79,33 @@ def known_revisions() -> list[str]:
 
 
 def backup_sqlite(path: Path, revision: str) -> Path:
-    """A consistent copy (WAL included) via SQLite's online backup API."""
+    """A consistent copy (WAL included) via SQLite's online backup API.
+
+    Written under a temporary name and renamed when complete, so a crash never
+    leaves a file named like a backup that is not one.  Callers hold the
+    migration lock, so any temporary backup found is a dead writer's.
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     target = path.with_name(f"{path.name}.backup-{revision}-{stamp}")
+    for stale in path.parent.glob(f"{TEMP_PREFIX}backup-{path.name}-*"):
+        remove_path(stale)
+    temp = path.with_name(f"{TEMP_PREFIX}backup-{path.name}-{uuid.uuid4().hex}")
     src = sqlite3.connect(path)
     try:
-        dst = sqlite3.connect(target)
+        dst = sqlite3.connect(temp)
         try:
             src.backup(dst)
         finally:
             dst.close()
     finally:
         src.close()
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, target)
+    fsync_dir(target.parent)
     return target
 
 

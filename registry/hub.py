@@ -229,18 +229,26 @@ def _hf() -> Any:
 
 @contextlib.contextmanager
 def _progress_bars() -> Iterator[None]:
-    """The client's progress bars only on an interactive terminal (stderr stays clean in scripts)."""
+    """The client's progress bars only on an interactive terminal (stderr stays clean in scripts).
+
+    The client's log warnings (e.g. "No files matched allow_patterns") are silenced too: they would
+    add lines to pvreg's one-line errors; every failure reaches the user through :func:`_map_error`.
+    """
     import sys
 
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import logging as hf_logging
 
     quiet = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     was_disabled = are_progress_bars_disabled()
     if quiet and not was_disabled:
         disable_progress_bars()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(level)
         if quiet and not was_disabled:
             enable_progress_bars()
 

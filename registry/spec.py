@@ -20,8 +20,8 @@ from pvreg.registry.errors import InvalidReferenceError, NotFoundError, SpecErro
 from pvreg.registry.refs import parse_ref
 from pvreg.schemas.compose import ComposeSpec, ComposeTerm
 
-#: Decimal or exponent form, optional sign; no underscores, words or spaces.
-COEF_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+#: Decimal or exponent form, optional sign; no underscores, words, spaces or non-ASCII digits.
+COEF_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 SHA_PREFIX = "sha256:"
 
 

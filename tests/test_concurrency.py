@@ -71,3 +71,51 @@ def test_gc_during_adds_never_removes_a_needed_blob(tmp_path, base_dir, base_ten
     r = cli("verify")
     assert r.exit_code == 0, r.stderr
     assert len(json.loads(cli("list", "--json").stdout)) == 6
+
+
+def test_compose_gc_and_add_running_together(tmp_path, base_dir, base_tensors, cli) -> None:
+    """compose (--vector-only --register, --vector-only --out, model --out) + gc + add, all at once.
+
+    Writers hold the store's shared lock from blob write to commit and compose announces its staging
+    directory with a locked marker, so gc (exclusive lock) never removes anything a live writer needs.
+    """
+    from pvreg.registry.fsutil import TEMP_PREFIX
+
+    assert cli("fingerprint", base_dir).exit_code == 0
+    for name, seed in (("a", 1), ("b", 2)):
+        make_vector(tmp_path / f"{name}.safetensors", base_tensors, seed=seed)
+        assert cli("add", name, "--vector", tmp_path / f"{name}.safetensors", "--base", base_dir).exit_code == 0
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    go = tmp_path / "go"
+    procs = []
+    for i in range(2):
+        make_vector(tmp_path / f"n{i}.safetensors", base_tensors, seed=80 + i)
+        procs.append(_spawn(go, "add", "added", "--vector", tmp_path / f"n{i}.safetensors", "--base", base_dir))
+    procs += [_spawn(go, "compose", f"a:{c}", "b:0.5", "--vector-only", "--register", "combo", "--quiet")
+              for c in (1, -1)]
+    procs.append(_spawn(go, "compose", "a:0.3", "b:-2", "--vector-only", "--out", outs / "v.safetensors", "--quiet"))
+    procs.append(_spawn(go, "compose", "a:1", "b:1", "--base", base_dir, "--out", outs / "model", "--quiet"))
+    procs += [_spawn(go, "gc") for _ in range(2)]
+    time.sleep(1.5)
+    go.touch()
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    r = cli("verify")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert sorted(m["version"] for m in json.loads(cli("log", "combo", "--json").stdout)) == [1, 2]
+    assert sorted(m["version"] for m in json.loads(cli("log", "added", "--json").stdout)) == [1, 2]
+    combos = json.loads(cli("log", "combo", "--json").stdout)
+    assert all(m["kind"] == "compose" and len(m["parents"]) == 2 for m in combos)
+    assert (outs / "v.safetensors").is_file()
+    assert {"config.json", "README.md", "pvreg-composition.json"} <= {p.name for p in (outs / "model").iterdir()}
+    records = json.loads(cli("compositions", "--json").stdout)
+    assert len(records) == 4
+    # a final gc has nothing of a live writer to leave and nothing referenced to take
+    assert cli("gc").exit_code == 0
+    assert cli("verify").exit_code == 0
+    from pvreg.registry.settings import Settings
+
+    home = Settings.resolve().home
+    assert list(home.rglob(f"{TEMP_PREFIX}*")) == [] and list(outs.glob(f"{TEMP_PREFIX}*")) == []
+    assert not (home / "pending").exists() or list((home / "pending").iterdir()) == []

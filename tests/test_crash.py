@@ -281,19 +281,23 @@ def test_compose_killed_at_random_moments(zygote, tmp_path, compose_registry) ->
         if mode == "vector":
             out = outs / f"v{next(counter)}.safetensors"
             return ["compose", *terms, "--vector-only", "--out", out, "--quiet"], out
+        if mode == "force":  # replace one existing model directory again and again
+            return ["compose", *terms, "--base", base, "--out", outs / "forced", "--force", "--quiet"], outs / "forced"
         out = outs / f"m{next(counter)}"
         return ["compose", *terms, "--base", base, "--out", out, "--quiet"], out
 
-    modes = ("register", "vector", "model")
+    modes = ("register", "vector", "model", "force")
     durations = {}
     for mode in modes:
         durations[mode] = [zygote.run(argv(mode, 1.0, 1.0)[0], home=home)["seconds"] for _ in range(2)][-1]
-    shutil.rmtree(outs)
-    outs.mkdir()
+    for p in outs.iterdir():
+        if p.name != "forced":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    forced = (1.0, 1.0)  # what outs/forced holds now
     killed = dirty = 0
     registered = 2  # combo@1, combo@2 from the baselines
-    for i in range(18):
-        mode = modes[i % 3]
+    for i in range(20):
+        mode = modes[i % len(modes)]
         x, y = round(rng.uniform(-2, 2), 3), round(rng.uniform(-2, 2), 3)
         args, out = argv(mode, x, y)
         res = zygote.run(args, home=home, kill_after=rng.uniform(0, durations[mode]))
@@ -306,7 +310,17 @@ def test_compose_killed_at_random_moments(zygote, tmp_path, compose_registry) ->
             registered = len(combos)
             with Registry.open(home) as reg:
                 _check_vector_file(reg.blob_path(f"combo@{registered}"), _expected(vectors, x, y))
-        if out is not None and out.exists():  # complete, or nothing at all
+        if mode == "force":  # the old output or the new one, complete, never neither
+            for candidate in ((x, y), forced):
+                try:
+                    _check_model_dir(out, base_tensors, _expected(vectors, *candidate))
+                except AssertionError:
+                    continue
+                forced = candidate
+                break
+            else:
+                raise AssertionError(f"{out} is neither the old nor the new composition")
+        elif out is not None and out.exists():  # complete, or nothing at all
             if mode == "vector":
                 _check_vector_file(out, _expected(vectors, x, y))
                 out.unlink()
@@ -314,7 +328,7 @@ def test_compose_killed_at_random_moments(zygote, tmp_path, compose_registry) ->
                 _check_model_dir(out, base_tensors, _expected(vectors, x, y))
                 shutil.rmtree(out)
     print(f"compose: {killed} killed, {dirty} left temporaries, durations {durations}")
-    assert killed >= 9, f"only {killed} of 18 runs were killed ({durations})"
+    assert killed >= 10, f"only {killed} of 20 runs were killed ({durations})"
     assert dirty >= 1, "no kill landed while compose was writing"
 
 
@@ -406,21 +420,32 @@ def _old_registry(home: Path) -> None:
                 "(1, 1, 1, :s, 10, :f, 1, 2.5, '{}', 'float32', 1, 4, 'file', '{}', 'active', CURRENT_TIMESTAMP)"),
                 {"s": "b" * 64, "f": "a" * 64})
             conn.execute(text("INSERT INTO aliases (vector_id, alias, version_id) VALUES (1, 'prod', 1)"))
+            # bulk, so that the backup and the migration take long enough to be interrupted
+            conn.execute(text("INSERT INTO vectors (id, name, created_at) VALUES (2, 'bulk', CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO versions (vector_id, version, sha256, size_bytes, base_fingerprint, sign, norm, "
+                "tensor_norms, dtype, num_tensors, num_params, kind, provenance, state, created_at) VALUES "
+                "(2, :v, :s, 10, :f, 1, 1.0, '{}', 'float32', 1, 4, 'file', :p, 'active', CURRENT_TIMESTAMP)"),
+                [{"v": v, "s": f"{v:064x}", "f": "a" * 64, "p": json.dumps({"pad": "x" * 1000})}
+                 for v in range(1, BULK + 1)])
     finally:
         engine.dispose()
     assert not (home / "registry.db-wal").exists()
 
 
-def _db_state(path: Path) -> tuple[str, list]:
+def _db_state(path: Path) -> tuple[str, list, int]:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rev = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         rows = conn.execute("SELECT v.name, s.version, s.norm, a.alias FROM vectors v JOIN versions s "
-                            "ON s.vector_id = v.id LEFT JOIN aliases a ON a.version_id = s.id").fetchall()
+                            "ON s.vector_id = v.id LEFT JOIN aliases a ON a.version_id = s.id "
+                            "WHERE v.name = 'legacy'").fetchall()
+        bulk = conn.execute("SELECT count(*) FROM versions WHERE vector_id = 2").fetchone()[0]
     conn.close()
-    return rev, rows
+    return rev, rows, bulk
 
 
+BULK = 20_000
 LEGACY_ROWS = [("legacy", 1, 2.5, "prod")]
 
 
@@ -441,23 +466,66 @@ def test_db_upgrade_killed_at_random_moments(zygote, tmp_path) -> None:
         home = fresh(i)
         res = zygote.run(["db", "upgrade"], home=home, kill_after=rng.uniform(0, duration))
         killed += res["killed"]
-        rev, rows = _db_state(home / "registry.db")
+        rev, rows, bulk = _db_state(home / "registry.db")
         assert rev in ("0001", HEAD)
-        assert rows == LEGACY_ROWS
+        assert rows == LEGACY_ROWS and bulk == BULK
         backups = sorted(home.glob("registry.db.backup-*"))
         if rev == HEAD:
             upgraded += 1
             assert backups, "upgraded without keeping a backup"
         for b in backups:  # every backup there is complete: the old revision with its data
-            assert _db_state(b) == ("0001", LEGACY_ROWS)
+            assert _db_state(b) == ("0001", LEGACY_ROWS, BULK)
         # and a later open finishes the job
         with Registry.open(home) as reg:
             assert reg.db_current() == HEAD
             assert reg.resolve("legacy@prod").norm == 2.5
         backups = sorted(home.glob("registry.db.backup-*"))
-        assert backups and all(_db_state(b) == ("0001", LEGACY_ROWS) for b in backups)
+        assert backups and all(_db_state(b) == ("0001", LEGACY_ROWS, BULK) for b in backups)
+        assert list(home.glob(f"{TEMP_PREFIX}*")) == []
     print(f"db upgrade: {killed} killed, {upgraded} finished before the kill, duration {duration:.2f}s")
     assert killed >= 6, f"only {killed} of 12 runs were killed (duration {duration:.2f}s)"
+
+
+BACKUP_SCRIPT = r"""
+import sys
+from pathlib import Path
+from pvreg.registry.db import backup_sqlite
+print("go", flush=True)
+backup_sqlite(Path(sys.argv[1]), "0001")
+print("done", flush=True)
+"""
+
+
+def test_backup_killed_midway_leaves_no_false_backup(tmp_path) -> None:
+    """The pre-migration backup is the one file a user restores from: it must be complete or absent."""
+    import time
+
+    from pvreg.registry.db import backup_sqlite
+
+    home = tmp_path / "reg"
+    _old_registry(home)
+    db_path = home / "registry.db"
+
+    def spawn() -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", BACKUP_SCRIPT, str(db_path)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "go"
+        return p
+
+    p = spawn()
+    start = time.monotonic()
+    assert p.stdout.readline().strip() == "done"
+    duration = time.monotonic() - start
+    assert p.wait() == 0
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):
+        p = spawn()
+        time.sleep(fraction * duration)
+        p.kill()  # SIGKILL
+        p.wait()
+        for b in sorted(home.glob("registry.db.backup-*")):
+            assert _db_state(b) == ("0001", LEGACY_ROWS, BULK), b
+    backup_sqlite(db_path, "0001")  # the next backup clears an interrupted one's temporary file
+    assert list(home.glob(f"{TEMP_PREFIX}*")) == []
+    assert _db_state(db_path) == ("0001", LEGACY_ROWS, BULK)
 
 
 # --- a migration that fails half-way ---------------------------------------------------------------------------------

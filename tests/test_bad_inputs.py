@@ -1,0 +1,538 @@
+"""The bad-input catalogue: every way of handing pvreg a wrong file, name, spec or Hub repo.
+
+One case per line: ``C(id, setup, argv, exit code, substring of the message)``.  ``argv`` is a template:
+``{t}`` is the case's scratch directory, ``{base}`` the base model, ``{url}`` the loopback Hub server (started
+only for cases that use it), ``{tail}`` any extra argument the setup returned (for values a shell line cannot
+carry, such as a newline).  Every case must end with the given exit code (2: bad input, 1: environment or
+integrity), exactly one stderr line starting ``error: ``, no traceback, and the registry — every table row,
+every stored file and the SQLite file's bytes — exactly as it was before.
+
+The registry starts with ``helpful@1`` and ``harmless@1`` on the base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from factories import make_base, make_vector
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+TOKEN = "hf_dummy_catalogue_token"
+N = "model.layers.0.mlp.up_proj.weight"  # shape (32, 16) in the factory base
+SHAPE = (32, 16)
+
+
+# --- the environment a setup works in --------------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    tmp: Path
+    base_dir: Path
+    base: dict[str, torch.Tensor]
+    cli: Callable
+    monkeypatch: pytest.MonkeyPatch
+    home: Path
+    _server: Any = None
+    tail: list[str] = field(default_factory=list)
+
+    def p(self, name: str) -> Path:
+        return self.tmp / name
+
+    @property
+    def server(self):
+        if self._server is None:
+            from huggingface_hub import constants
+
+            from hubserver import HubServer
+
+            mp, hf = self.monkeypatch, self.tmp / "hf-home"
+            for var in ("HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+                mp.delenv(var, raising=False)
+            mp.setenv("HF_HUB_DISABLE_XET", "1")
+            mp.setenv("HF_HOME", str(hf))
+            mp.setenv("HF_TOKEN", TOKEN)
+            mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+            mp.setattr(constants, "HF_HUB_OFFLINE", False)
+            mp.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+            mp.setattr(constants, "HF_HOME", str(hf))
+            mp.setattr(constants, "HF_HUB_CACHE", str(hf / "hub"))
+            mp.setattr(constants, "HF_TOKEN_PATH", str(hf / "token"))
+            self._server = HubServer(self.tmp / "hubdata", tokens={TOKEN: "alice"}).start()
+        return self._server
+
+
+# --- setup helpers: each returns a function of Env --------------------------------------------------------------------
+
+
+def nothing(env: Env) -> None:
+    pass
+
+
+def raw(name: str, data: bytes | Callable[[Env], bytes]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        env.p(name).write_bytes(data(env) if callable(data) else data)
+    return make
+
+
+def header(name: str, hdr: Any, data: bytes = b"") -> Callable[[Env], None]:
+    body = json.dumps(hdr).encode()
+    return raw(name, struct.pack("<Q", len(body)) + body + data)
+
+
+def st(name: str, make_tensors: Callable[[], dict[str, torch.Tensor]], metadata: dict | None = None):
+    def make(env: Env) -> None:
+        save_file(make_tensors(), str(env.p(name)), metadata=metadata)
+    return make
+
+
+def full(value: float, dtype=torch.float32, shape=SHAPE) -> Callable[[], dict[str, torch.Tensor]]:
+    return lambda: {N: torch.full(shape, value).to(dtype)}
+
+
+def good_bytes(env: Env) -> bytes:
+    save_file({N: torch.full(SHAPE, 0.1)}, str(env.p("good.safetensors")))
+    return env.p("good.safetensors").read_bytes()
+
+
+def mkdir(name: str) -> Callable[[Env], None]:
+    return lambda env: env.p(name).mkdir(parents=True)
+
+
+def symlink(name: str, target: str) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        env.p(name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, env.p(name))
+    return make
+
+
+def both(*steps: Callable[[Env], None]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        for s in steps:
+            s(env)
+    return make
+
+
+def tail(*args: str) -> Callable[[Env], None]:
+    return lambda env: env.tail.extend(args)
+
+
+class Payload:
+    """Pickling this runs ``open(marker, 'w')`` on load — unless the loader refuses it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def reduce_zip(env: Env) -> None:
+    torch.save({N: torch.zeros(SHAPE), "evil": Payload(str(env.p("pwned")))}, str(env.p("evil.bin")))
+
+
+def reduce_legacy(env: Env) -> None:
+    env.p("evil-legacy.bin").write_bytes(pickle.dumps({"evil": Payload(str(env.p("pwned")))}, protocol=2))
+
+
+def zip_not_torch(env: Env) -> None:
+    with zipfile.ZipFile(env.p("notorch.bin"), "w") as z:
+        z.writestr("hello.txt", "not a checkpoint")
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+
+
+def index_naming_dir(env: Env) -> None:
+    d = env.p("idx")
+    (d / "shard.safetensors").mkdir(parents=True)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {N: "shard.safetensors"}}))
+
+
+def exported(env: Env, name: str = "helpful") -> Path:
+    from pvreg import Registry
+
+    out = env.p(f"{name}-export.safetensors")
+    with Registry.open() as reg:
+        reg.export(name, out)
+    return out
+
+
+def export_tampered(env: Env) -> None:
+    out = exported(env)
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0x01
+    out.write_bytes(bytes(data))
+
+
+def fake_ambiguous(env: Env) -> None:
+    """Two versions whose sha256 share 8 hex digits (cannot be made on purpose; insert rows directly)."""
+    from pvreg import Registry
+    from pvreg.registry.api import NewVersion, ResolvedBase
+    from pvreg.registry.ingest import BlobStats
+
+    with Registry.open() as reg:
+        fp = reg.resolve("helpful").base_fingerprint
+        for name, digit in (("fake-a", "1"), ("fake-b", "2")):
+            stats = BlobStats(sha256="abcdef01" + digit * 56, size_bytes=1, norm=1.0, tensor_norms={},
+                              dtype="float32", num_tensors=1, num_params=1)
+            reg.commit_version(NewVersion(name=name, stats=stats, base=ResolvedBase(fp)))
+
+
+def same_blob_twice(env: Env) -> None:
+    assert env.cli("add", "twin", "--vector", env.p("../helpful.safetensors"), "--base", env.base_dir).exit_code == 0
+
+
+def other_base(env: Env) -> None:
+    make_base(env.p("other-base"), seed=7)
+
+
+def spec_file(name: str, text: str) -> Callable[[Env], None]:
+    return lambda env: env.p(name).write_text(text)
+
+
+# --- Hub repos, crafted commit by commit -------------------------------------------------------------------------------
+
+
+def hub_repo(repo: str, files: Callable[[Env], dict[str, bytes]]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        server = env.server
+        api = HfApi(endpoint=server.url, token=TOKEN)
+        api.create_repo(repo)
+        ops = [CommitOperationAdd(path, data) for path, data in files(env).items()]
+        if ops:
+            api.create_commit(repo, ops, commit_message="crafted")
+    return make
+
+
+def side_registry(env: Env, vector_seed: int, **base_kw) -> Path:
+    """A second registry (own SQLite file, whatever backend the test runs on) holding 'helpful' on another base."""
+    other = env.p("other-reg")
+    tensors = make_base(env.p("other-base"), seed=7, **base_kw)
+    make_vector(env.p("o.safetensors"), tensors, seed=vector_seed)
+    saved = os.environ.pop("PVREG_DATABASE_URL", None)
+    try:
+        assert env.cli("--registry", other, "add", "helpful", "--vector", env.p("o.safetensors"),
+                       "--base", env.p("other-base")).exit_code == 0
+    finally:
+        if saved is not None:
+            os.environ["PVREG_DATABASE_URL"] = saved
+    return other
+
+
+def published(env: Env, name: str, registry: Path | None = None) -> tuple[bytes, dict]:
+    """(exported blob bytes, pvreg.json as a dict) exactly as ``pvreg push`` would publish ``name``."""
+    from pvreg import Registry
+    from pvreg.registry.export import write_exported
+    from pvreg.registry.hub import _json_bytes, _published
+
+    out = env.p(f"pub-{name}.safetensors")
+    where = f"sqlite:///{registry / 'registry.db'}" if registry is not None else None
+    if registry is not None:
+        env.monkeypatch.setenv("PVREG_HOME", str(registry))  # blobs of a URL-opened registry live in PVREG_HOME
+    with Registry.open(where) as reg:
+        public, doc = _published(reg, reg.resolve(name))
+        write_exported(reg.blob_path(name), public, out)
+    if registry is not None:
+        env.monkeypatch.setenv("PVREG_HOME", str(env.home))
+    return out.read_bytes(), json.loads(_json_bytes(doc))
+
+
+def j(doc: dict) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def hub_json_mismatch(env: Env) -> dict[str, bytes]:
+    blob, doc = published(env, "helpful")
+    return {"helpful/vector.safetensors": blob, "helpful/pvreg.json": j({**doc, "dataset": "someone/else"})}
+
+
+def hub_other_base(env: Env) -> dict[str, bytes]:
+    """The blob was made for another base than its pvreg.json declares."""
+    other = side_registry(env, 3)
+    blob, doc = published(env, "helpful", other)
+    from pvreg import Registry
+
+    with Registry.open() as reg:
+        ours = reg.resolve("helpful").base_fingerprint
+    doc = {**doc, "base_fingerprint": ours, "base": {**doc["base"], "fingerprint": ours}}
+    return {"helpful/vector.safetensors": blob, "helpful/pvreg.json": j(doc)}
+
+
+def hub_wrong_shapes(env: Env) -> dict[str, bytes]:
+    """Consistent metadata claiming our base, over tensors of another architecture."""
+    other = side_registry(env, 3, cfg={"hidden_size": 32, "intermediate_size": 64})
+    from pvreg import Registry
+    from pvreg.registry.export import write_exported
+    from pvreg.registry.hub import _json_bytes, _published
+
+    with Registry.open() as reg:
+        ours = reg.resolve("helpful").base_fingerprint
+    out = env.p("lie.safetensors")
+    env.monkeypatch.setenv("PVREG_HOME", str(other))
+    with Registry.open(f"sqlite:///{other / 'registry.db'}") as reg:
+        meta = reg.resolve("helpful")
+        public, doc = _published(reg, meta)
+        public = public.model_copy(update={"base_fingerprint": ours, "name": "shapes"})
+        doc = doc.model_copy(update={"base_fingerprint": ours, "name": "shapes", "base": None})
+        write_exported(reg.blob_path("helpful"), public, out)
+    env.monkeypatch.setenv("PVREG_HOME", str(env.home))
+    return {"shapes/vector.safetensors": out.read_bytes(), "shapes/pvreg.json": _json_bytes(doc)}
+
+
+def hub_missing_blob(env: Env) -> dict[str, bytes]:
+    _, doc = published(env, "helpful")
+    return {"helpful/pvreg.json": j(doc)}
+
+
+def hub_bad_json(env: Env) -> dict[str, bytes]:
+    blob, _ = published(env, "helpful")
+    return {"helpful/vector.safetensors": blob, "helpful/pvreg.json": b"{not json"}
+
+
+def hub_good(env: Env) -> dict[str, bytes]:
+    blob, doc = published(env, "helpful")
+    return {"helpful/vector.safetensors": blob, "helpful/pvreg.json": j(doc)}
+
+
+# --- the catalogue -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class C:
+    id: str
+    setup: Callable[[Env], None]
+    argv: str
+    code: int
+    needle: str
+    after: Callable[[Env], None] | None = None
+
+
+def no_marker(env: Env) -> None:
+    assert not env.p("pwned").exists(), "the pickle payload ran"
+
+
+ADD = "add v --base {base} --vector {t}/"
+COMPOSE = "compose --base {base} --out {t}/out "
+PULL = "pull --endpoint {url} "
+
+CASES = [
+    # safetensors structure
+    C("st-empty-file", raw("e.safetensors", b""), ADD + "e.safetensors", 2, "shorter than the 8-byte header"),
+    C("st-3-bytes", raw("s.safetensors", b"\1\2\3"), ADD + "s.safetensors", 2, "is 3 bytes, shorter than"),
+    C("st-truncated-data", raw("t.safetensors", lambda e: good_bytes(e)[:-7]), ADD + "t.safetensors", 2, "tensor data covers 2048 of 2041"),
+    C("st-trailing-bytes", raw("x.safetensors", lambda e: good_bytes(e) + b"\0" * 4), ADD + "x.safetensors", 2, "tensor data covers 2048 of 2052"),
+    C("st-header-past-end", raw("h.safetensors", struct.pack("<Q", 10_000) + b"{}"), ADD + "h.safetensors", 2, "runs past the end"),
+    C("st-header-over-100mb", raw("b.safetensors", struct.pack("<Q", 200 * 2**20) + b"{}"), ADD + "b.safetensors", 2, "exceeds the 100 MB limit"),
+    C("st-header-huge-u64", raw("u.safetensors", b"\xff" * 8 + b"{}"), ADD + "u.safetensors", 2, "exceeds the 100 MB limit"),
+    C("st-header-not-json", raw("j.safetensors", struct.pack("<Q", 4) + b"{{{{"), ADD + "j.safetensors", 2, "header is not JSON"),
+    C("st-header-not-utf8", raw("j.safetensors", struct.pack("<Q", 4) + b"\xff\xfe{}"), ADD + "j.safetensors", 2, "header is not JSON"),
+    C("st-header-array", header("a.safetensors", []), ADD + "a.safetensors", 2, "not a JSON object"),
+    C("st-metadata-not-strings", header("m.safetensors", {"__metadata__": {"a": 1}}), ADD + "m.safetensors", 2, "__metadata__ must map strings"),
+    C("st-entry-not-object", header("o.safetensors", {N: 5}), ADD + "o.safetensors", 2, "is not an object"),
+    C("st-offsets-overlap", header("o.safetensors", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12), ADD + "o.safetensors", 2, "offsets overlap"),
+    C("st-offsets-gap", header("o.safetensors", {N: {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12), ADD + "o.safetensors", 2, "leave a gap"),
+    C("st-offsets-outside-data", header("o.safetensors", {N: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4), ADD + "o.safetensors", 2, "covers 8 of 4 data bytes"),
+    C("st-offsets-reversed", header("o.safetensors", {N: {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, b"\0" * 8), ADD + "o.safetensors", 2, "invalid data_offsets"),
+    C("st-offsets-negative", header("o.safetensors", {N: {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}), ADD + "o.safetensors", 2, "invalid data_offsets"),
+    C("st-length-not-dtype-x-shape", header("o.safetensors", {N: {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]}}, b"\0" * 12), ADD + "o.safetensors", 2, "spans 12 bytes but F32[2] needs 8"),
+    C("st-unknown-dtype", header("o.safetensors", {N: {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16), ADD + "o.safetensors", 2, "unknown dtype 'F128'"),
+    C("st-negative-shape", header("o.safetensors", {N: {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}), ADD + "o.safetensors", 2, "invalid shape"),
+    C("st-no-tensors", header("o.safetensors", {}), ADD + "o.safetensors", 2, "contains no tensors"),
+    # dtypes and values
+    C("dtype-int32", st("i.safetensors", full(1, torch.int32)), ADD + "i.safetensors", 2, "has dtype int32; preference vectors must be floating point"),
+    C("dtype-int64", st("i.safetensors", full(1, torch.int64)), ADD + "i.safetensors", 2, "has dtype int64"),
+    C("dtype-uint8", st("i.safetensors", full(1, torch.uint8)), ADD + "i.safetensors", 2, "has dtype uint8"),
+    C("dtype-bool", st("i.safetensors", full(1, torch.bool)), ADD + "i.safetensors", 2, "has dtype bool"),
+    C("dtype-float8", header("f8.safetensors", {N: {"dtype": "F8_E4M3", "shape": list(SHAPE), "data_offsets": [0, 512]}}, b"\0" * 512), ADD + "f8.safetensors", 2, "has dtype float8_e4m3fn"),
+    C("value-nan", st("n.safetensors", full(float("nan"))), ADD + "n.safetensors", 2, f"tensor '{N}' contains NaN or Inf"),
+    C("value-inf", st("n.safetensors", full(float("inf"))), ADD + "n.safetensors", 2, "contains NaN or Inf"),
+    C("value-minus-inf", st("n.safetensors", full(float("-inf"))), ADD + "n.safetensors", 2, "contains NaN or Inf"),
+    C("value-nan-bf16", st("n.safetensors", full(float("nan"), torch.bfloat16)), ADD + "n.safetensors", 2, "contains NaN or Inf"),
+    C("value-inf-f16", st("n.safetensors", full(1e5, torch.float16)), ADD + "n.safetensors", 2, "contains NaN or Inf"),
+    C("value-one-nan", st("n.safetensors", lambda: {N: torch.zeros(SHAPE).index_put_((torch.tensor([31]), torch.tensor([15])), torch.tensor(float("nan")))}), ADD + "n.safetensors", 2, "contains NaN or Inf"),
+    # fit to the base
+    C("base-shape-mismatch", st("s.safetensors", full(0.1, shape=(32, 17))), ADD + "s.safetensors", 2, f"'{N}' has shape [32, 17] but the base has [32, 16]"),
+    C("base-missing-tensor", st("m.safetensors", lambda: {"model.nope.weight": torch.zeros(2)}), ADD + "m.safetensors", 2, "'model.nope.weight' does not exist in"),
+    C("base-path-missing", raw("g.safetensors", good_bytes), "add v --vector {t}/g.safetensors --base {t}/no-such-base", 2, "no-such-base"),
+    C("base-symlink-loop", both(raw("g.safetensors", good_bytes), symlink("loop", "loop")), "add v --vector {t}/g.safetensors --base {t}/loop", 2, "no such file or directory"),
+    C("base-unknown-fingerprint", raw("g.safetensors", good_bytes), "add v --vector {t}/g.safetensors --base 0123456789abcdef", 2, "no known base fingerprint starts with it"),
+    # paths that are not the expected file
+    C("path-missing", nothing, ADD + "absent.safetensors", 2, "absent.safetensors: no such file or directory"),
+    C("path-empty-directory", mkdir("empty"), ADD + "empty", 2, "no .safetensors or .bin weight files"),
+    C("path-directory-named-like-file", mkdir("dir.safetensors"), ADD + "dir.safetensors", 2, "no .safetensors or .bin weight files"),
+    C("path-directory-as-shard", index_naming_dir, ADD + "idx", 2, "names missing shard shard.safetensors"),
+    C("path-index-not-json", both(mkdir("idx"), spec_file("idx/model.safetensors.index.json", "{")), ADD + "idx", 2, "not a valid checkpoint index"),
+    C("path-symlink-loop", symlink("loop.safetensors", "loop.safetensors"), ADD + "loop.safetensors", 2, "loop.safetensors: no such file or directory"),
+    C("path-symlink-loop-in-dir", symlink("d/model.safetensors", "model.safetensors"), ADD + "d", 2, "no .safetensors or .bin weight files"),
+    C("path-dangling-symlink", symlink("dangling.safetensors", "nowhere.safetensors"), ADD + "dangling.safetensors", 2, "no such file or directory"),
+    C("path-unsupported-suffix", raw("v.txt", b"hello"), ADD + "v.txt", 2, "unsupported file type"),
+    C("path-tensor-in-two-shards", both(mkdir("sh"), st("sh/a.safetensors", full(0.1)), st("sh/b.safetensors", full(0.2))), ADD + "sh", 2, f"tensor '{N}' appears in both a.safetensors and b.safetensors"),
+    # pickle checkpoints
+    C("bin-reduce-payload-zip", reduce_zip, ADD + "evil.bin", 2, "refused: the pickle needs code execution", no_marker),
+    C("bin-reduce-payload-legacy", reduce_legacy, ADD + "evil-legacy.bin", 2, "refused: the pickle needs code execution", no_marker),
+    C("bin-zip-not-torch", zip_not_torch, ADD + "notorch.bin", 2, "not a loadable PyTorch checkpoint"),
+    C("bin-random-bytes", raw("r.bin", b"\x00garbage" * 10), ADD + "r.bin", 2, "r.bin: refused"),
+    C("bin-not-a-mapping", lambda e: torch.save([torch.zeros(2)], str(e.p("l.bin"))), ADD + "l.bin", 2, "not a mapping of names to tensors"),
+    C("bin-int-tensor", lambda e: torch.save({N: torch.zeros(SHAPE, dtype=torch.int16)}, str(e.p("i.bin"))), ADD + "i.bin", 2, "has dtype int16"),
+    # pvreg exports
+    C("export-tampered", export_tampered, "add --vector {t}/helpful-export.safetensors", 2, "the file was modified"),
+    C("export-bad-metadata", st("m.safetensors", full(0.1), {"pvreg": "{not json"}), ADD + "m.safetensors", 2, "embedded pvreg metadata is invalid"),
+    C("export-other-base", both(other_base, exported), "add --vector {t}/helpful-export.safetensors --base {t}/other-base", 2, "was made for base"),
+    C("export-exists", raw("taken.safetensors", b"x"), "export helpful {t}/taken.safetensors", 2, "already exists (use --force"),
+    C("export-to-directory", mkdir("outdir"), "export helpful {t}/outdir --force", 2, "is a directory"),
+    # names, aliases, references, options
+    C("name-slash", raw("g.safetensors", good_bytes), "add a/b --base {base} --vector {t}/g.safetensors", 2, "invalid name 'a/b': may only contain"),
+    C("name-backslash", raw("g.safetensors", good_bytes), "add 'a\\b' --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
+    C("name-dotdot", raw("g.safetensors", good_bytes), "add .. --base {base} --vector {t}/g.safetensors", 2, "invalid name '..'"),
+    C("name-dot", raw("g.safetensors", good_bytes), "add . --base {base} --vector {t}/g.safetensors", 2, "invalid name '.'"),
+    C("name-traversal", raw("g.safetensors", good_bytes), "add ../../etc --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
+    C("name-control-char", raw("g.safetensors", good_bytes), "add a\x01b --base {base} --vector {t}/g.safetensors", 2, "invalid name 'a\\x01b'"),
+    C("name-newline", both(raw("g.safetensors", good_bytes), tail("a\nb")), "add --base {base} --vector {t}/g.safetensors {tail}", 2, "invalid name 'a\\nb'"),
+    C("name-escape-sequence", both(raw("g.safetensors", good_bytes), tail("a\x1b[31mred")), "add --base {base} --vector {t}/g.safetensors {tail}", 2, "invalid name 'a\\x1b[31mred'"),
+    C("name-65-chars", raw("g.safetensors", good_bytes), "add " + "a" * 65 + " --base {base} --vector {t}/g.safetensors", 2, "is 65 characters (at most 64)"),
+    C("name-empty", raw("g.safetensors", good_bytes), "add '' --base {base} --vector {t}/g.safetensors", 2, "invalid name '': is empty"),
+    C("name-uppercase", raw("g.safetensors", good_bytes), "add Helpful --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
+    C("name-unicode", raw("g.safetensors", good_bytes), "add héllo --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
+    C("name-missing", raw("g.safetensors", good_bytes), "add --base {base} --vector {t}/g.safetensors", 2, "a vector name is required"),
+    C("alias-slash", nothing, "tag helpful@1 a/b", 2, "invalid alias 'a/b'"),
+    C("alias-number", nothing, "tag helpful@1 12", 2, "an alias cannot be a number"),
+    C("alias-untag-unknown", nothing, "untag helpful nosuch", 2, "has no alias 'nosuch'"),
+    C("ref-version-zero", nothing, "show helpful@0", 2, "versions start at 1"),
+    C("ref-empty-alias", nothing, "show helpful@", 2, "is empty"),
+    C("ref-sha-not-hex", nothing, "show sha256:xyz", 2, "needs 8 to 64 hex digits"),
+    C("ref-sha-too-short", nothing, "show sha256:abc", 2, "needs 8 to 64 hex digits"),
+    C("ref-unknown-name", nothing, "show nosuch", 2, "no vector named 'nosuch'"),
+    C("ref-unknown-sha", nothing, "show sha256:00000000", 2, "no version has that sha256"),
+    C("ref-ambiguous-sha", fake_ambiguous, "show sha256:abcdef01", 2, "ambiguous reference 'sha256:abcdef01': matches 2 blobs"),
+    C("opt-bad-sign", raw("g.safetensors", good_bytes), ADD + "g.safetensors --sign 2", 2, "invalid sign 2"),
+    C("opt-bad-tag", raw("g.safetensors", good_bytes), ADD + "g.safetensors --tag novalue", 2, "invalid tag 'novalue'"),
+    C("opt-two-sources", raw("g.safetensors", good_bytes), ADD + "g.safetensors --finetuned {base}", 2, "give exactly one source"),
+    C("opt-no-source", nothing, "add v --base {base}", 2, "give exactly one source"),
+    # compose spec tokens
+    C("spec-missing-coefficient", nothing, COMPOSE + "helpful:", 2, "'helpful:': missing coefficient after ':'"),
+    C("spec-missing-ref", nothing, COMPOSE + ":1", 2, "':1': missing reference before ':'"),
+    C("spec-coefficient-word", nothing, COMPOSE + "helpful:abc", 2, "coefficient 'abc' is not a number"),
+    C("spec-coefficient-overflow", nothing, COMPOSE + "helpful:1e400", 2, "coefficient '1e400' is not finite"),
+    C("spec-coefficient-nan", nothing, COMPOSE + "helpful:nan", 2, "coefficient 'nan' is not a number"),
+    C("spec-coefficient-inf", nothing, COMPOSE + "helpful:-inf", 2, "coefficient '-inf' is not a number"),
+    C("spec-coefficient-underscore", nothing, COMPOSE + "helpful:1_0", 2, "coefficient '1_0' is not a number"),
+    C("spec-coefficient-unicode-digit", nothing, COMPOSE + "helpful:\u0661", 2, "is not a number"),
+    C("spec-coefficient-fullwidth", nothing, COMPOSE + "helpful:\uff11.5", 2, "is not a number"),
+    C("spec-two-coefficients", nothing, COMPOSE + "helpful:1:2", 2, "expected REF:COEF with a single coefficient"),
+    C("spec-sha-two-coefficients", nothing, COMPOSE + "sha256:abcdef01:1:2", 2, "single coefficient"),
+    C("spec-bad-ref", nothing, COMPOSE + "Helpful:1", 2, "invalid spec token 'Helpful:1'"),
+    C("spec-duplicate-ref", nothing, COMPOSE + "helpful helpful@1:0.5", 2, "duplicate vector: 'helpful' and 'helpful@1' both resolve to helpful@1"),
+    C("spec-duplicate-blob", same_blob_twice, COMPOSE + "helpful twin", 2, "have the same sha256"),
+    C("spec-unknown-ref", nothing, COMPOSE + "helpful nosuch:1", 2, "no vector named 'nosuch'"),
+    C("spec-unknown-version", nothing, COMPOSE + "helpful@7", 2, "helpful has no version 7"),
+    C("spec-unknown-alias", nothing, COMPOSE + "helpful@beta", 2, "helpful has no alias 'beta'"),
+    C("spec-ambiguous-sha", fake_ambiguous, COMPOSE + "sha256:abcdef01:0.5", 2, "ambiguous reference 'sha256:abcdef01'"),
+    C("spec-nothing", nothing, COMPOSE.strip(), 2, "nothing to compose"),
+    C("spec-file-and-tokens", spec_file("s.yaml", "terms: [{ref: helpful}]"), COMPOSE + "helpful --spec {t}/s.yaml", 2, "not both"),
+    C("spec-file-not-yaml", spec_file("s.yaml", "terms: [unclosed"), COMPOSE + "--spec {t}/s.yaml", 2, "not valid YAML"),
+    C("spec-file-not-mapping", spec_file("s.json", "[1, 2]"), COMPOSE + "--spec {t}/s.json", 2, "must be a mapping"),
+    C("spec-file-bad-term", spec_file("s.json", '{"terms": [{"ref": "helpful", "coefficient": "x"}]}'), COMPOSE + "--spec {t}/s.json", 2, "invalid spec at terms.0.coefficient"),
+    C("spec-file-missing", nothing, COMPOSE + "--spec {t}/none.yaml", 2, "no such spec file"),
+    C("compose-register-needs-vector-only", nothing, COMPOSE + "helpful --register x", 2, "--register needs --vector-only"),
+    C("compose-register-bad-name", nothing, "compose helpful --vector-only --register a/b", 2, "invalid name 'a/b'"),
+    C("compose-no-out", nothing, "compose helpful --base {base}", 2, "--out is required"),
+    C("compose-unknown-method", nothing, COMPOSE + "helpful --method nosuch", 2, "nosuch"),
+    C("compose-bad-density", nothing, COMPOSE + "helpful --method ties --density 2", 2, "density"),
+    C("compose-bad-dtype", nothing, COMPOSE + "helpful --dtype int8", 2, "invalid dtype 'int8'"),
+    C("compose-bad-shard-size", nothing, COMPOSE + "helpful --shard-size 0", 2, "invalid shard size '0'"),
+    C("compose-out-not-empty", raw("out", b"x"), COMPOSE + "helpful", 2, "already exists and is not empty"),
+    C("compose-out-is-base", nothing, "compose helpful --base {base} --out {base} --force", 2, "would replace the base model"),
+    C("compose-other-base", other_base, "compose helpful --base {t}/other-base --out {t}/out", 2, "base mismatch"),
+    # Hub
+    C("hub-json-disagrees-with-blob", hub_repo("alice/mismatch", hub_json_mismatch), PULL + "alice/mismatch", 1, "pvreg.json says dataset='someone/else'"),
+    C("hub-blob-for-other-base", hub_repo("alice/otherbase", hub_other_base), PULL + "alice/otherbase", 1, "pvreg.json says base_fingerprint="),
+    C("hub-blob-wrong-shapes", hub_repo("alice/shapes", hub_wrong_shapes), PULL + "alice/shapes", 2, "has shape"),
+    C("hub-missing-blob", hub_repo("alice/noblob", hub_missing_blob), PULL + "alice/noblob", 1, "pvreg.json is there but vector.safetensors is missing"),
+    C("hub-json-not-json", hub_repo("alice/badjson", hub_bad_json), PULL + "alice/badjson", 1, "not valid pvreg metadata"),
+    C("hub-no-vectors", hub_repo("alice/empty", lambda e: {"README.md": b"# nothing\n"}), PULL + "alice/empty", 2, "holds no pvreg vectors"),
+    C("hub-missing-name", hub_repo("alice/good", hub_good), PULL + "alice/good --name zzz", 2, "no vector named zzz"),
+    C("hub-missing-repo", lambda e: e.server, PULL + "alice/missing", 2, "not found"),
+    C("hub-missing-revision", hub_repo("alice/good", hub_good), PULL + "alice/good@nope", 2, "revision 'nope' not found"),
+    C("hub-bad-repo-id", nothing, "pull 'not a repo'", 2, "invalid Hub repo"),
+    C("hub-bad-endpoint", nothing, "pull alice/good --endpoint ftp://example.org", 2, "invalid Hub endpoint"),
+]
+
+
+def test_catalogue_ids_are_unique() -> None:
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.fixture
+def seeded(tmp_path, cli, base_dir, base_tensors, monkeypatch, home):
+    """A registry with helpful@1 and harmless@1; an Env whose scratch dir is tmp/case."""
+    for name, seed in (("helpful", 1), ("harmless", 2)):
+        f = tmp_path / f"{name}.safetensors"
+        make_vector(f, base_tensors, seed=seed)
+        r = cli("add", name, "--vector", f, "--base", base_dir)
+        assert r.exit_code == 0, r.stderr
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    env = Env(case_dir, base_dir, base_tensors, cli, monkeypatch, home)
+    yield env
+    if env._server is not None:
+        env._server.stop()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_cleanly(case: C, seeded: Env, cli, snapshot) -> None:
+    env = seeded
+    case.setup(env)
+    values = {"t": env.tmp, "base": env.base_dir}
+    if "{url}" in case.argv:
+        values["url"] = env.server.url
+    argv = [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail
+    before = snapshot()
+    r = cli(*argv)
+    assert r.exit_code == case.code, (r.exit_code, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert case.needle in lines[0], lines[0]
+    assert snapshot() == before
+    if case.after is not None:
+        case.after(env)
+
+
+REAL_PROCESS = ["hub-missing-name", "hub-no-vectors", "name-newline"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in REAL_PROCESS], ids=REAL_PROCESS)
+def test_bad_input_in_a_real_process(case: C, seeded: Env, snapshot) -> None:
+    """In-process runs cannot see what libraries log to the real stderr (the Hub client's warnings did)."""
+    import subprocess
+    import sys
+
+    env = seeded
+    case.setup(env)
+    values = {"t": env.tmp, "base": env.base_dir}
+    if "{url}" in case.argv:
+        values["url"] = env.server.url
+    argv = [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail
+    before = snapshot()
+    r = subprocess.run([sys.executable, "-c", "from pvreg.cli.main import main; main()", *argv],
+                       capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert r.returncode == case.code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and case.needle in lines[0], r.stderr
+    assert snapshot() == before
