@@ -253,7 +253,7 @@ def test_adding_then_subtracting_a_vector_returns_the_base(world) -> None:
     """a:1 then a:-1 is the base again: as numbers, and through a composed-and-registered vector."""
     reg, root, base = world
     # vec(a:1) alone would be byte-identical to a's blob (refused as a duplicate), so register a:1 b:1
-    reg.compose(["a:1", "b:1"], out=None, vector_only=True, register="ab")  # out=None: see the report
+    reg.compose(["a:1", "b:1"], vector_only=True, register="ab")
     model = _model(reg, root, "ab:1", "a:-1", "b:-1")
     for n in base:
         _close(model[n], base[n])
