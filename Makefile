@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch first, so the range in pyproject is already met.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# An editable install gets no bytecode when PYTHONDONTWRITEBYTECODE is set; compile once so
+	# every `pvreg` start does not re-compile the package.
+	$(BIN)/python -m compileall -q __init__.py registry schemas cli migrations
 	touch $@
 
 demo: setup

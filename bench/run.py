@@ -272,7 +272,7 @@ class Bench:
             self.timed(pv, [self.pvreg, "--registry", home, "verify"], files)
         return sha, pv, nbytes
 
-    def list_suite(self) -> tuple[float, float, float]:
+    def list_suite(self) -> tuple[float, float, float, float]:
         import bench_list
 
         home = self.work / "list" / "home"
@@ -281,10 +281,12 @@ class Bench:
         say(f"built a {self.args.list_versions}-version registry in {time.perf_counter() - t:.0f} s")
         runs = max(5, self.args.repeats)
         bare = bench_list.timed([self.py, "-c", "pass"], runs)
+        # The fixed start-up every compose/add pays before touching a tensor.
+        torch_start = bench_list.timed([self.py, "-c", "import torch"], runs)
         plain = bench_list.timed([self.pvreg, "--registry", str(home), "list"], runs)
         as_json = bench_list.timed([self.pvreg, "--registry", str(home), "list", "--json"], runs)
         common_rm(self.work / "list")
-        return bare, plain, as_json
+        return bare, torch_start, plain, as_json
 
 
 def common_rm(p: Path) -> None:
@@ -387,7 +389,7 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     # The pvreg output is no longer needed; free the space before the small model.
     common_rm(b.outs["pvreg"])
     small_params, small = b.small_suite(cfg["hidden_size"])
-    bare, list_s, list_json = b.list_suite()
+    bare, torch_start, list_s, list_json = b.list_suite()
 
     # ----------------------------------------------------------------- report
     fl, pv, mk, nv = compose["floor"], compose["pvreg"], compose["mergekit"], compose["naive"]
@@ -446,6 +448,7 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     L.append(f"| pvreg verify (same blobs: hash + norms) | {sec(verify_pv.wall)} | {verify_pv.runs()} | {tp_pv:.0f} MB/s "
              f"= {fmt_ratio(ratio(tp_pv, tp_sha))} sha256sum | {mib(verify_pv.rss)} |")
     L.append(f"| python -c pass | {bare:.3f} | - | - | - |")
+    L.append(f"| python -c 'import torch' (fixed start-up inside every compose/add run) | {torch_start:.3f} | - | - | - |")
     L.append(f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | - | - |")
     L.append(f"| pvreg list --json, {args.list_versions} versions | {list_json:.3f} | - | - | - |")
     L.append("")

@@ -56,22 +56,9 @@ class Env:
     @property
     def server(self):
         if self._server is None:
-            from huggingface_hub import constants
+            from hubserver import HubServer, isolate_hf_client
 
-            from hubserver import HubServer
-
-            mp, hf = self.monkeypatch, self.tmp / "hf-home"
-            for var in ("HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
-                mp.delenv(var, raising=False)
-            mp.setenv("HF_HUB_DISABLE_XET", "1")
-            mp.setenv("HF_HOME", str(hf))
-            mp.setenv("HF_TOKEN", TOKEN)
-            mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-            mp.setattr(constants, "HF_HUB_OFFLINE", False)
-            mp.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-            mp.setattr(constants, "HF_HOME", str(hf))
-            mp.setattr(constants, "HF_HUB_CACHE", str(hf / "hub"))
-            mp.setattr(constants, "HF_TOKEN_PATH", str(hf / "token"))
+            isolate_hf_client(self.monkeypatch, self.tmp / "hf-home", token=TOKEN)
             self._server = HubServer(self.tmp / "hubdata", tokens={TOKEN: "alice"}).start()
         return self._server
 

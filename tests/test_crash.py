@@ -337,22 +337,9 @@ def test_compose_killed_at_random_moments(zygote, tmp_path, compose_registry) ->
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
+    from hubserver import HubServer, isolate_hf_client
 
-    from hubserver import HubServer
-
-    hf_home = tmp_path / "hf-test"
-    for var in ("HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+    isolate_hf_client(monkeypatch, tmp_path / "hf-test", token=TOKEN)
     with HubServer(tmp_path / "hubdata", tokens={TOKEN: "alice"}) as srv:
         yield srv
 

@@ -19,9 +19,9 @@ from factories import make_base, make_vector
 try:
     from hubserver import HubServer
     from hubserver import HubError as ServerHubError
-    from hubserver import _Handler
+    from hubserver import _Handler, isolate_hf_client
 except ImportError:  # pragma: no cover
-    from .hubserver import HubServer, _Handler
+    from .hubserver import HubServer, _Handler, isolate_hf_client
     from .hubserver import HubError as ServerHubError
 
 TOKEN = "hf_dummy_token_123"
@@ -31,20 +31,7 @@ HUB_ID = "acme/tiny-llama"
 
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
-    home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the client reads HF_TOKEN at call time
-    return home
+    return isolate_hf_client(monkeypatch, tmp_path / "hf_home", token=TOKEN)
 
 
 @pytest.fixture

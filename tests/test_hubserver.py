@@ -36,9 +36,9 @@ from huggingface_hub.errors import (
 )
 
 try:  # tests/ is a plain rootdir-inserted folder (no __init__.py); support package mode too
-    from hubserver import HubServer
+    from hubserver import HubServer, isolate_hf_client
 except ImportError:  # pragma: no cover
-    from .hubserver import HubServer
+    from .hubserver import HubServer, isolate_hf_client
 
 TOKEN = "hf_alice_token"
 OTHER_TOKEN = "hf_bob_token"
@@ -47,20 +47,7 @@ REPO = "alice/prefs"
 
 @pytest.fixture
 def hf_env(tmp_path, monkeypatch):
-    home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    # The client read these at import time: patch the constants too, otherwise the env vars above do nothing.
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    return home
+    return isolate_hf_client(monkeypatch, tmp_path / "hf_home")
 
 
 @pytest.fixture
