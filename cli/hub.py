@@ -14,8 +14,7 @@ import typer
 
 from pvreg.cli.output import emit_json, fmt_norm, short, table
 from pvreg.cli.state import open_registry
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+from pvreg.cli.vectors import JsonOpt
 EndpointOpt = Annotated[
     Optional[str],
     typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).", show_default=False),
