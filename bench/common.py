@@ -309,7 +309,6 @@ def floor_main(read: list[str], write_dir: str, sizes: list[int], do_fsync: bool
 
 def naive_main(base: str, vectors: list[tuple[str, float]], out: str) -> None:
     """Load every state dict fully, add in float32, cast to the base dtype, save like the base."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     base_dir, out_dir = Path(base), Path(out)

@@ -9,7 +9,6 @@ so read-only commands stay fast.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +40,6 @@ from pvreg.schemas import (
     ListEntry,
     ParentRef,
     VectorMeta,
-    VerifyProblem,
     VerifyReport,
 )
 
@@ -50,7 +48,7 @@ if TYPE_CHECKING:
     from pvreg.registry.fingerprint import FingerprintCache
     from pvreg.schemas.compose import ComposeSpec
     from pvreg.registry.ingest import BlobStats, TensorSource
-    from pvreg.registry.tensorio import Checkpoint, TensorInfo
+    from pvreg.registry.tensorio import TensorInfo
 
 FP_PREFIX_RE = re.compile(r"[0-9a-f]{8,64}")
 
@@ -613,69 +611,14 @@ class Registry:
     # --- maintenance ------------------------------------------------------------------
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
-        """Delete blobs no version references, and temporary files of dead writers.
+        """Delete unreferenced blobs and the leftovers of dead writers (see :mod:`pvreg.registry.gc`)."""
+        from pvreg.registry.gc import collect
 
-        Holds the store's exclusive lock, so no writer is between writing a
-        blob and committing the version that references it.
-        """
-        report = GcReport()
-        with self.blobs.gc_lock():
+        def referenced() -> set[str]:
             with db.read_session(self._sessions) as s:
-                referenced = set(s.scalars(select(Version.sha256).distinct()).all())
-            for sha, path in list(self.blobs.iter_blobs()):
-                if sha not in referenced:
-                    report.removed_blobs.append(sha)
-                    report.freed_bytes += path.stat().st_size
-                    if not dry_run:
-                        self.blobs.delete(sha)
-            for tmp in list(self.blobs.iter_temp()):
-                if self.blobs.stale(tmp):
-                    report.removed_temp.append(str(tmp))
-                    if not dry_run:
-                        from pvreg.registry.fsutil import remove_path
+                return set(s.scalars(select(Version.sha256).distinct()).all())
 
-                        remove_path(tmp)
-            for extra in self._gc_extra(dry_run):
-                report.removed_temp.append(extra)
-        return report
-
-    def _gc_extra(self, dry_run: bool) -> list[str]:
-        """Leftovers of killed composes: their staging directories, named by pending markers.
-
-        A marker whose flock is free belongs to a dead process.  A marker that
-        records an interrupted ``--force`` swap (``aside``/``out``) puts the old
-        output back when the new one never arrived.
-        """
-        from pvreg.registry.fsutil import remove_path
-
-        removed: list[str] = []
-        pending = self.settings.home / "pending"
-        if not pending.is_dir():
-            return removed
-        for marker in sorted(pending.iterdir()):
-            if not marker.name.endswith((".json", ".json.part")) or not self.blobs.stale(marker):
-                continue
-            try:
-                record = json.loads(marker.read_text())
-            except (ValueError, OSError):
-                record = {}
-            target = Path(record["path"]) if isinstance(record.get("path"), str) else None
-            aside = Path(record["aside"]) if isinstance(record.get("aside"), str) else None
-            out = Path(record["out"]) if isinstance(record.get("out"), str) else None
-            if aside is not None and out is not None and aside.exists():
-                removed.append(str(aside))
-                if not dry_run:
-                    if out.exists():
-                        remove_path(aside)  # the new output made it; the old one goes
-                    else:
-                        os.replace(aside, out)  # the swap broke off: restore the old output
-            if target is not None and target.exists() and target != out:
-                removed.append(str(target))
-                if not dry_run:
-                    remove_path(target)
-            if not dry_run:
-                remove_path(marker)
-        return removed
+        return collect(self.blobs, self.settings.home / "pending", referenced, dry_run=dry_run)
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""

@@ -1,0 +1,74 @@
+"""Garbage collection: unreferenced blobs and the leftovers of killed writers.
+
+Ordering makes it safe to run at any time: writers hold the store's lock
+shared from writing a blob until the version row referencing it is committed;
+gc takes it exclusively and only then reads which blobs are referenced.
+Temporary files and compose staging directories are removed only when their
+flock is free, i.e. their writer is dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pvreg.registry.blobstore import BlobStore
+from pvreg.registry.fsutil import remove_path
+from pvreg.schemas import GcReport
+
+
+def collect(store: BlobStore, pending: Path, referenced: Callable[[], set[str]], *, dry_run: bool) -> GcReport:
+    """Remove what nothing needs; ``referenced`` is read under the exclusive lock."""
+    report = GcReport()
+    with store.gc_lock():
+        keep = referenced()
+        for sha, path in list(store.iter_blobs()):
+            if sha not in keep:
+                report.removed_blobs.append(sha)
+                report.freed_bytes += path.stat().st_size
+                if not dry_run:
+                    store.delete(sha)
+        for tmp in list(store.iter_temp()):
+            if store.stale(tmp):
+                report.removed_temp.append(str(tmp))
+                if not dry_run:
+                    remove_path(tmp)
+        report.removed_temp.extend(_compose_leftovers(pending, dry_run=dry_run))
+    return report
+
+
+def _compose_leftovers(pending: Path, *, dry_run: bool) -> list[str]:
+    """Staging directories of killed composes, named by their pending markers.
+
+    A marker whose flock is free belongs to a dead process.  A marker that
+    records an interrupted ``--force`` swap (``aside``/``out``) puts the old
+    output back when the new one never arrived.
+    """
+    removed: list[str] = []
+    if not pending.is_dir():
+        return removed
+    for marker in sorted(pending.iterdir()):
+        if not marker.name.endswith((".json", ".json.part")) or not BlobStore.stale(marker):
+            continue
+        try:
+            record = json.loads(marker.read_text())
+        except (ValueError, OSError):
+            record = {}
+        target, aside, out = (Path(record[k]) if isinstance(record.get(k), str) else None
+                              for k in ("path", "aside", "out"))
+        if aside is not None and out is not None and aside.exists():
+            removed.append(str(aside))
+            if not dry_run:
+                if out.exists():
+                    remove_path(aside)  # the new output made it; the old one goes
+                else:
+                    os.replace(aside, out)  # the swap broke off: restore the old output
+        if target is not None and target.exists() and target != out:
+            removed.append(str(target))
+            if not dry_run:
+                remove_path(target)
+        if not dry_run:
+            remove_path(marker)
+    return removed
