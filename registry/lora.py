@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import pickletools
 import re
 import zipfile
@@ -420,27 +419,16 @@ def _st_dtype(name: str) -> torch.dtype | str:
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    """Load a torch checkpoint without ever executing pickled code."""
+    """Load a torch checkpoint without ever executing pickled code.
+
+    Legacy (non-zip) pickles are scanned statically and refused here; zip
+    checkpoints go through the project's one weights-only loader.
+    """
+    from pvreg.registry.tensorio import load_torch_weights_only
+
     if not zipfile.is_zipfile(path):
         _classify_legacy_pickle(path)  # always raises
-    try:
-        state = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        detail = next(
-            (ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln),
-            "it references objects outside the weights-only allowlist",
-        )
-        raise UnsafeCheckpointError(
-            f"{path}: pickle needs code execution to load, refused ({detail})"
-        ) from None
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidTensorFileError(f"{path}: cannot load torch checkpoint: {first}") from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise InvalidTensorFileError(f"{path}: checkpoint is not a flat mapping of names to tensors")
-    return state
+    return load_torch_weights_only(path)
 
 
 _IMPORTING_OPS = frozenset(
