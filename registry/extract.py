@@ -258,6 +258,13 @@ class _Meter:
     produced: int = 0
     any_nonzero: bool = False
 
+    def store(self, name: str, exact: "torch.Tensor") -> "torch.Tensor":
+        """Cast the exact delta to the stored dtype, account for it, and return the stored tensor."""
+        target = torch_dtype(self.stored_code)
+        stored = exact if exact.dtype == target else exact.to(target)
+        self.add(name, exact, stored)
+        return stored
+
     def add(self, name: str, exact: "torch.Tensor", stored: "torch.Tensor") -> None:
         import torch
 
@@ -322,10 +329,7 @@ class _DiffSource:
         exact = a.to(compute, copy=True)
         exact.sub_(b)  # b is upcast element-wise; exact for float32/bf16/f16 inputs
         del a, b
-        target = torch_dtype(self.meter.stored_code)
-        stored = exact if exact.dtype == target else exact.to(target)
-        self.meter.add(name, exact, stored)
-        return stored
+        return self.meter.store(name, exact)
 
     def raw(self, name: str) -> memoryview | None:
         return None
@@ -510,10 +514,7 @@ class _LoraSource:
                 exact.add_(d, alpha=term.coefficient)
             del d
         assert exact is not None
-        target = torch_dtype(self.meter.stored_code)
-        stored = exact if exact.dtype == target else exact.to(target)
-        self.meter.add(name, exact, stored)
-        return stored
+        return self.meter.store(name, exact)
 
     def raw(self, name: str) -> memoryview | None:
         return None
