@@ -104,3 +104,22 @@ def make_vector(path: Path, base: dict[str, torch.Tensor], *, seed: int, scale: 
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def insert_legacy_rows(conn) -> None:
+    """Rows as a revision-0001 registry held them: one base, one vector, one version, one alias.
+
+    Written with plain SQL (not the ORM), because the ORM models describe the
+    current schema, not 0001's.
+    """
+    from sqlalchemy import text
+
+    conn.execute(text("INSERT INTO base_models (fingerprint, label, created_at) "
+                      "VALUES (:f, 'old', CURRENT_TIMESTAMP)"), {"f": "a" * 64})
+    conn.execute(text("INSERT INTO vectors (id, name, created_at) VALUES (1, 'legacy', CURRENT_TIMESTAMP)"))
+    conn.execute(text(
+        "INSERT INTO versions (id, vector_id, version, sha256, size_bytes, base_fingerprint, sign, norm, "
+        "tensor_norms, dtype, num_tensors, num_params, kind, provenance, state, created_at) VALUES "
+        "(1, 1, 1, :s, 10, :f, 1, 2.5, '{}', 'float32', 1, 4, 'file', '{}', 'active', CURRENT_TIMESTAMP)"),
+        {"s": "b" * 64, "f": "a" * 64})
+    conn.execute(text("INSERT INTO aliases (vector_id, alias, version_id) VALUES (1, 'prod', 1)"))

@@ -480,14 +480,19 @@ def seeded(tmp_path, cli, base_dir, base_tensors, monkeypatch, home):
         env._server.stop()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_cleanly(case: C, seeded: Env, cli, snapshot) -> None:
-    env = seeded
+def _prepare(case: C, env: Env) -> list[str]:
+    """Run the case's setup and return its argv with paths (and the Hub URL) filled in."""
     case.setup(env)
     values = {"t": env.tmp, "base": env.base_dir}
     if "{url}" in case.argv:
         values["url"] = env.server.url
-    argv = [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail
+    return [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_cleanly(case: C, seeded: Env, cli, snapshot) -> None:
+    env = seeded
+    argv = _prepare(case, env)
     before = snapshot()
     r = cli(*argv)
     assert r.exit_code == case.code, (r.exit_code, r.stdout, r.stderr)
@@ -511,11 +516,7 @@ def test_bad_input_in_a_real_process(case: C, seeded: Env, snapshot) -> None:
     import sys
 
     env = seeded
-    case.setup(env)
-    values = {"t": env.tmp, "base": env.base_dir}
-    if "{url}" in case.argv:
-        values["url"] = env.server.url
-    argv = [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail
+    argv = _prepare(case, env)
     before = snapshot()
     r = subprocess.run([sys.executable, "-c", "from pvreg.cli.main import main; main()", *argv],
                        capture_output=True, text=True, env=os.environ.copy(), timeout=120)

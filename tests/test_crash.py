@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import run_cli
-from factories import make_base, make_vector
+from factories import insert_legacy_rows, make_base, make_vector
 from pvreg import Registry
 from pvreg.migrations import HEAD
 from pvreg.registry.fsutil import TEMP_PREFIX
@@ -401,15 +401,7 @@ def _old_registry(home: Path) -> None:
         with engine.begin() as conn:
             command.upgrade(db._alembic_config(conn), "0001")
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO base_models (fingerprint, label, created_at) "
-                              "VALUES (:f, 'old', CURRENT_TIMESTAMP)"), {"f": "a" * 64})
-            conn.execute(text("INSERT INTO vectors (id, name, created_at) VALUES (1, 'legacy', CURRENT_TIMESTAMP)"))
-            conn.execute(text(
-                "INSERT INTO versions (id, vector_id, version, sha256, size_bytes, base_fingerprint, sign, norm, "
-                "tensor_norms, dtype, num_tensors, num_params, kind, provenance, state, created_at) VALUES "
-                "(1, 1, 1, :s, 10, :f, 1, 2.5, '{}', 'float32', 1, 4, 'file', '{}', 'active', CURRENT_TIMESTAMP)"),
-                {"s": "b" * 64, "f": "a" * 64})
-            conn.execute(text("INSERT INTO aliases (vector_id, alias, version_id) VALUES (1, 'prod', 1)"))
+            insert_legacy_rows(conn)
             # bulk, so that the backup and the migration take long enough to be interrupted
             conn.execute(text("INSERT INTO vectors (id, name, created_at) VALUES (2, 'bulk', CURRENT_TIMESTAMP)"))
             conn.execute(text(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from factories import insert_legacy_rows
 from pvreg import Registry
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry import db
@@ -53,15 +54,7 @@ def test_old_database_with_data_upgrades_without_losing_rows(home: Path, cli, ve
     _upgrade_to(settings.database_url, settings, "0001")
     engine = create_engine(settings.database_url)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO base_models (fingerprint, label, created_at) VALUES (:f, 'old', CURRENT_TIMESTAMP)"),
-                     {"f": "a" * 64})
-        conn.execute(text("INSERT INTO vectors (id, name, created_at) VALUES (1, 'legacy', CURRENT_TIMESTAMP)"))
-        conn.execute(text(
-            "INSERT INTO versions (id, vector_id, version, sha256, size_bytes, base_fingerprint, sign, norm, "
-            "tensor_norms, dtype, num_tensors, num_params, kind, provenance, state, created_at) VALUES "
-            "(1, 1, 1, :s, 10, :f, 1, 2.5, '{}', 'float32', 1, 4, 'file', '{}', 'active', CURRENT_TIMESTAMP)"),
-            {"s": "b" * 64, "f": "a" * 64})
-        conn.execute(text("INSERT INTO aliases (vector_id, alias, version_id) VALUES (1, 'prod', 1)"))
+        insert_legacy_rows(conn)
     engine.dispose()
     r = cli("db", "current")
     assert r.stdout.strip() == "0001"
