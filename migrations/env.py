@@ -7,7 +7,7 @@ on SQLite.
 
 from alembic import context
 
-from pvreg.registry.models import Base
+from pvreg.registry.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - pvreg always passes one
@@ -15,7 +15,7 @@ if connection is None:  # pragma: no cover - pvreg always passes one
 
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=metadata,
     render_as_batch=True,
     compare_type=True,
 )

@@ -13,14 +13,10 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
-
-from pvreg.registry import db
+from pvreg.registry import catalog, db
 from pvreg.registry.blobstore import BlobStore
 from pvreg.registry.errors import (
     AmbiguousReferenceError,
@@ -31,8 +27,7 @@ from pvreg.registry.errors import (
     OutputExistsError,
     UserError,
 )
-from pvreg.registry.models import Alias, BaseModelRow, Vector, Version, VersionParent, VersionTag
-from pvreg.registry.refs import HEX64_RE, Ref, check_name, parse_ref
+from pvreg.registry.refs import HEX64_RE, check_name
 from pvreg.registry.settings import Settings
 from pvreg.schemas import (
     BaseModelInfo,
@@ -44,6 +39,9 @@ from pvreg.schemas import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from pvreg.registry.models import Version
     from pvreg.registry.compose import ComposeResult, CompositionRecord
     from pvreg.registry.fingerprint import FingerprintCache
     from pvreg.schemas.compose import ComposeSpec
@@ -98,10 +96,6 @@ def _check_sign(sign: int) -> int:
     return sign
 
 
-def _utc(dt: Any) -> Any:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
-
-
 class Registry:
     """A preference-vector registry: metadata database plus blob store.
 
@@ -112,8 +106,16 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = db.make_engine(settings.database_url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(settings.blob_dir)
+        self._session_factory: "sessionmaker[Session] | None" = None
+
+    @property
+    def _sessions(self) -> "sessionmaker[Session]":
+        """ORM sessions for writers, built on first use: readers go through
+        :mod:`pvreg.registry.catalog` and never import the ORM."""
+        if self._session_factory is None:
+            self._session_factory = db.sessions(self.engine)
+        return self._session_factory
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -200,10 +202,8 @@ class Registry:
                 return ResolvedBase(fp, dict(ckpt.infos), facts, path.resolve())
         lowered = text.lower().removeprefix("sha256:")
         if FP_PREFIX_RE.fullmatch(lowered):
-            with db.read_session(self._sessions) as s:
-                rows = s.scalars(
-                    select(BaseModelRow).where(BaseModelRow.fingerprint.startswith(lowered))
-                ).all()
+            with db.read_connection(self.engine) as conn:
+                rows = catalog.bases(conn, prefix=lowered)
             if len(rows) > 1:
                 raise AmbiguousReferenceError(f"base fingerprint prefix {text!r} matches {len(rows)} bases")
             if rows:
@@ -219,14 +219,12 @@ class Registry:
         raise NotFoundError(f"base {text!r}: no such file or directory")
 
     def bases(self) -> list[BaseModelInfo]:
-        with db.read_session(self._sessions) as s:
-            rows = s.scalars(select(BaseModelRow).order_by(BaseModelRow.created_at)).all()
-            return [_base_info(r) for r in rows]
+        with db.read_connection(self.engine) as conn:
+            return catalog.bases(conn)
 
     def base_info(self, fingerprint: str) -> BaseModelInfo | None:
-        with db.read_session(self._sessions) as s:
-            row = s.get(BaseModelRow, fingerprint)
-            return _base_info(row) if row else None
+        with db.read_connection(self.engine) as conn:
+            return catalog.base_info(conn, fingerprint)
 
     # --- adding ----------------------------------------------------------------
 
@@ -384,6 +382,10 @@ class Registry:
         With ``new.dedupe`` an existing version of the same name with the same
         sha256 is returned instead of creating another.
         """
+        from sqlalchemy import func, select
+
+        from pvreg.registry.models import BaseModelRow, Vector, Version, VersionParent, VersionTag
+
         stats = new.stats
 
         def work(s: Session) -> int:
@@ -441,106 +443,31 @@ class Registry:
 
     # --- reading ---------------------------------------------------------------
 
-    def _resolve_row(self, s: Session, ref: str | Ref) -> Version:
-        r = parse_ref(ref) if isinstance(ref, str) else ref
-        q = select(Version).join(Vector).options(*_LOAD)
-        if r.sha_prefix is not None:
-            rows = s.scalars(
-                q.where(Version.sha256.startswith(r.sha_prefix)).order_by(Version.created_at.desc(), Version.id.desc())
-            ).all()
-            shas = {row.sha256 for row in rows}
-            if not rows:
-                raise NotFoundError(f"unknown reference {r.text!r}: no version has that sha256")
-            if len(shas) > 1:
-                raise AmbiguousReferenceError(
-                    f"ambiguous reference {r.text!r}: matches {len(shas)} blobs; give more hex digits"
-                )
-            return rows[0]
-        vec = s.scalar(select(Vector).where(Vector.name == r.name))
-        if vec is None:
-            raise NotFoundError(f"unknown reference {r.text!r}: no vector named {r.name!r}")
-        if r.version is not None:
-            row = s.scalar(q.where(Version.vector_id == vec.id, Version.version == r.version))
-            if row is None:
-                raise NotFoundError(f"unknown reference {r.text!r}: {r.name} has no version {r.version}")
-            return row
-        if r.alias is not None:
-            alias = s.get(Alias, (vec.id, r.alias))
-            if alias is None:
-                raise NotFoundError(f"unknown reference {r.text!r}: {r.name} has no alias {r.alias!r}")
-            return s.scalar(q.where(Version.id == alias.version_id))  # type: ignore[return-value]
-        row = s.scalar(
-            q.where(Version.vector_id == vec.id, Version.state == "active").order_by(Version.version.desc()).limit(1)
-        )
-        if row is None:
-            raise NotFoundError(
-                f"unknown reference {r.text!r}: {r.name} has no active version (name one as {r.name}@N)"
-            )
-        return row
-
     def resolve(self, ref: str) -> VectorMeta:
         """The version a reference points at.
 
         Raises:
             InvalidReferenceError, NotFoundError, AmbiguousReferenceError.
         """
-        with db.read_session(self._sessions) as s:
-            row = self._resolve_row(s, ref)
-            return _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+        with db.read_connection(self.engine) as conn:
+            return catalog.show(conn, ref)
 
     show = resolve
 
     def _meta_by_id(self, version_id: int) -> VectorMeta:
-        with db.read_session(self._sessions) as s:
-            row = s.scalar(select(Version).where(Version.id == version_id).options(*_LOAD))
-            assert row is not None
-            return _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+        with db.read_connection(self.engine) as conn:
+            return catalog.meta(conn, version_id)
 
     def list(self) -> list[ListEntry]:
-        """The latest version of every name (latest active one when there is one)."""
-        with db.read_session(self._sessions) as s:
-            active_max = (
-                select(Version.vector_id, func.max(Version.version).label("v"))
-                .where(Version.state == "active")
-                .group_by(Version.vector_id)
-                .subquery()
-            )
-            any_max = (
-                select(Version.vector_id, func.max(Version.version).label("v"), func.count().label("n"))
-                .group_by(Version.vector_id)
-                .subquery()
-            )
-            rows = s.execute(
-                select(Version, any_max.c.n)
-                .join(any_max, any_max.c.vector_id == Version.vector_id)
-                .outerjoin(active_max, active_max.c.vector_id == Version.vector_id)
-                .where(Version.version == func.coalesce(active_max.c.v, any_max.c.v))
-                .options(*_LOAD)
-            ).all()
-            aliases = _aliases_of(s, [r[0].id for r in rows])
-            labels = dict(s.execute(select(BaseModelRow.fingerprint, BaseModelRow.label)).all())
-            out = [
-                ListEntry(
-                    **_to_meta(row, aliases.get(row.id, [])).model_dump(),
-                    versions=n,
-                    base_label=labels.get(row.base_fingerprint),
-                )
-                for row, n in rows
-            ]
-        return sorted(out, key=lambda e: e.name)
+        """The latest version of every name (latest active one when there is one), by name."""
+        with db.read_connection(self.engine) as conn:
+            return catalog.latest(conn)
 
     def log(self, name: str) -> list[VectorMeta]:
         """All versions of ``name``, newest first."""
         check_name(name)
-        with db.read_session(self._sessions) as s:
-            vec = s.scalar(select(Vector).where(Vector.name == name))
-            if vec is None:
-                raise NotFoundError(f"unknown vector {name!r}")
-            rows = s.scalars(
-                select(Version).where(Version.vector_id == vec.id).order_by(Version.version.desc()).options(*_LOAD)
-            ).all()
-            aliases = _aliases_of(s, [r.id for r in rows])
-            return [_to_meta(r, aliases.get(r.id, [])) for r in rows]
+        with db.read_connection(self.engine) as conn:
+            return catalog.history(conn, name)
 
     def blob_path(self, ref: str) -> Path:
         """Where the canonical blob of ``ref`` is stored (read-only!)."""
@@ -554,12 +481,14 @@ class Registry:
 
     def tag(self, ref: str, alias: str) -> VectorMeta:
         """Point ``alias`` of the referenced vector at this version (moving it if set)."""
+        from pvreg.registry.models import Alias
+
         check_name(alias, what="alias")
         if alias.isdigit():
             raise InvalidNameError(f"invalid alias {alias!r}: an alias cannot be a number (it would read as a version)")
 
         def work(s: Session) -> int:
-            row = self._resolve_row(s, ref)
+            row = _resolve_row(s, ref)
             existing = s.get(Alias, (row.vector_id, alias))
             if existing is None:
                 s.add(Alias(vector_id=row.vector_id, alias=alias, version_id=row.id))
@@ -570,6 +499,10 @@ class Registry:
         return self._meta_by_id(db.run_transaction(self._sessions, work))
 
     def untag(self, name: str, alias: str) -> None:
+        from sqlalchemy import select
+
+        from pvreg.registry.models import Alias, Vector
+
         check_name(name)
         check_name(alias, what="alias")
 
@@ -586,7 +519,7 @@ class Registry:
         """Mark a version deprecated: bare ``NAME`` no longer resolves to it."""
 
         def work(s: Session) -> int:
-            row = self._resolve_row(s, ref)
+            row = _resolve_row(s, ref)
             row.state = "deprecated"
             return row.id
 
@@ -594,10 +527,13 @@ class Registry:
 
     def rm(self, ref: str) -> VectorMeta:
         """Remove a version's metadata; its blob stays until ``gc`` finds it unreferenced."""
+        from sqlalchemy import func, select
+
+        from pvreg.registry.models import Vector, Version
 
         def work(s: Session) -> VectorMeta:
-            row = self._resolve_row(s, ref)
-            meta = _to_meta(row, _aliases_of(s, [row.id]).get(row.id, []))
+            row = _resolve_row(s, ref)
+            meta = catalog.meta(s.connection(), row.id)
             vector_id = row.vector_id
             s.delete(row)
             s.flush()
@@ -615,8 +551,8 @@ class Registry:
         from pvreg.registry.gc import collect
 
         def referenced() -> set[str]:
-            with db.read_session(self._sessions) as s:
-                return set(s.scalars(select(Version.sha256).distinct()).all())
+            with db.read_connection(self.engine) as conn:
+                return catalog.referenced_blobs(conn)
 
         return collect(self.blobs, self.settings.home / "pending", referenced, dry_run=dry_run)
 
@@ -628,10 +564,9 @@ class Registry:
         return verify_versions(metas, self.blobs)
 
     def _all_versions(self) -> list[VectorMeta]:
-        with db.read_session(self._sessions) as s:
-            rows = s.scalars(select(Version).join(Vector).order_by(Vector.name, Version.version).options(*_LOAD)).all()
-            aliases = _aliases_of(s, [r.id for r in rows])
-            return [_to_meta(r, aliases.get(r.id, [])) for r in rows]
+        with db.read_connection(self.engine) as conn:
+            return catalog.everything(conn)
+
 
     def export(self, ref: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the blob with its ``VectorMeta`` embedded in ``__metadata__['pvreg']``.
@@ -699,55 +634,15 @@ class Registry:
         return remote_ls(self, repo, **options)
 
 
-_LOAD = (
-    selectinload(Version.vector),
-    selectinload(Version.parents),
-    selectinload(Version.tags),
-)
+def _resolve_row(s: Session, ref: str) -> Version:
+    """The ORM row ``ref`` names, resolved inside the writer's own transaction."""
+    from pvreg.registry.models import Version
 
+    row = s.get(Version, catalog.resolve_id(s.connection(), ref))
+    if row is None:  # pragma: no cover - same transaction as the resolve
+        raise NotFoundError(f"unknown reference {ref!r}")
+    return row
 
-def _aliases_of(s: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    if not version_ids:
-        return out
-    for vid, alias in s.execute(
-        select(Alias.version_id, Alias.alias).where(Alias.version_id.in_(version_ids)).order_by(Alias.alias)
-    ):
-        out.setdefault(vid, []).append(alias)
-    return out
-
-
-def _to_meta(row: Version, aliases: list[str]) -> VectorMeta:
-    return VectorMeta(
-        name=row.vector.name,
-        version=row.version,
-        sha256=row.sha256,
-        size_bytes=row.size_bytes,
-        base_fingerprint=row.base_fingerprint,
-        dataset=row.dataset,
-        sign=row.sign,  # type: ignore[arg-type]
-        norm=row.norm,
-        tensor_norms=row.tensor_norms or {},
-        dtype=row.dtype,
-        num_tensors=row.num_tensors,
-        num_params=row.num_params,
-        kind=row.kind,  # type: ignore[arg-type]
-        provenance=row.provenance or {},
-        parents=[ParentRef(ref=p.parent_ref, sha256=p.parent_sha256, coefficient=p.coefficient) for p in row.parents],
-        message=row.message,
-        tags={t.key: t.value for t in row.tags},
-        aliases=aliases,
-        created_at=_utc(row.created_at),
-        state=row.state,  # type: ignore[arg-type]
-        description=row.vector.description,
-    )
-
-
-def _base_info(row: BaseModelRow) -> BaseModelInfo:
-    return BaseModelInfo(
-        fingerprint=row.fingerprint, label=row.label, hub_id=row.hub_id, architecture=row.architecture,
-        num_tensors=row.num_tensors, num_params=row.num_params, local_path=row.local_path,
-    )
 
 
 def _embedded_meta(path: Path, metadata: Mapping[str, str]) -> VectorMeta | None:

@@ -681,14 +681,14 @@ def list_compositions(reg: "Registry") -> list[CompositionRecord]:
     from sqlalchemy import select
 
     from pvreg.registry import db
-    from pvreg.registry.api import _utc
+    from pvreg.registry.catalog import utc
     from pvreg.registry.models import Composition
 
     with db.read_session(reg._sessions) as s:
         rows = s.scalars(select(Composition).order_by(Composition.id)).all()
         return [
             CompositionRecord(
-                id=r.id, created_at=_utc(r.created_at), method=r.method, spec=r.spec,
+                id=r.id, created_at=utc(r.created_at), method=r.method, spec=r.spec,
                 base_fingerprint=r.base_fingerprint, output_kind=r.output_kind, output_path=r.output_path,
                 output_fingerprint=r.output_fingerprint, result_version_id=r.result_version_id,
                 pvreg_version=r.pvreg_version,

@@ -17,19 +17,25 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry.errors import DatabaseVersionError, PvregError
 from pvreg.registry.fsutil import TEMP_PREFIX, file_lock, fsync_dir, remove_path
 from pvreg.registry.settings import Settings
 
+if TYPE_CHECKING:  # the ORM is imported only by writers (see catalog.py for why)
+    from sqlalchemy.orm import Session, sessionmaker
+
 T = TypeVar("T")
+
+# Execution option marking a read-only transaction: on SQLite it begins
+# DEFERRED, so readers never queue behind writers' locks (WAL gives them a snapshot).
+READ_ONLY = "pvreg_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -48,8 +54,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: object) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -57,6 +63,7 @@ def make_engine(url: str) -> Engine:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})  # checked on every open: take no write lock
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -179,6 +186,21 @@ def run_transaction(
         finally:
             session.close()
     raise AssertionError("unreachable")
+
+
+def sessions(engine: Engine) -> "sessionmaker[Session]":
+    from sqlalchemy.orm import sessionmaker
+
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """One consistent read transaction, without the ORM and without taking write locks."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{READ_ONLY: True})
+        with conn.begin():
+            yield conn
 
 
 @contextlib.contextmanager

@@ -1,56 +1,35 @@
-"""SQLAlchemy 2 typed ORM models of the metadata database.
+"""SQLAlchemy 2 typed ORM classes for the write paths.
 
-Alembic (``pvreg.migrations``) is the only thing that creates or alters these
-tables; a test checks that autogenerate finds no difference between these
-models and the migrated schema.  Only portable SQL types are used so the same
-models run on SQLite and PostgreSQL.
+Each class maps onto a Core table from :mod:`pvreg.registry.tables` (the one
+description of the schema); the annotations here give writers typed
+attributes and the relationships that cascade deletes.  Read-only queries do
+not come through here (see :mod:`pvreg.registry.catalog`), so ``pvreg list``
+never pays for importing and configuring the ORM.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Double,
-    ForeignKey,
-    Integer,
-    MetaData,
-    SmallInteger,
-    String,
-    Text,
-    UniqueConstraint,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, relationship
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from pvreg.registry import tables
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = tables.metadata
 
 
 class Vector(Base):
     """A preference name (``helpful``) under which versions accumulate."""
 
-    __tablename__ = "vectors"
+    __table__ = tables.vectors
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    description: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    name: Mapped[str]
+    description: Mapped[str | None]
+    created_at: Mapped[datetime]
 
     versions: Mapped[list[Version]] = relationship(
         back_populates="vector", cascade="all, delete-orphan", passive_deletes=True
@@ -63,45 +42,43 @@ class Vector(Base):
 class BaseModelRow(Base):
     """A base model the registry has seen, identified by its weight fingerprint."""
 
-    __tablename__ = "base_models"
+    __table__ = tables.base_models
 
-    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    label: Mapped[str | None] = mapped_column(Text)
-    hub_id: Mapped[str | None] = mapped_column(Text)
-    architecture: Mapped[str | None] = mapped_column(Text)
-    num_tensors: Mapped[int | None] = mapped_column(Integer)
-    num_params: Mapped[int | None] = mapped_column(BigInteger)
-    local_path: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    fingerprint: Mapped[str]
+    label: Mapped[str | None]
+    hub_id: Mapped[str | None]
+    architecture: Mapped[str | None]
+    num_tensors: Mapped[int | None]
+    num_params: Mapped[int | None]
+    local_path: Mapped[str | None]
+    created_at: Mapped[datetime]
 
 
 class Version(Base):
     """One immutable stored vector: a blob plus the facts about it."""
 
-    __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("vector_id", "version", name="uq_versions_vector_version"),)
+    __table__ = tables.versions
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), index=True)
-    version: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    base_fingerprint: Mapped[str] = mapped_column(ForeignKey("base_models.fingerprint"), index=True)
-    dataset: Mapped[str | None] = mapped_column(Text)
-    sign: Mapped[int] = mapped_column(SmallInteger, default=1)
-    norm: Mapped[float] = mapped_column(Double)
-    tensor_norms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    dtype: Mapped[str] = mapped_column(String(32))
-    num_tensors: Mapped[int] = mapped_column(Integer)
-    num_params: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16), default="file")
-    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    message: Mapped[str | None] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="active")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    vector_id: Mapped[int]
+    version: Mapped[int]
+    sha256: Mapped[str]
+    size_bytes: Mapped[int]
+    base_fingerprint: Mapped[str]
+    dataset: Mapped[str | None]
+    sign: Mapped[int]
+    norm: Mapped[float]
+    tensor_norms: Mapped[dict[str, float]]
+    dtype: Mapped[str]
+    num_tensors: Mapped[int]
+    num_params: Mapped[int]
+    kind: Mapped[str]
+    provenance: Mapped[dict[str, Any]]
+    message: Mapped[str | None]
+    state: Mapped[str]
+    created_at: Mapped[datetime]
 
     vector: Mapped[Vector] = relationship(back_populates="versions")
-    base: Mapped[BaseModelRow] = relationship()
     parents: Mapped[list[VersionParent]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="VersionParent.position"
     )
@@ -109,72 +86,64 @@ class Version(Base):
 
 
 class VersionParent(Base):
-    """Lineage.  Parents are kept by ref and sha256, not by foreign key, so the
-    history survives ``rm`` of a parent."""
+    __table__ = tables.version_parents
 
-    __tablename__ = "version_parents"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    parent_ref: Mapped[str] = mapped_column(Text)
-    parent_sha256: Mapped[str] = mapped_column(String(64))
-    coefficient: Mapped[float | None] = mapped_column(Double)
+    id: Mapped[int]
+    version_id: Mapped[int]
+    position: Mapped[int]
+    parent_ref: Mapped[str]
+    parent_sha256: Mapped[str]
+    coefficient: Mapped[float | None]
 
 
 class VersionTag(Base):
-    __tablename__ = "version_tags"
+    __table__ = tables.version_tags
 
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
-    )
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+    version_id: Mapped[int]
+    key: Mapped[str]
+    value: Mapped[str]
 
 
 class Alias(Base):
     """A movable name (``prod``) for one version of a vector."""
 
-    __tablename__ = "aliases"
+    __table__ = tables.aliases
 
-    vector_id: Mapped[int] = mapped_column(ForeignKey("vectors.id", ondelete="CASCADE"), primary_key=True)
-    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    vector_id: Mapped[int]
+    alias: Mapped[str]
+    version_id: Mapped[int]
 
     vector: Mapped[Vector] = relationship(back_populates="aliases")
-    target: Mapped[Version] = relationship()
 
 
 class Composition(Base):
     """A record of every compose run: inputs, options and what came out."""
 
-    __tablename__ = "compositions"
+    __table__ = tables.compositions
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    method: Mapped[str] = mapped_column(String(32))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    base_fingerprint: Mapped[str] = mapped_column(String(64))
-    output_kind: Mapped[str] = mapped_column(String(16))
-    output_path: Mapped[str | None] = mapped_column(Text)
-    output_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    result_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("versions.id", ondelete="SET NULL"), index=True
-    )
-    pvreg_version: Mapped[str] = mapped_column(String(32))
+    id: Mapped[int]
+    created_at: Mapped[datetime]
+    method: Mapped[str]
+    spec: Mapped[dict[str, Any]]
+    base_fingerprint: Mapped[str]
+    output_kind: Mapped[str]
+    output_path: Mapped[str | None]
+    output_fingerprint: Mapped[str | None]
+    result_version_id: Mapped[int | None]
+    pvreg_version: Mapped[str]
 
 
 class HubRecord(Base):
     """Where a version was pushed to or pulled from on a Hugging Face Hub (never a token)."""
 
-    __tablename__ = "hub_records"
+    __table__ = tables.hub_records
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
-    direction: Mapped[str] = mapped_column(String(8))  # "push" | "pull"
-    endpoint: Mapped[str] = mapped_column(Text)
-    repo: Mapped[str] = mapped_column(Text)
-    revision: Mapped[str] = mapped_column(Text)
-    commit_sha: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    id: Mapped[int]
+    version_id: Mapped[int]
+    direction: Mapped[str]
+    endpoint: Mapped[str]
+    repo: Mapped[str]
+    revision: Mapped[str]
+    commit_sha: Mapped[str]
+    path: Mapped[str]
+    created_at: Mapped[datetime]

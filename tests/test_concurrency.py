@@ -119,3 +119,27 @@ def test_compose_gc_and_add_running_together(tmp_path, base_dir, base_tensors, c
     home = Settings.resolve().home
     assert list(home.rglob(f"{TEMP_PREFIX}*")) == [] and list(outs.glob(f"{TEMP_PREFIX}*")) == []
     assert not (home / "pending").exists() or list((home / "pending").iterdir()) == []
+
+
+def test_readers_do_not_wait_for_an_open_write_transaction(home, cli, vector_file, base_dir) -> None:
+    """list/show/log read a snapshot: a writer mid-transaction (held open here) neither blocks nor leaks into them."""
+    from sqlalchemy import create_engine, text
+
+    from pvreg.registry.settings import Settings
+
+    assert cli("add", "helpful", "--vector", vector_file, "--base", base_dir).exit_code == 0
+    engine = create_engine(Settings.resolve().database_url)
+    try:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            # On SQLite this takes the database's write lock until the rollback below.
+            conn.execute(text("INSERT INTO vectors (name, created_at) VALUES ('ghost', CURRENT_TIMESTAMP)"))
+            for argv, needle in ((["list"], "helpful"), (["show", "helpful"], "helpful@1"), (["log", "helpful"], "active")):
+                # A reader that queued behind the lock would wait out the 60 s busy timeout.
+                r = subprocess.run([sys.executable, "-c", "from pvreg.cli.main import main; main()", *argv],
+                                   capture_output=True, text=True, env=os.environ.copy(), timeout=30)
+                assert r.returncode == 0, (argv, r.stderr)
+                assert needle in r.stdout and "ghost" not in r.stdout, (argv, r.stdout)
+            trans.rollback()
+    finally:
+        engine.dispose()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,71 @@ def test_list_log_show(reg, cli, tmp_path, base_tensors, base_dir) -> None:
     assert text[0].split() == ["NAME", "LATEST", "VERSIONS", "BASE", "DATASET", "SIGN", "NORM"]
     assert text[2].split()[:5] == ["helpful", "2", "2", "base", "ds1"]
     assert cli("show", "helpful@1").stdout.splitlines()[0].split() == ["ref:", "helpful@1"]
+
+
+def test_read_paths_report_state_lineage_tags_and_aliases(reg, cli, tmp_path, base_tensors, base_dir) -> None:
+    """list/show/log (Core queries) against facts set up through the write paths (ORM)."""
+    from pvreg.registry.api import NewVersion
+    from pvreg.schemas import ParentRef
+
+    def add(name: str, seed: int, **kw):
+        make_vector(tmp_path / f"{name}{seed}.safetensors", base_tensors, seed=seed)
+        return reg.add(name, tmp_path / f"{name}{seed}.safetensors", base=base_dir, **kw)
+
+    a1, a2 = add("a", 1), add("a", 2)
+    reg.deprecate("a@2")  # latest is deprecated: list shows the latest *active* one
+    add("b", 3)
+    reg.deprecate("b")  # nothing active: list falls back to the latest
+    c1 = add("c", 4, tags={"z": "1", "a": "2"})
+    parents = [ParentRef(ref=a1.ref, sha256=a1.sha256, coefficient=0.5), ParentRef(ref=c1.ref, sha256=c1.sha256)]
+    c2 = reg.commit_version(NewVersion(name="c", stats=_stats(c1), base=reg.resolve_base(base_dir), kind="compose",
+                                       parents=parents, tags={"m": "x"}))
+    reg.tag("c@1", "stable")
+    reg.tag("c@2", "prod")
+    reg.tag("c@2", "beta")
+
+    listed = {e.name: e for e in reg.list()}
+    assert [e.name for e in reg.list()] == ["a", "b", "c"]
+    assert (listed["a"].version, listed["a"].versions, listed["a"].state) == (1, 2, "active")
+    assert (listed["b"].version, listed["b"].versions, listed["b"].state) == (1, 1, "deprecated")
+    assert (listed["c"].version, listed["c"].versions, listed["c"].kind) == (2, 2, "compose")
+    assert listed["c"].aliases == ["beta", "prod"] and listed["c"].tags == {"m": "x"}
+    assert [(p.ref, p.sha256, p.coefficient) for p in listed["c"].parents] == [
+        ("a@1", a1.sha256, 0.5), ("c@1", c1.sha256, None)]
+    assert listed["c"].base_label == "base" and listed["a"].sha256 == a1.sha256
+
+    shown = json.loads(cli("show", "c@stable", "--json").stdout)
+    assert (shown["version"], shown["aliases"], shown["tags"], shown["parents"]) == (1, ["stable"], {"a": "2", "z": "1"}, [])
+    assert json.loads(cli("show", "a", "--json").stdout)["version"] == 1
+    assert json.loads(cli("show", f"sha256:{a2.sha256[:10]}", "--json").stdout)["state"] == "deprecated"
+    log = json.loads(cli("log", "c", "--json").stdout)
+    assert [(m["version"], m["aliases"]) for m in log] == [(2, ["beta", "prod"]), (1, ["stable"])]
+    assert log[0]["parents"][0] == {"ref": "a@1", "sha256": a1.sha256, "coefficient": 0.5}
+    assert c2.created_at.tzinfo is not None and datetime.fromisoformat(log[0]["created_at"]) == c2.created_at
+
+
+def _stats(meta):
+    from pvreg.registry.ingest import BlobStats
+
+    return BlobStats(sha256=meta.sha256, size_bytes=meta.size_bytes, norm=meta.norm, tensor_norms=meta.tensor_norms,
+                     dtype=meta.dtype, num_tensors=meta.num_tensors, num_params=meta.num_params)
+
+
+def test_read_commands_load_neither_the_orm_nor_torch(reg, vector_file, base_dir) -> None:
+    """What keeps `pvreg list` fast (bench/bench_list.py measures it): read commands stay on SQLAlchemy Core."""
+    import subprocess
+    import sys
+
+    meta = reg.add("helpful", vector_file, base=base_dir)
+    code = ("import sys\nfrom pvreg.cli.main import main\ntry: main()\nexcept SystemExit as e: assert not e.code, e.code\n"
+            "heavy = [m for m in ('sqlalchemy.orm', 'torch', 'alembic', 'huggingface_hub') if m in sys.modules]\n"
+            "print('loaded:', heavy)")
+    for argv, expect in ((["list"], "helpful"), (["list", "--json"], meta.sha256), (["show", "helpful"], meta.sha256),
+                         (["log", "helpful"], meta.sha256[:12]), (["--help"], "Commands:")):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=os.environ.copy())
+        assert r.returncode == 0, (argv, r.stderr)
+        assert expect in r.stdout, (argv, r.stdout)
+        assert r.stdout.strip().splitlines()[-1] == "loaded: []", (argv, r.stdout)
 
 
 def test_export_then_add_restores_metadata(reg, tmp_path, vector_file, base_dir, home) -> None:
