@@ -52,6 +52,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_list  # noqa: E402
 import common  # noqa: E402
 from common import Sample, dir_bytes, measure, weight_files  # noqa: E402
 
@@ -271,21 +272,17 @@ class Bench:
             self.timed(pv, [self.pvreg, "--registry", home, "verify"], files)
         return sha, pv, nbytes
 
-    def list_suite(self) -> tuple[float, float, float, float]:
-        import bench_list
-
+    def list_suite(self) -> dict[str, float]:
         home = self.work / "list" / "home"
         t = time.perf_counter()
         bench_list.build(home, self.args.list_versions, 100)
         say(f"built a {self.args.list_versions}-version registry in {time.perf_counter() - t:.0f} s")
-        runs = max(5, self.args.repeats)
-        bare = bench_list.timed([self.py, "-c", "pass"], runs)
+        cmds = bench_list.list_commands(self.pvreg, home)
         # The fixed start-up every compose/add pays before touching a tensor.
-        torch_start = bench_list.timed([self.py, "-c", "import torch"], runs)
-        plain = bench_list.timed([self.pvreg, "--registry", str(home), "list"], runs)
-        as_json = bench_list.timed([self.pvreg, "--registry", str(home), "list", "--json"], runs)
+        cmds["torch"] = [self.py, "-c", "import torch"]
+        times = bench_list.timed_all(cmds, max(7, self.args.repeats))
         common_rm(self.work / "list")
-        return bare, torch_start, plain, as_json
+        return times
 
 
 def common_rm(p: Path) -> None:
@@ -388,7 +385,8 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     # The pvreg output is no longer needed; free the space before the small model.
     common_rm(b.outs["pvreg"])
     small_params, small = b.small_suite(cfg["hidden_size"])
-    bare, torch_start, list_s, list_json = b.list_suite()
+    starts = b.list_suite()
+    list_s = starts["list"]
 
     # ----------------------------------------------------------------- report
     fl, pv, mk, nv = compose["floor"], compose["pvreg"], compose["mergekit"], compose["naive"]
@@ -446,10 +444,12 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     L.append(f"| sha256sum on the 3 blobs ({verify_bytes / 1e9:.2f} GB) | {sec(sha.wall)} | {sha.runs()} | {tp_sha:.0f} MB/s | {mib(sha.rss)} |")
     L.append(f"| pvreg verify (same blobs: hash + norms) | {sec(verify_pv.wall)} | {verify_pv.runs()} | {tp_pv:.0f} MB/s "
              f"= {fmt_ratio(ratio(tp_pv, tp_sha))} sha256sum | {mib(verify_pv.rss)} |")
-    L.append(f"| python -c pass | {bare:.3f} | - | - | - |")
-    L.append(f"| python -c 'import torch' (fixed start-up inside every compose/add run) | {torch_start:.3f} | - | - | - |")
-    L.append(f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | - | - |")
-    L.append(f"| pvreg list --json, {args.list_versions} versions | {list_json:.3f} | - | - | - |")
+    L.append(f"| python -c pass | {starts['bare']:.3f} | - | - | - |")
+    L.append(f"| python -c 'import torch' (fixed start-up inside every compose/add run) | {starts['torch']:.3f} | - | - | - |")
+    L.append(f'| python -c "{bench_list.DEPS}" (import floor of the read path) | {starts["deps"]:.3f} | - | - | - |')
+    L.append(f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | "
+             f"{fmt_ratio(ratio(list_s, starts['deps']))} the import floor | - |")
+    L.append(f"| pvreg list --json, {args.list_versions} versions | {starts['json']:.3f} | - | - | - |")
     L.append("")
     L.append("### Targets")
     L.append("")

@@ -86,8 +86,3 @@ def compositions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     )
     sys.stdout.flush()
 
-
-def register(app: typer.Typer) -> None:
-    """Mount this module's commands on the main app."""
-    app.command()(compose)
-    app.command()(compositions)

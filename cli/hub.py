@@ -104,11 +104,6 @@ def remote_ls(
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Mount this module's commands on the main app."""
-    app.command()(push)
-    app.command()(pull)
-    remote = typer.Typer(name="remote", help="Inspect Hub repos without downloading blobs.",
-                         no_args_is_help=True, rich_markup_mode=None)
-    remote.command("ls")(remote_ls)
-    app.add_typer(remote, name="remote")
+remote_app = typer.Typer(name="remote", help="Inspect Hub repos without downloading blobs.",
+                         no_args_is_help=True, rich_markup_mode=None, add_completion=False)
+remote_app.command("ls")(remote_ls)

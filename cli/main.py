@@ -7,6 +7,7 @@ with a traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
-from pvreg.cli import compose, hub, maintenance, vectors
 from pvreg.cli.state import State
 from pvreg.registry.errors import PvregError
 
@@ -24,9 +25,69 @@ from pvreg.registry.errors import PvregError
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 
+# Every command, in help order: name -> (module under pvreg.cli, function or sub-app).
+# Commands are built from their signatures only when used (see PvregGroup.get_command).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "add": ("vectors", "add"),
+    "list": ("vectors", "list_"),
+    "show": ("vectors", "show"),
+    "log": ("vectors", "log"),
+    "tag": ("vectors", "tag"),
+    "untag": ("vectors", "untag"),
+    "deprecate": ("vectors", "deprecate"),
+    "rm": ("vectors", "rm"),
+    "export": ("vectors", "export"),
+    "compose": ("compose", "compose"),
+    "compositions": ("compose", "compositions"),
+    "push": ("hub", "push"),
+    "pull": ("hub", "pull"),
+    "remote": ("hub", "remote_app"),
+    "fingerprint": ("maintenance", "fingerprint"),
+    "verify": ("maintenance", "verify"),
+    "gc": ("maintenance", "gc"),
+    "bases": ("maintenance", "bases"),
+    "db": ("maintenance", "db_app"),
+}
+
 
 class PvregGroup(TyperGroup):
-    """Maps every exception escaping a command to one stderr line and an exit code."""
+    """The ``pvreg`` group: builds commands lazily, and maps every exception
+    escaping a command to one stderr line and an exit code.
+
+    Typer would otherwise turn all twenty command signatures into click
+    commands on every start, which costs about as much as ``pvreg list``'s
+    whole query; only ``--help`` needs them all.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: dict[str, Any] = {}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self._built:
+            module, attr = COMMANDS[cmd_name]
+            target = getattr(importlib.import_module(f"pvreg.cli.{module}"), attr)
+            if isinstance(target, typer.Typer):  # a command group (db, remote)
+                command = typer.main.get_group(target)
+            else:
+                single = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
+                single.command(cmd_name)(target)
+                command = typer.main.get_command(single)
+            command.name = cmd_name
+            self._built[cmd_name] = command
+        return self._built[cmd_name]
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        # Bad global options (``pvreg --bogus``) fail here, before invoke.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.TyperException as exc:
+            raise _usage_exit(parent, exc) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -39,16 +100,30 @@ class PvregGroup(TyperGroup):
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
+        except typer.TyperException as exc:  # bad command line: unknown command/option, bad value
+            raise _usage_exit(ctx, exc) from None
         except Exception as exc:  # a bug: still one line, unless --debug
-            if exc.__class__.__module__.startswith("click"):
-                raise
             _report(ctx, f"error: internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} "
                          "(rerun with --debug for a traceback)")
             raise typer.Exit(EXIT_INTERNAL) from None
 
 
+def _usage_exit(ctx: Any, exc: Exception) -> Exception:
+    """Click's usage errors as one ``error:`` line (exit 2), like every other bad input.
+
+    A group called without a subcommand still shows its help, as click does.
+    """
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        return exc
+    where = getattr(exc, "ctx", None) or ctx
+    hint = f" (see '{where.command_path} --help')" if where is not None else ""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    _report(ctx, f"error: {' '.join(message.split())}{hint}")
+    return typer.Exit(getattr(exc, "exit_code", 2))
+
+
 def _report(ctx: Any, line: str) -> None:
-    state = ctx.obj if isinstance(ctx.obj, State) else None
+    state = ctx.obj if ctx is not None and isinstance(ctx.obj, State) else None
     if (state and state.debug) or os.environ.get("PVREG_DEBUG") == "1":
         traceback.print_exc()
     print(line, file=sys.stderr)
@@ -89,11 +164,6 @@ def main_callback(
     """Global options apply to every command."""
     ctx.obj = State(registry=registry, debug=debug)
 
-
-vectors.register(app)
-compose.register(app)
-hub.register(app)
-maintenance.register(app)
 
 
 def main() -> None:

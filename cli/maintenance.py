@@ -70,7 +70,8 @@ def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:
            for b in rows])
 
 
-db_app = typer.Typer(help="Inspect and upgrade the metadata database schema.", no_args_is_help=True)
+db_app = typer.Typer(help="Inspect and upgrade the metadata database schema.", no_args_is_help=True,
+                     rich_markup_mode=None, add_completion=False)
 
 
 @db_app.command("current")
@@ -98,10 +99,3 @@ def db_upgrade(ctx: typer.Context) -> None:
     else:
         print(f"upgraded {before or '(empty)'} -> {after}" + (f" (backup: {backup})" if backup else ""))
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(fingerprint)
-    app.command()(verify)
-    app.command()(gc)
-    app.command()(bases)
-    app.add_typer(db_app, name="db")

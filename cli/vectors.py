@@ -162,15 +162,3 @@ def export(
     with open_registry(ctx) as reg:
         out = reg.export(ref, file, force=force)
     print(f"wrote {out}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(add)
-    app.command("list")(list_)
-    app.command()(show)
-    app.command()(log)
-    app.command()(tag)
-    app.command()(untag)
-    app.command()(deprecate)
-    app.command()(rm)
-    app.command()(export)

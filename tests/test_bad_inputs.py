@@ -457,6 +457,14 @@ CASES = [
     C("hub-missing-revision", hub_repo("alice/good", hub_good), PULL + "alice/good@nope", 2, "revision 'nope' not found"),
     C("hub-bad-repo-id", nothing, "pull 'not a repo'", 2, "invalid Hub repo"),
     C("hub-bad-endpoint", nothing, "pull alice/good --endpoint ftp://example.org", 2, "invalid Hub endpoint"),
+    # the command line itself (click's usage errors, reported like every other bad input)
+    C("cli-unknown-command", nothing, "nosuch", 2, "No such command 'nosuch'. (see 'pvreg --help')"),
+    C("cli-unknown-subcommand", nothing, "db nosuch", 2, "No such command 'nosuch'. (see 'pvreg db --help')"),
+    C("cli-unknown-option", nothing, "list --bogus", 2, "No such option: --bogus (see 'pvreg list --help')"),
+    C("cli-unknown-global-option", nothing, "--bogus list", 2, "No such option: --bogus"),
+    C("cli-missing-argument", nothing, "show", 2, "Missing argument 'ref'"),
+    C("cli-option-not-an-int", nothing, ADD + "x.safetensors --sign abc", 2, "Invalid value for '--sign'"),
+    C("cli-flag-with-value", nothing, "list --json=3", 2, "Option '--json' does not take a value"),
 ]
 
 

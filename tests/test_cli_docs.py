@@ -18,8 +18,10 @@ def _is_group(cmd) -> bool:
 
 
 def _commands(group, prefix: str = "") -> list[tuple[str, object]]:
+    # list_commands/get_command, not .commands: the top-level group builds its commands lazily.
     out = []
-    for name, cmd in sorted(group.commands.items()):
+    for name in sorted(group.list_commands(None)):
+        cmd = group.get_command(None, name)
         full = f"{prefix}{name}"
         out.append((full, cmd))
         if _is_group(cmd):
