@@ -85,4 +85,3 @@ def compositions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         ],
     )
     sys.stdout.flush()
-

@@ -165,6 +165,5 @@ def main_callback(
     ctx.obj = State(registry=registry, debug=debug)
 
 
-
 def main() -> None:
     app(prog_name="pvreg")

@@ -98,4 +98,3 @@ def db_upgrade(ctx: typer.Context) -> None:
         print(f"already at {after}")
     else:
         print(f"upgraded {before or '(empty)'} -> {after}" + (f" (backup: {backup})" if backup else ""))
-

@@ -798,4 +798,3 @@ def _register(reg: "Registry", plan: Plan, file: Path, name: str) -> VectorMeta:
                 message=f"compose {' '.join(f'{i.meta.ref}:{i.term.coefficient:g}' for i in plan.inputs)}",
             ),
         )
-

@@ -604,4 +604,3 @@ def _lora_vector(resolved: "ResolvedBase", inputs: list[tuple[str, Path, float]]
     }
     return Made(source=source, kind="pair" if is_pair else "lora", provenance=provenance,
                 finish=_finish(meter, source.close))
-
