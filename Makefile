@@ -8,6 +8,9 @@ DEMO_DIR ?= demo
 
 .PHONY: setup demo test bench
 setup: $(VENV)/.installed
+	# An editable install gets no bytecode when PYTHONDONTWRITEBYTECODE is set; compile what changed
+	# (cheap when nothing did) so every `pvreg` start does not re-compile the package.
+	$(BIN)/python -m compileall -q __init__.py registry schemas cli migrations
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +18,6 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch first, so the range in pyproject is already met.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# An editable install gets no bytecode when PYTHONDONTWRITEBYTECODE is set; compile once so
-	# every `pvreg` start does not re-compile the package.
-	$(BIN)/python -m compileall -q __init__.py registry schemas cli migrations
 	touch $@
 
 demo: setup
