@@ -1,8 +1,8 @@
 """Read-only queries over the metadata database, in SQLAlchemy Core.
 
 Everything that only *reads* metadata (resolving references, ``list``,
-``show``, ``log``, ``verify``'s inventory, bases) comes through here and
-returns ``pvreg.schemas`` models.  It works on any ``Connection``, so writers
+``show``, ``log``, ``verify``'s inventory, bases, compose and Hub records)
+comes through here and returns ``pvreg.schemas`` models.  It works on any ``Connection``, so writers
 resolve a reference inside their own transaction with
 ``session.connection()`` and readers use a short read transaction
 (:func:`pvreg.registry.db.read_connection`).  It deliberately avoids the ORM:
@@ -14,14 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Row, func, select
 
 from pvreg.registry.errors import AmbiguousReferenceError, NotFoundError
 from pvreg.registry.refs import Ref, parse_ref
 from pvreg.registry.tables import aliases, base_models, vectors, version_parents, version_tags, versions
+from pvreg.registry.tables import compositions as compositions_table
+from pvreg.registry.tables import hub_records as hub_records_table
 from pvreg.schemas import BaseModelInfo, ListEntry, ParentRef, VectorMeta
+
+if TYPE_CHECKING:
+    from pvreg.schemas.compose import CompositionRecord
 
 # Bound parameters per IN (...) query: well under SQLite's and PostgreSQL's limits.
 _CHUNK = 500
@@ -29,6 +34,7 @@ _CHUNK = 500
 M = TypeVar("M", bound=VectorMeta)
 
 _VERSION_COLUMNS = (*versions.c, vectors.c.name, vectors.c.description)
+_NAMED_VERSIONS = versions.join(vectors, versions.c.vector_id == vectors.c.id)
 
 
 def utc(dt: Any) -> Any:
@@ -37,7 +43,7 @@ def utc(dt: Any) -> Any:
 
 
 def _versions() -> Any:
-    return select(*_VERSION_COLUMNS).join_from(versions, vectors, versions.c.vector_id == vectors.c.id)
+    return select(*_VERSION_COLUMNS).select_from(_NAMED_VERSIONS)
 
 
 def resolve_id(conn: Connection, ref: str | Ref) -> int:
@@ -214,4 +220,59 @@ def _metas(
             **extra(r),
         )
         for r in rows
+    ]
+
+
+# --- bookkeeping of compose runs and Hub transfers ------------------------------------------------
+
+
+def version_id(conn: Connection, name: str, version: int) -> int | None:
+    return conn.scalar(
+        select(versions.c.id).select_from(_NAMED_VERSIONS).where(vectors.c.name == name, versions.c.version == version)
+    )
+
+
+def has_blob_under(conn: Connection, name: str, sha256: str) -> bool:
+    """Whether some version of ``name`` already stores exactly this blob."""
+    return conn.scalar(
+        select(versions.c.id).select_from(_NAMED_VERSIONS)
+        .where(vectors.c.name == name, versions.c.sha256 == sha256).limit(1)
+    ) is not None
+
+
+def refs_by_blob(conn: Connection, shas: Sequence[str]) -> dict[str, list[str]]:
+    """``name@version`` of every local version storing each of ``shas``."""
+    out: dict[str, list[str]] = {}
+    unique = sorted(set(shas))
+    for i in range(0, len(unique), _CHUNK):
+        for name, version, sha in conn.execute(
+            select(vectors.c.name, versions.c.version, versions.c.sha256).select_from(_NAMED_VERSIONS)
+            .where(versions.c.sha256.in_(unique[i:i + _CHUNK])).order_by(vectors.c.name, versions.c.version)
+        ):
+            out.setdefault(sha, []).append(f"{name}@{version}")
+    return out
+
+
+def hub_records(conn: Connection, version_id: int) -> list[dict[str, Any]]:
+    """Every push/pull recorded for one version, oldest first."""
+    h = hub_records_table.c
+    return [
+        {"direction": r.direction, "endpoint": r.endpoint, "repo": r.repo, "revision": r.revision,
+         "commit_sha": r.commit_sha, "path": r.path, "created_at": utc(r.created_at)}
+        for r in conn.execute(select(hub_records_table).where(h.version_id == version_id).order_by(h.id))
+    ]
+
+
+def compositions(conn: Connection) -> list[CompositionRecord]:
+    """Every recorded compose run, oldest first."""
+    from pvreg.schemas.compose import CompositionRecord
+
+    return [
+        CompositionRecord(
+            id=r.id, created_at=utc(r.created_at), method=r.method, spec=r.spec,
+            base_fingerprint=r.base_fingerprint, output_kind=r.output_kind, output_path=r.output_path,
+            output_fingerprint=r.output_fingerprint, result_version_id=r.result_version_id,
+            pvreg_version=r.pvreg_version,
+        )
+        for r in conn.execute(select(compositions_table).order_by(compositions_table.c.id))
     ]

@@ -655,16 +655,11 @@ def composition_document(plan: Plan, fingerprint: str, written: Written, kind: s
 
 def record_composition(reg: "Registry", plan: Plan, *, kind: str, out: Path | None, fingerprint: str,
                        version: VectorMeta | None) -> int:
-    from sqlalchemy import select
-
-    from pvreg.registry import db
-    from pvreg.registry.models import Composition, Vector, Version
+    from pvreg.registry import catalog, db
+    from pvreg.registry.models import Composition
 
     def work(s: Any) -> int:
-        version_id = None
-        if version is not None:
-            version_id = s.scalar(select(Version.id).join(Vector).where(
-                Vector.name == version.name, Version.version == version.version))
+        version_id = catalog.version_id(s.connection(), version.name, version.version) if version else None
         row = Composition(
             method=plan.method.name, spec=plan.spec.model_dump(mode="json"), base_fingerprint=plan.base_fingerprint,
             output_kind=kind, output_path=str(out.resolve()) if out is not None else None,
@@ -678,23 +673,10 @@ def record_composition(reg: "Registry", plan: Plan, *, kind: str, out: Path | No
 
 
 def list_compositions(reg: "Registry") -> list[CompositionRecord]:
-    from sqlalchemy import select
+    from pvreg.registry import catalog, db
 
-    from pvreg.registry import db
-    from pvreg.registry.catalog import utc
-    from pvreg.registry.models import Composition
-
-    with db.read_session(reg._sessions) as s:
-        rows = s.scalars(select(Composition).order_by(Composition.id)).all()
-        return [
-            CompositionRecord(
-                id=r.id, created_at=utc(r.created_at), method=r.method, spec=r.spec,
-                base_fingerprint=r.base_fingerprint, output_kind=r.output_kind, output_path=r.output_path,
-                output_fingerprint=r.output_fingerprint, result_version_id=r.result_version_id,
-                pvreg_version=r.pvreg_version,
-            )
-            for r in rows
-        ]
+    with db.read_connection(reg.engine) as conn:
+        return catalog.compositions(conn)
 
 
 # --------------------------------------------------------------------------- #

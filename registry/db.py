@@ -201,12 +201,3 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(**{READ_ONLY: True})
         with conn.begin():
             yield conn
-
-
-@contextlib.contextmanager
-def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    session = factory()
-    try:
-        yield session
-    finally:
-        session.close()

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 
-from pvreg.registry import db
+from pvreg.registry import catalog, db
 from pvreg.registry.errors import (
     BaseMismatchError,
     HubAuthError,
@@ -50,7 +50,6 @@ from pvreg.registry.errors import (
     PvregError,
     UserError,
 )
-from pvreg.registry.models import HubRecord, Vector, Version
 from pvreg.registry.refs import check_name
 from pvreg.schemas import (
     HubBaseInfo,
@@ -301,21 +300,17 @@ def _vector_dirs(root: Path) -> dict[str, Path]:
 
 
 def _version_ids(registry: "Registry", metas: Sequence[VectorMeta]) -> dict[str, int]:
-    with db.read_session(registry._sessions) as s:
-        out = {}
-        for m in metas:
-            vid = s.scalar(
-                select(Version.id).join(Vector).where(Vector.name == m.name, Version.version == m.version)
-            )
-            if vid is not None:
-                out[m.ref] = vid
-        return out
+    with db.read_connection(registry.engine) as conn:
+        found = {m.ref: catalog.version_id(conn, m.name, m.version) for m in metas}
+    return {ref: vid for ref, vid in found.items() if vid is not None}
 
 
 def _record(registry: "Registry", rows: Sequence[dict[str, Any]]) -> None:
     """Insert hub records, skipping ones already present (re-push/re-pull change nothing)."""
     if not rows:
         return
+
+    from pvreg.registry.models import HubRecord
 
     def work(s: Any) -> None:
         for r in rows:
@@ -332,15 +327,8 @@ def hub_records(registry: "Registry", ref: str) -> list[dict[str, Any]]:
     """Every push/pull recorded for the version ``ref`` points at, oldest first."""
     meta = registry.resolve(ref)
     ids = _version_ids(registry, [meta])
-    with db.read_session(registry._sessions) as s:
-        rows = s.scalars(
-            select(HubRecord).where(HubRecord.version_id == ids[meta.ref]).order_by(HubRecord.id)
-        ).all()
-        return [
-            {"direction": r.direction, "endpoint": r.endpoint, "repo": r.repo, "revision": r.revision,
-             "commit_sha": r.commit_sha, "path": r.path, "created_at": r.created_at}
-            for r in rows
-        ]
+    with db.read_connection(registry.engine) as conn:
+        return catalog.hub_records(conn, ids[meta.ref])
 
 
 # --- push ----------------------------------------------------------------------------------
@@ -676,10 +664,8 @@ def pull(
 
 
 def _has_version(registry: "Registry", name: str, sha256: str) -> bool:
-    with db.read_session(registry._sessions) as s:
-        return s.scalar(
-            select(Version.id).join(Vector).where(Vector.name == name, Version.sha256 == sha256).limit(1)
-        ) is not None
+    with db.read_connection(registry.engine) as conn:
+        return catalog.has_blob_under(conn, name, sha256)
 
 
 # --- remote ls -----------------------------------------------------------------------------
@@ -707,15 +693,8 @@ def remote_ls(
     for name, path in _vector_dirs(folder).items():
         v = _parse_vector_file(path.read_bytes(), f"{repo_id}@{folder.name[:12]}:{name}/{META_FILE}")
         entries.append(v)
-    with db.read_session(registry._sessions) as s:
-        local: dict[str, list[str]] = {}
-        shas = [v.sha256 for v in entries]
-        if shas:
-            for vname, ver, sha in s.execute(
-                select(Vector.name, Version.version, Version.sha256).join(Vector)
-                .where(Version.sha256.in_(shas)).order_by(Vector.name, Version.version)
-            ):
-                local.setdefault(sha, []).append(f"{vname}@{ver}")
+    with db.read_connection(registry.engine) as conn:
+        local = catalog.refs_by_blob(conn, [v.sha256 for v in entries])
     return RemoteListing(
         repo=repo_id, revision=rev or DEFAULT_REVISION, commit_sha=folder.name,
         vectors=[

@@ -134,7 +134,8 @@ def test_readers_do_not_wait_for_an_open_write_transaction(home, cli, vector_fil
             trans = conn.begin()
             # On SQLite this takes the database's write lock until the rollback below.
             conn.execute(text("INSERT INTO vectors (name, created_at) VALUES ('ghost', CURRENT_TIMESTAMP)"))
-            for argv, needle in ((["list"], "helpful"), (["show", "helpful"], "helpful@1"), (["log", "helpful"], "active")):
+            for argv, needle in ((["list"], "helpful"), (["show", "helpful"], "helpful@1"), (["log", "helpful"], "active"),
+                                 (["bases"], "base"), (["compositions"], "no compositions recorded")):
                 # A reader that queued behind the lock would wait out the 60 s busy timeout.
                 r = subprocess.run([sys.executable, "-c", "from pvreg.cli.main import main; main()", *argv],
                                    capture_output=True, text=True, env=os.environ.copy(), timeout=30)

@@ -173,7 +173,8 @@ def test_read_commands_load_neither_the_orm_nor_torch(reg, vector_file, base_dir
             "heavy = [m for m in ('sqlalchemy.orm', 'torch', 'alembic', 'huggingface_hub') if m in sys.modules]\n"
             "print('loaded:', heavy)")
     for argv, expect in ((["list"], "helpful"), (["list", "--json"], meta.sha256), (["show", "helpful"], meta.sha256),
-                         (["log", "helpful"], meta.sha256[:12]), (["--help"], "Commands:")):
+                         (["log", "helpful"], meta.sha256[:12]), (["bases"], meta.base_fingerprint[:16]),
+                         (["compositions"], "no compositions recorded"), (["--help"], "Commands:")):
         r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=os.environ.copy())
         assert r.returncode == 0, (argv, r.stderr)
         assert expect in r.stdout, (argv, r.stdout)
