@@ -15,6 +15,7 @@ import typer
 from pvreg.cli.output import emit_json, fmt_norm, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
+
 EndpointOpt = Annotated[
     Optional[str],
     typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).", show_default=False),

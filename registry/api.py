@@ -567,7 +567,6 @@ class Registry:
         with db.read_connection(self.engine) as conn:
             return catalog.everything(conn)
 
-
     def export(self, ref: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the blob with its ``VectorMeta`` embedded in ``__metadata__['pvreg']``.
 
@@ -584,7 +583,6 @@ class Registry:
             raise OutputExistsError(f"{out}: is a directory")
         write_exported(self.blob_path(meta.ref), meta, out)
         return out
-
 
     # --- composing (implemented in compose.py / apply.py) --------------------------
 
@@ -642,7 +640,6 @@ def _resolve_row(s: Session, ref: str) -> Version:
     if row is None:  # pragma: no cover - same transaction as the resolve
         raise NotFoundError(f"unknown reference {ref!r}")
     return row
-
 
 
 def _embedded_meta(path: Path, metadata: Mapping[str, str]) -> VectorMeta | None:

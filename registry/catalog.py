@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _CHUNK = 500
 
 M = TypeVar("M", bound=VectorMeta)
+T = TypeVar("T")
 
 _VERSION_COLUMNS = (*versions.c, vectors.c.name, vectors.c.description)
 _NAMED_VERSIONS = versions.join(vectors, versions.c.vector_id == vectors.c.id)
@@ -159,9 +160,9 @@ def _base_info(row: Row[Any]) -> BaseModelInfo:
     )
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for i in range(0, len(ids), _CHUNK):
-        yield ids[i:i + _CHUNK]
+def _chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
+    for i in range(0, len(values), _CHUNK):
+        yield values[i:i + _CHUNK]
 
 
 def _metas(
@@ -179,8 +180,8 @@ def _metas(
     parents: dict[int, list[ParentRef]] = {}
     tags: dict[int, dict[str, str]] = {}
     alias_names: dict[int, list[str]] = {}
+    p, t, a = version_parents.c, version_tags.c, aliases.c
     for chunk in _chunks(ids):
-        p = version_parents.c
         for r in conn.execute(
             select(p.version_id, p.parent_ref, p.parent_sha256, p.coefficient)
             .where(p.version_id.in_(chunk)).order_by(p.version_id, p.position)
@@ -188,10 +189,8 @@ def _metas(
             parents.setdefault(r.version_id, []).append(
                 ParentRef(ref=r.parent_ref, sha256=r.parent_sha256, coefficient=r.coefficient)
             )
-        t = version_tags.c
         for r in conn.execute(select(t.version_id, t.key, t.value).where(t.version_id.in_(chunk))):
             tags.setdefault(r.version_id, {})[r.key] = r.value
-        a = aliases.c
         for r in conn.execute(select(a.version_id, a.alias).where(a.version_id.in_(chunk)).order_by(a.alias)):
             alias_names.setdefault(r.version_id, []).append(r.alias)
     return [
@@ -243,11 +242,10 @@ def has_blob_under(conn: Connection, name: str, sha256: str) -> bool:
 def refs_by_blob(conn: Connection, shas: Sequence[str]) -> dict[str, list[str]]:
     """``name@version`` of every local version storing each of ``shas``."""
     out: dict[str, list[str]] = {}
-    unique = sorted(set(shas))
-    for i in range(0, len(unique), _CHUNK):
+    for chunk in _chunks(sorted(set(shas))):
         for name, version, sha in conn.execute(
             select(vectors.c.name, versions.c.version, versions.c.sha256).select_from(_NAMED_VERSIONS)
-            .where(versions.c.sha256.in_(unique[i:i + _CHUNK])).order_by(vectors.c.name, versions.c.version)
+            .where(versions.c.sha256.in_(chunk)).order_by(vectors.c.name, versions.c.version)
         ):
             out.setdefault(sha, []).append(f"{name}@{version}")
     return out

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry.errors import DatabaseVersionError, PvregError
-from pvreg.registry.fsutil import TEMP_PREFIX, file_lock, fsync_dir, remove_path
+from pvreg.registry.fsutil import TEMP_PREFIX, file_lock, fsync_dir, fsync_path, remove_path
 from pvreg.registry.settings import Settings
 
 if TYPE_CHECKING:  # the ORM is imported only by writers (see catalog.py for why)
@@ -62,8 +62,7 @@ def make_engine(url: str) -> Engine:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY: True})  # checked on every open: take no write lock
+    with read_connection(engine) as conn:  # checked on every open: take no write lock
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -106,11 +105,7 @@ def backup_sqlite(path: Path, revision: str) -> Path:
             dst.close()
     finally:
         src.close()
-    fd = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(temp)  # sqlite3 closed it without fsync
     os.replace(temp, target)
     fsync_dir(target.parent)
     return target

@@ -21,13 +21,18 @@ from typing import BinaryIO
 TEMP_PREFIX = ".pvreg-tmp-"
 
 
-def fsync_dir(path: Path) -> None:
-    """Persist a rename: fsync the directory that holds the entry."""
+def fsync_path(path: Path) -> None:
+    """fsync a file (or directory) someone else wrote, by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a rename: fsync the directory that holds the entry."""
+    fsync_path(path)
 
 
 def temp_sibling(target: Path, suffix: str = "") -> Path:

@@ -325,10 +325,8 @@ def _record(registry: "Registry", rows: Sequence[dict[str, Any]]) -> None:
 
 def hub_records(registry: "Registry", ref: str) -> list[dict[str, Any]]:
     """Every push/pull recorded for the version ``ref`` points at, oldest first."""
-    meta = registry.resolve(ref)
-    ids = _version_ids(registry, [meta])
     with db.read_connection(registry.engine) as conn:
-        return catalog.hub_records(conn, ids[meta.ref])
+        return catalog.hub_records(conn, catalog.resolve_id(conn, ref))
 
 
 # --- push ----------------------------------------------------------------------------------
