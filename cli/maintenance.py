@@ -56,6 +56,8 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     print(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes) "
           f"and {len(report.removed_temp)} temporary file(s)")
+    for line in report.ignored:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:

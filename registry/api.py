@@ -25,6 +25,7 @@ from pvreg.registry.errors import (
     InvalidVectorError,
     NotFoundError,
     OutputExistsError,
+    PvregError,
     UserError,
 )
 from pvreg.registry.refs import HEX64_RE, check_name
@@ -137,6 +138,7 @@ class Registry:
         reg = cls(settings)
         try:
             reg.blobs.ensure()
+            (settings.home / "pending").mkdir(exist_ok=True)  # compose staging markers (see compose.staging)
             if upgrade:
                 db.ensure_current(reg.engine, settings)
         except BaseException:
@@ -454,6 +456,11 @@ class Registry:
 
     show = resolve
 
+    def resolve_many(self, refs: Sequence[str]) -> "list[VectorMeta | PvregError]":
+        """Each reference's version, or the error resolving it raised, in order (one read transaction)."""
+        with db.read_connection(self.engine) as conn:
+            return catalog.resolve_many(conn, refs)
+
     def _meta_by_id(self, version_id: int) -> VectorMeta:
         with db.read_connection(self.engine) as conn:
             return catalog.meta(conn, version_id)
@@ -575,13 +582,21 @@ class Registry:
         """
         from pvreg.registry.export import write_exported
 
+        from pvreg.registry.outputs import check_output, registry_paths
+
         meta = self.resolve(ref)
         out = Path(path)
-        if out.exists() and not force:
+        blob = self.blob_path(meta.ref)
+        check_output(out, registry_paths(self.settings))
+        if (out.exists() or out.is_symlink()) and not force:
             raise OutputExistsError(f"{out}: already exists (use --force to overwrite)")
         if out.is_dir():
             raise OutputExistsError(f"{out}: is a directory")
-        write_exported(self.blob_path(meta.ref), meta, out)
+        try:
+            write_exported(blob, meta, out, overwrite=force)
+        except FileExistsError:
+            raise OutputExistsError(f"{out}: was created while the export was written; left alone "
+                                    "(use --force to overwrite)") from None
         return out
 
     # --- composing (implemented in compose.py / apply.py) --------------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Row, func, select
 
-from pvreg.registry.errors import AmbiguousReferenceError, NotFoundError
+from pvreg.registry.errors import AmbiguousReferenceError, NotFoundError, PvregError
 from pvreg.registry.refs import Ref, parse_ref
 from pvreg.registry.tables import aliases, base_models, vectors, version_parents, version_tags, versions
 from pvreg.registry.tables import compositions as compositions_table
@@ -100,6 +100,26 @@ def meta(conn: Connection, version_id: int) -> VectorMeta:
 
 def show(conn: Connection, ref: str | Ref) -> VectorMeta:
     return meta(conn, resolve_id(conn, ref))
+
+
+def resolve_many(conn: Connection, refs: Sequence[str]) -> list[VectorMeta | PvregError]:
+    """Each reference's version, or the error resolving it raised, in order.
+
+    One metadata query per chunk of versions rather than per reference, so a
+    spec of thousands of terms resolves in one pass.
+    """
+    found: list[int | PvregError] = []
+    for ref in refs:
+        try:
+            found.append(resolve_id(conn, ref))
+        except PvregError as exc:
+            found.append(exc)
+    ids = sorted({f for f in found if isinstance(f, int)})
+    rows: list[Row[Any]] = []
+    for chunk in _chunks(ids):
+        rows.extend(conn.execute(_versions().where(versions.c.id.in_(chunk))).all())
+    by_id = {r.id: m for r, m in zip(rows, _metas(conn, rows))}
+    return [by_id[f] if isinstance(f, int) else f for f in found]
 
 
 def history(conn: Connection, name: str) -> list[VectorMeta]:

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,11 @@ from pvreg.registry.errors import (
     OutputExistsError,
     PvregError,
     SpecError,
+    UnsafeOutputError,
+    UserError,
 )
-from pvreg.registry.fsutil import fsync_dir, remove_path, temp_sibling
+from pvreg.registry.fsutil import fsync_dir, remove_path, rename_noreplace, temp_sibling
+from pvreg.registry.outputs import Protected, output_problems, registry_paths
 from pvreg.registry.spec import build_spec
 from pvreg.schemas import ParentRef, VectorMeta
 from pvreg.schemas.compose import ComposeResult, ComposeSpec, ComposeTerm, CompositionRecord
@@ -53,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ComposeProgress", "ComposeResult", "CompositionRecord", "compose", "list_compositions", "parse_size", "prepare"]
 
+#: Largest finite value of each accumulation dtype: a larger coefficient can only produce Inf.
+_ACCUMULATOR_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 #: ``--dtype`` spellings -> safetensors dtype code.
 DTYPE_CODES = {
     "float32": "F32", "fp32": "F32", "f32": "F32",
@@ -104,14 +110,22 @@ def dtype_code_of(name: str) -> str:
 
 
 class Problems:
-    """Collects every validation problem, then raises them as one line."""
+    """Collects every validation problem, then raises them as one line.
+
+    The line names at most :attr:`SHOWN` problems and counts the rest, so a
+    spec of thousands of bad terms still gives a readable message.
+    """
+
+    SHOWN = 10
 
     def __init__(self) -> None:
         self.items: list[tuple[type[PvregError], str]] = []
+        self._seen: set[str] = set()
 
     def add(self, cls: type[PvregError], message: str) -> None:
         message = " ".join(message.split())
-        if all(m != message for _, m in self.items):
+        if message not in self._seen:
+            self._seen.add(message)
             self.items.append((cls, message))
 
     def raise_if_any(self) -> None:
@@ -119,7 +133,9 @@ class Problems:
             return
         classes = {c for c, _ in self.items}
         cls = classes.pop() if len(classes) == 1 else SpecError
-        raise cls("; ".join(m for _, m in self.items))
+        shown = "; ".join(m for _, m in self.items[:self.SHOWN])
+        more = len(self.items) - self.SHOWN
+        raise cls(shown + (f"; and {more} more problem(s)" if more > 0 else ""))
 
 
 @dataclass
@@ -144,6 +160,7 @@ class Plan:
     base: "ResolvedBase | None"
     dtype_code: str | None
     params: dict[str, Any] = field(default_factory=dict)
+    base_files: list[tuple[str, Path]] = field(default_factory=list)  # copied into a model output
 
     def close(self) -> None:
         for i in self.inputs:
@@ -168,10 +185,23 @@ def _shape_problems(label: str, infos: dict[str, "TensorInfo"], base: dict[str, 
         problems.add(BaseMismatchError, f"{label}: " + ", ".join(found[:limit]) + more)
 
 
-def _check_output(out: Path | None, *, vector_only: bool, force: bool, problems: Problems) -> None:
-    if out is None:
-        return
-    if vector_only:
+def _protected(reg: "Registry", base: "ResolvedBase | None", inputs: Sequence[Input]) -> list[Protected]:
+    """What this compose must not write over: the registry, the base's files, the vectors' blobs."""
+    from pvreg.registry.tensorio import checkpoint_files
+
+    items = registry_paths(reg.settings)
+    if base is not None and base.path is not None:
+        items.append(Protected(base.path, "the base model"))
+        with contextlib.suppress(PvregError):
+            items.extend(Protected(f, "a file of the base model") for f in checkpoint_files(base.path))
+    items.extend(Protected(i.file.path, f"the blob of {i.meta.ref}") for i in inputs)
+    return items
+
+
+def _check_output(out: Path, *, vector_only: bool, force: bool, problems: Problems) -> None:
+    if out.is_symlink() and not force:
+        problems.add(OutputExistsError, f"{out}: already exists (a symbolic link; use --force to replace it)")
+    elif vector_only:
         if out.is_dir():
             problems.add(OutputExistsError, f"{out}: is a directory; --vector-only writes a .safetensors file")
         elif out.exists() and not force:
@@ -220,11 +250,9 @@ def prepare(
     inputs: list[Input] = []
     by_ref: dict[str, str] = {}
     by_sha: dict[str, tuple[str, str]] = {}
-    for term in spec.terms:
-        try:
-            meta = reg.resolve(term.ref)
-        except PvregError as exc:
-            problems.add(type(exc), str(exc))
+    for term, meta in zip(spec.terms, reg.resolve_many([t.ref for t in spec.terms])):
+        if isinstance(meta, PvregError):
+            problems.add(type(meta), str(meta))
             continue
         if term.sha256 is not None and not meta.sha256.startswith(term.sha256.lower().removeprefix("sha256:")):
             problems.add(SpecError, f"{term.ref!r} resolves to {meta.ref} (sha256 {meta.sha256[:12]}) "
@@ -241,6 +269,9 @@ def prepare(
         by_sha[meta.sha256] = (term.ref, meta.ref)
         if not math.isfinite(term.coefficient):
             problems.add(SpecError, f"{term.ref!r}: coefficient {term.coefficient} is not finite")
+        elif abs(term.coefficient) > _ACCUMULATOR_MAX[spec.accumulate]:
+            problems.add(SpecError, f"{term.ref!r}: coefficient {term.coefficient:g} overflows the "
+                                    f"{spec.accumulate} accumulator")
         if spec.normalize and not meta.norm > 0:
             problems.add(SpecError, f"{term.ref!r}: cannot --normalize {meta.ref}, its norm is 0")
         path = reg.blobs.path(meta.sha256)
@@ -300,11 +331,17 @@ def prepare(
                 if seen[1] != info.shape:
                     problems.add(BaseMismatchError, f"tensor {name!r} has shape {list(seen[1])} in {seen[0]} "
                                                     f"but {list(info.shape)} in {i.meta.ref}")
-    _check_output(out, vector_only=vector_only, force=force, problems=problems)
-    if out is not None and resolved is not None and resolved.path is not None:
-        o, b = out.expanduser().resolve(), resolved.path.resolve()
-        if o == b or b.is_relative_to(o):
-            problems.add(SpecError, f"--out {out} would replace the base model it is computed from")
+    extra_files: list[tuple[str, Path]] = []
+    if need_base and resolved is not None and resolved.path is not None and resolved.path.is_dir():
+        extra_files, found = base_files(resolved.path)
+        for message in found:
+            problems.add(UserError, message)
+    if out is not None:
+        unsafe = output_problems(out, _protected(reg, resolved, inputs))
+        for message in unsafe:
+            problems.add(UnsafeOutputError, message)
+        if not unsafe:
+            _check_output(out, vector_only=vector_only, force=force, problems=problems)
     try:
         problems.raise_if_any()
     except PvregError:
@@ -323,7 +360,7 @@ def prepare(
         dtype=spec.dtype,
     )
     return Plan(resolved_spec, spec, inputs, method, expected, resolved, dtype_code,
-                {k: v for k, v in record.items() if k != "method"})
+                {k: v for k, v in record.items() if k != "method"}, extra_files)
 
 
 # --------------------------------------------------------------------------- #
@@ -365,16 +402,31 @@ def merged_tensor(plan: Plan, name: str, users: Sequence[Input], base: "torch.Te
     if plan.method.name != "linear" or numel <= SLICE_ELEMENTS:
         delta = combined_delta(plan, name, users)
         delta.add_(base)  # θ = θ_base + Δ, in the accumulation dtype
-        return delta.to(out_dtype)
+        return check_finite(name, delta.to(out_dtype))
     out = torch.empty(base.shape, dtype=out_dtype)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     for start in range(0, numel, SLICE_ELEMENTS):
         part = slice(start, min(start + SLICE_ELEMENTS, numel))
         delta = combined_delta(plan, name, users, part)
         delta.add_(flat_base[part])
-        flat_out[part].copy_(delta)
+        check_finite(name, flat_out[part].copy_(delta))
         del delta
     return out
+
+
+def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
+    """``t`` itself, or :class:`SpecError` when it holds Inf/NaN.
+
+    Inputs are finite (checked when added), so a non-finite output means the
+    weighted sum overflowed the accumulator or the cast to the output dtype;
+    writing it would give a model that silently computes NaN.
+    """
+    import torch
+
+    if not bool(torch.isfinite(t).all()):
+        raise SpecError(f"output tensor {name!r} would contain Inf/NaN as {str(t.dtype).removeprefix('torch.')}: "
+                        "the coefficients are too large for that dtype")
+    return t
 
 
 def _release(plan: Plan, name: str, users: Sequence[Input]) -> None:
@@ -515,7 +567,7 @@ def write_vector(plan: Plan, target: Path, progress: ComposeProgress | None) -> 
     digests = []
     with StreamingWriter(target, entries, {"format": "pt"}) as writer:
         for name, code, shape in entries:
-            out = combined_delta(plan, name, users[name]).to(torch_dtype(code))
+            out = check_finite(name, combined_delta(plan, name, users[name]).to(torch_dtype(code)))
             buf = tensor_bytes(out)
             digests.append((name, code, shape, hashlib.sha256(buf).hexdigest()))
             writer.write(name, buf)
@@ -527,28 +579,65 @@ def write_vector(plan: Plan, target: Path, progress: ComposeProgress | None) -> 
     return Written([target.name], digests, total)
 
 
-def copy_base_files(src: Path, dst: Path, dtype: str | None) -> list[str]:
-    """Every non-weight file of the base dir (config, tokenizer, ...); not its README/weights."""
-    copied = []
-    for p in sorted(src.iterdir()):
-        name = p.name
-        if (name.startswith(".") or name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
-                or name in ("README.md", RECORD_NAME)):
-            continue
-        if p.is_dir():
-            shutil.copytree(p, dst / name, copy_function=shutil.copyfile)
-        else:
-            shutil.copyfile(p, dst / name)
-        copied.append(name)
+def base_files(src: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The non-weight files of a base dir to copy (config, tokenizer, ...), and the problems found.
+
+    Returns ``(relative name, file to read)`` pairs, recursing into
+    sub-directories, without the weights, indexes, hidden files, the base's own
+    README.md and composition record.  Symbolic links are followed (a Hub cache
+    snapshot is made of them) and their *content* is copied; anything that is
+    not a regular file once links are followed (a FIFO would block the copy, a
+    device never ends) or a link loop is a problem, found before any output is
+    written.
+    """
+    files: list[tuple[str, Path]] = []
+    problems: list[str] = []
+    seen_dirs: set[Path] = set()
+
+    def walk(directory: Path, prefix: str) -> None:
+        real = directory.resolve()
+        if real in seen_dirs:
+            problems.append(f"{directory}: directory link loop in the base model directory")
+            return
+        seen_dirs.add(real)
+        for p in sorted(directory.iterdir()):
+            name = p.name
+            if name.startswith(".") or (not prefix and (name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
+                                                        or name in ("README.md", RECORD_NAME))):
+                continue
+            try:
+                st = p.stat()
+            except OSError as exc:
+                problems.append(f"{p}: cannot be read ({exc.strerror or exc})")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                walk(p, f"{prefix}{name}/")
+            elif stat.S_ISREG(st.st_mode):
+                files.append((prefix + name, p))
+            else:
+                problems.append(f"{p}: not a regular file (a FIFO, socket or device); remove it from the base directory")
+
+    walk(src, "")
+    return files, problems
+
+
+def copy_base_files(files: Sequence[tuple[str, Path]], dst: Path, dtype: str | None) -> list[str]:
+    """Copy :func:`base_files`' list into ``dst``; returns the top-level names written."""
+    from pvreg.registry.tensorio import dtype_name
+
+    for rel, src in files:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
     cfg = dst / "config.json"
     if dtype is not None and cfg.is_file():
         # The stored dtype changed: say so, or transformers would upcast/downcast on load.
         with contextlib.suppress(ValueError, OSError):
             data = json.loads(cfg.read_text())
             key = "dtype" if "dtype" in data or "torch_dtype" not in data else "torch_dtype"
-            data[key] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}[dtype]
+            data[key] = dtype_name(dtype)
             cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return copied
+    return sorted({rel.split("/", 1)[0] for rel, _ in files})
 
 
 # --------------------------------------------------------------------------- #
@@ -595,9 +684,29 @@ def staging(home: Path, out: Path) -> Iterator[tuple[Path, Callable[[dict[str, s
         os.close(fd)
 
 
-def publish_dir(tmp: Path, out: Path, rewrite: Callable[[dict[str, str]], None]) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (``--force``) is moved aside first."""
-    if out.exists() or out.is_symlink():
+def publish_dir(tmp: Path, out: Path, rewrite: Callable[[dict[str, str]], None], *, force: bool) -> None:
+    """Rename ``tmp`` to ``out``.
+
+    Without ``force`` the rename must not replace anything: ``out`` was absent
+    or an empty directory when the request was checked, and whatever appeared
+    there since (another compose, a user's files) is left alone — the finished
+    output is then discarded with :class:`OutputExistsError`.  With ``force``
+    an existing ``out`` is moved aside first, and dropped once the new one is in.
+    """
+    if not force:
+        if out.is_symlink():
+            raise OutputExistsError(_appeared(out))
+        try:
+            os.rmdir(out)  # the empty directory seen at validation, if it is still there and empty
+        except FileNotFoundError:
+            pass
+        except OSError:  # no longer empty, or no longer a directory
+            raise OutputExistsError(_appeared(out)) from None
+        try:
+            rename_noreplace(tmp, out)
+        except FileExistsError:
+            raise OutputExistsError(_appeared(out)) from None
+    elif out.exists() or out.is_symlink():
         aside = temp_sibling(out, "-old")
         # Announce the swap first: if we die between the renames, gc puts the
         # old output back (or, once the new one is in place, drops the old).
@@ -609,6 +718,23 @@ def publish_dir(tmp: Path, out: Path, rewrite: Callable[[dict[str, str]], None])
     else:
         os.replace(tmp, out)
     fsync_dir(out.parent)
+
+
+def publish_file(tmp: Path, out: Path, *, force: bool) -> None:
+    """Rename a finished file into place; without ``force`` never over anything that appeared."""
+    if force:
+        os.replace(tmp, out)
+    else:
+        try:
+            rename_noreplace(tmp, out)
+        except FileExistsError:
+            raise OutputExistsError(_appeared(out)) from None
+    fsync_dir(out.parent)
+
+
+def _appeared(out: Path) -> str:
+    return (f"{out}: something was created there while the output was being written; it was left alone "
+            "and the new output discarded (use --force to replace it)")
 
 
 # --------------------------------------------------------------------------- #
@@ -732,17 +858,23 @@ def compose(
                 file = tmp / (out_path.name if out_path is not None else "vector.safetensors")
                 written = write_vector(plan, file, progress)
                 fingerprint = combine(written.entries)
-                registered = _register(reg, plan, file, register) if register is not None else None
-                if out_path is not None:
-                    os.replace(file, out_path)
-                    fsync_dir(out_path.parent)
+                registered = None
+                if out_path is None:
+                    assert register is not None  # checked above: one of out/register is given
+                    registered = _register(reg, plan, file, register)
+                else:
+                    publish_file(file, out_path, force=force)
+                    if register is not None:
+                        try:
+                            registered = _register(reg, plan, out_path, register)
+                        except BaseException:
+                            remove_path(out_path)  # ours: renamed into place just above
+                            raise
             else:
                 written = write_model(plan, tmp, size, progress, reg.fingerprint_cache)
                 fingerprint = combine(written.entries)
                 registered = None
-                base_dir = plan.base.path if plan.base is not None else None
-                if base_dir is not None and base_dir.is_dir():
-                    written.files.extend(copy_base_files(base_dir, tmp, plan.dtype_code))
+                written.files.extend(copy_base_files(plan.base_files, tmp, plan.dtype_code))
                 from pvreg.registry.modelcard import render_model_card
 
                 info = reg.base_info(plan.base_fingerprint)
@@ -751,7 +883,7 @@ def compose(
                     json.dumps(composition_document(plan, fingerprint, written, "model"), indent=2) + "\n")
                 written.files.extend(["README.md", RECORD_NAME])
                 assert out_path is not None
-                publish_dir(tmp, out_path, rewrite)
+                publish_dir(tmp, out_path, rewrite, force=force)
     finally:
         plan.close()
     kind = "vector" if vector_only else "model"

@@ -88,3 +88,10 @@ class HubNotFoundError(UserError, LookupError):
 
 class HubAuthError(UserError, PermissionError):
     """The Hub refused the credentials (401/403)."""
+
+
+# --- outputs -------------------------------------------------------------------
+
+
+class UnsafeOutputError(UserError, ValueError):
+    """An output path would overwrite the registry, its database or blobs, or an input of the command."""

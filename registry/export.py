@@ -18,14 +18,15 @@ def exported_metadata(meta: VectorMeta) -> dict[str, str]:
     return {"format": "pt", "pvreg": meta.model_dump_json()}
 
 
-def write_exported(blob: Path, meta: VectorMeta, out: Path) -> None:
+def write_exported(blob: Path, meta: VectorMeta, out: Path, *, overwrite: bool = True) -> None:
+    """Write ``out`` atomically; with ``overwrite=False`` an ``out`` that exists by then raises FileExistsError."""
     src = SafetensorsFile(blob)
     infos = src.infos
     names = sorted(infos)
     header = build_header([(n, infos[n].dtype, infos[n].shape) for n in names], exported_metadata(meta))
     data_start = src.size - sum(i.nbytes for i in infos.values())
     src.close()
-    with AtomicFile(out) as dst, open(blob, "rb") as f:
+    with AtomicFile(out, overwrite=overwrite) as dst, open(blob, "rb") as f:
         dst.write(header)
         f.seek(data_start)
         shutil.copyfileobj(f, dst.handle, 16 * 1024 * 1024)

@@ -10,8 +10,12 @@ when it can take that lock, i.e. when its writer is dead.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,6 +23,55 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_PREFIX = ".pvreg-tmp-"
+#: The names :func:`temp_sibling` makes (``.pvreg-tmp-<32 hex><suffix>``): the only names ``gc`` acts on.
+TEMP_NAME_RE = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{32}(?P<suffix>[-.a-z]*)")
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _renameat2() -> object | None:
+    """glibc's ``renameat2`` (Linux >= 3.15, glibc >= 2.28), or None where it is missing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` atomically, failing if ``dst`` exists (any type, even an empty dir).
+
+    Plain ``rename`` silently replaces a file or an empty directory; publishing
+    without ``force`` must never do that, even when ``dst`` appears after it was
+    checked.  Uses ``renameat2(RENAME_NOREPLACE)``; where the kernel or the
+    filesystem lacks it, a hard link (files) or ``mkdir``-free check (directories,
+    not race-free) stands in.
+
+    Raises:
+        FileExistsError: ``dst`` exists.
+    """
+    if _RENAMEAT2 is not None:
+        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)  # type: ignore[operator]
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    if src.is_dir() and not src.is_symlink():
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+        os.rename(src, dst)
+        return
+    os.link(src, dst, follow_symlinks=False)  # fails with FileExistsError if dst exists
+    os.unlink(src)
 
 
 def fsync_path(path: Path) -> None:
@@ -70,10 +123,14 @@ class AtomicFile:
             target.parent.mkdir(parents=True, exist_ok=True)
         self.handle.flush()
         os.fsync(self.handle.fileno())
-        if not self.overwrite and self.target.exists():
-            self.abort()
-            return self.target
-        os.replace(self.temp, self.target)
+        if self.overwrite:
+            os.replace(self.temp, self.target)
+        else:
+            try:
+                rename_noreplace(self.temp, self.target)
+            except FileExistsError:
+                self.abort()
+                raise
         self.handle.close()
         fsync_dir(self.target.parent)
         self.done = True

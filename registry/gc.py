@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pvreg.registry.blobstore import BlobStore
-from pvreg.registry.fsutil import remove_path
+from pvreg.registry.fsutil import TEMP_NAME_RE, remove_path, rename_noreplace
 from pvreg.schemas import GcReport
 
 
@@ -35,20 +35,26 @@ def collect(store: BlobStore, pending: Path, referenced: Callable[[], set[str]],
                 report.removed_temp.append(str(tmp))
                 if not dry_run:
                     remove_path(tmp)
-        report.removed_temp.extend(_compose_leftovers(pending, dry_run=dry_run))
+        _compose_leftovers(pending, report, dry_run=dry_run)
     return report
 
 
-def _compose_leftovers(pending: Path, *, dry_run: bool) -> list[str]:
+def _compose_leftovers(pending: Path, report: GcReport, *, dry_run: bool) -> None:
     """Staging directories of killed composes, named by their pending markers.
 
     A marker whose flock is free belongs to a dead process.  A marker that
     records an interrupted ``--force`` swap (``aside``/``out``) puts the old
     output back when the new one never arrived.
+
+    A marker is only a hint: whoever can write ``pending/`` could name any
+    path in it.  So gc acts only on what pvreg itself creates — an absolute,
+    ``..``-free path whose name is :func:`~pvreg.registry.fsutil.temp_sibling`'s
+    (``.pvreg-tmp-<32 hex>``, ``-old`` for a swapped-out output), which is not a
+    symlink, and which lies beside the recorded output — and reports every other
+    marker in ``ignored`` without touching what it names.
     """
-    removed: list[str] = []
     if not pending.is_dir():
-        return removed
+        return
     for marker in sorted(pending.iterdir()):
         if not marker.name.endswith((".json", ".json.part")) or not BlobStore.stale(marker):
             continue
@@ -56,19 +62,51 @@ def _compose_leftovers(pending: Path, *, dry_run: bool) -> list[str]:
             record = json.loads(marker.read_text())
         except (ValueError, OSError):
             record = {}
-        target, aside, out = (Path(record[k]) if isinstance(record.get(k), str) else None
-                              for k in ("path", "aside", "out"))
-        if aside is not None and out is not None and aside.exists():
-            removed.append(str(aside))
+        plan = _leftover_plan(record if isinstance(record, dict) else {})
+        if plan is None:
+            report.ignored.append(f"{marker}: names paths pvreg did not create; left alone")
             if not dry_run:
-                if out.exists():
+                remove_path(marker)
+            continue
+        target, aside, out = plan
+        if aside is not None and out is not None and os.path.lexists(aside):
+            report.removed_temp.append(str(aside))
+            if not dry_run:
+                if os.path.lexists(out):
                     remove_path(aside)  # the new output made it; the old one goes
                 else:
-                    os.replace(aside, out)  # the swap broke off: restore the old output
-        if target is not None and target.exists() and target != out:
-            removed.append(str(target))
+                    rename_noreplace(aside, out)  # the swap broke off: restore the old output
+        if target is not None and os.path.lexists(target) and target != out:
+            report.removed_temp.append(str(target))
             if not dry_run:
                 remove_path(target)
         if not dry_run:
             remove_path(marker)
-    return removed
+
+
+def _leftover_plan(record: dict[str, object]) -> tuple[Path | None, Path | None, Path | None] | None:
+    """(staging path, aside, out) from a marker, or None when any of it is not pvreg's own naming."""
+    paths: dict[str, Path | None] = {}
+    for key in ("path", "aside", "out"):
+        value = record.get(key)
+        if value is None:
+            paths[key] = None
+        elif not isinstance(value, str) or not os.path.isabs(value) or ".." in Path(value).parts:
+            return None
+        else:
+            paths[key] = Path(value)
+    target, aside, out = paths["path"], paths["aside"], paths["out"]
+    if (aside is None) != (out is None) or (target is None and aside is None):
+        return None
+    for temp, suffix in ((target, None), (aside, "-old")):
+        if temp is None:
+            continue
+        m = TEMP_NAME_RE.fullmatch(temp.name)
+        if m is None or (suffix is not None and m.group("suffix") != suffix) or temp.is_symlink():
+            return None
+    if out is not None:
+        assert aside is not None
+        # The swap renames within one directory; a staging path recorded with it sits there too.
+        if aside.parent != out.parent or (target is not None and target.parent != out.parent):
+            return None
+    return target, aside, out

@@ -32,6 +32,9 @@ def parse_coefficient(text: str, token: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise SpecError(f"invalid spec token {token!r}: coefficient {text!r} is not finite")
+    mantissa = re.split("[eE]", text)[0]
+    if value == 0 and any(c in "123456789" for c in mantissa):
+        raise SpecError(f"invalid spec token {token!r}: coefficient {text!r} underflows to 0")
     return value
 
 

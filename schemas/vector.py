@@ -94,3 +94,5 @@ class GcReport(BaseModel):
     removed_blobs: list[str] = Field(default_factory=list)
     removed_temp: list[str] = Field(default_factory=list)
     freed_bytes: int = 0
+    #: Pending markers that named paths pvreg does not create: reported, never acted on.
+    ignored: list[str] = Field(default_factory=list)

@@ -186,6 +186,32 @@ def other_base(env: Env) -> None:
     make_base(env.p("other-base"), seed=7)
 
 
+# --- outputs that would overwrite what pvreg reads or owns ---
+
+
+def blob_of(name: str) -> Callable[[Env], None]:
+    """Append the stored blob path of ``name`` to the argv (as the output path)."""
+    def make(env: Env) -> None:
+        from pvreg import Registry
+
+        with Registry.open() as reg:
+            env.tail.append(str(reg.blob_path(name)))
+    return make
+
+
+def base_with_fifo(env: Env) -> None:
+    """A copy of the base (same fingerprint) whose directory also holds a FIFO."""
+    import shutil
+
+    shutil.copytree(env.base_dir, env.p("fifo-base"))
+    os.mkfifo(env.p("fifo-base/notes.txt"))
+
+
+def no_output(env: Env) -> None:
+    leftovers = [p.name for p in env.tmp.iterdir() if p.name == "out" or p.name.startswith(".pvreg-tmp-")]
+    assert not leftovers, leftovers
+
+
 def spec_file(name: str, text: str) -> Callable[[Env], None]:
     return lambda env: env.p(name).write_text(text)
 
@@ -443,8 +469,36 @@ CASES = [
     C("compose-bad-dtype", nothing, COMPOSE + "helpful --dtype int8", 2, "invalid dtype 'int8'"),
     C("compose-bad-shard-size", nothing, COMPOSE + "helpful --shard-size 0", 2, "invalid shard size '0'"),
     C("compose-out-not-empty", raw("out", b"x"), COMPOSE + "helpful", 2, "already exists and is not empty"),
-    C("compose-out-is-base", nothing, "compose helpful --base {base} --out {base} --force", 2, "would replace the base model"),
+    C("compose-out-is-base", nothing, "compose helpful --base {base} --out {base} --force", 2, "refusing to write there, it is the base model"),
     C("compose-other-base", other_base, "compose helpful --base {t}/other-base --out {t}/out", 2, "base mismatch"),
+    # outputs that would overwrite the registry, its database or blobs, or an input (after resolving links)
+    C("out-is-home", nothing, "compose helpful --base {base} --out {home} --force", 2, "it is the registry home"),
+    C("out-contains-home", nothing, "compose helpful --base {base} --out {home}/.. --force", 2, "it contains the registry home"),
+    C("out-inside-home", nothing, "compose helpful --base {base} --out {home}/merged", 2, "it lies inside the registry home"),
+    C("out-home-via-symlink", symlink("link", "../pvreg-home"), "compose helpful --base {base} --out {t}/link --force", 2, "it is the registry home"),
+    C("out-home-via-dotdot", nothing, "compose helpful --base {base} --out {t}/x/../../pvreg-home --force", 2, "it is the registry home"),
+    C("out-home-parent-via-symlink", symlink("up", ".."), "compose helpful --base {base} --out {t}/up --force", 2, "it contains the registry home"),
+    C("export-over-database", nothing, "export helpful {home}/registry.db --force", 2, "refusing to write there, it "),
+    C("export-over-wal", nothing, "export helpful {home}/registry.db-wal --force", 2, "refusing to write there, it "),
+    C("export-over-blob", blob_of("helpful"), "export helpful --force", 2, "it lies inside the registry's blob store"),
+    C("export-over-blob-via-symlink", both(blob_of("helpful"), lambda e: os.symlink(e.tail.pop(), e.p("b.safetensors"))), "export helpful {t}/b.safetensors --force", 2, "it lies inside the registry's blob store"),
+    C("export-into-home", nothing, "export helpful {home}/helpful.safetensors", 2, "it lies inside the registry home"),
+    C("vector-only-over-blob", blob_of("harmless"), "compose helpful --vector-only --force --out", 2, "it lies inside the registry's blob store"),
+    C("vector-only-over-own-input", blob_of("helpful"), "compose helpful --vector-only --force --out", 2, "it is the blob of helpful@1"),
+    C("vector-only-over-base-weights", nothing, "compose helpful --vector-only --force --out {base}/model.safetensors", 2, "it is a file of the base model"),
+    C("vector-only-over-base-weights-hardlink", lambda e: os.link(e.base_dir / "model.safetensors", e.p("hard.safetensors")), "compose helpful --base {base} --vector-only --force --out {t}/hard.safetensors", 2, "it is a file of the base model"),
+    C("out-inside-base", nothing, "compose helpful --base {base} --out {base}/merged", 2, "it lies inside the base model"),
+    C("out-parent-is-file", raw("file", b"x"), "compose helpful --base {base} --out {t}/file/merged", 2, "file/merged: cannot be created, "),
+    C("export-parent-is-file", raw("file", b"x"), "export helpful {t}/file/sub/v.safetensors", 2, "is not a directory"),
+    C("vector-only-parent-is-file", raw("file", b"x"), "compose helpful --vector-only --out {t}/file/v.safetensors", 2, "is not a directory"),
+    C("out-is-symlink-without-force", both(mkdir("real"), symlink("lnk", "real")), "compose helpful --base {base} --out {t}/lnk", 2, "already exists (a symbolic link"),
+    # coefficients and values the output cannot hold
+    C("spec-coefficient-huge", nothing, COMPOSE + "helpful:1e300", 2, "coefficient 1e+300 overflows the float32 accumulator", no_output),
+    C("spec-coefficient-underflow", nothing, COMPOSE + "helpful:1e-400", 2, "coefficient '1e-400' underflows to 0"),
+    C("spec-coefficient-underflow-decimal", nothing, COMPOSE + "helpful:0.0000001e-320", 2, "underflows to 0"),
+    C("compose-inf-after-cast", nothing, COMPOSE + "helpful:1e7 --dtype float16", 2, "would contain Inf/NaN as float16", no_output),
+    C("compose-inf-after-cast-vector-only", nothing, "compose helpful:1e7 --vector-only --dtype float16 --out {t}/out", 2, "would contain Inf/NaN as float16", no_output),
+    C("compose-base-dir-fifo", base_with_fifo, "compose helpful --base {t}/fifo-base --out {t}/out", 2, "notes.txt: not a regular file", no_output),
     # Hub
     C("hub-json-disagrees-with-blob", hub_repo("alice/mismatch", hub_json_mismatch), PULL + "alice/mismatch", 1, "pvreg.json says dataset='someone/else'"),
     C("hub-blob-for-other-base", hub_repo("alice/otherbase", hub_other_base), PULL + "alice/otherbase", 1, "pvreg.json says base_fingerprint="),
@@ -491,7 +545,7 @@ def seeded(tmp_path, cli, base_dir, base_tensors, monkeypatch, home):
 def _prepare(case: C, env: Env) -> list[str]:
     """Run the case's setup and return its argv with paths (and the Hub URL) filled in."""
     case.setup(env)
-    values = {"t": env.tmp, "base": env.base_dir}
+    values = {"t": env.tmp, "base": env.base_dir, "home": env.home}
     if "{url}" in case.argv:
         values["url"] = env.server.url
     return [a.format(**values) for a in shlex.split(case.argv.replace("{tail}", ""))] + env.tail

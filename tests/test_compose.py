@@ -14,7 +14,7 @@ from factories import make_base, make_vector
 from safetensors.torch import load_file, save_file
 
 from pvreg.registry.api import Registry
-from pvreg.registry.errors import BaseMismatchError, OutputExistsError, SpecError
+from pvreg.registry.errors import BaseMismatchError, OutputExistsError, SpecError, UnsafeOutputError
 from pvreg.registry.fsutil import TEMP_PREFIX
 
 
@@ -379,7 +379,7 @@ def test_sharded_output_loads_in_transformers_and_generates(reg: Registry, tmp_p
 
 def test_out_cannot_replace_the_base(reg: Registry, tmp_path: Path, base_dir: Path, vector_file: Path) -> None:
     reg.add("h", vector_file, base=base_dir)
-    with pytest.raises(SpecError, match="would replace the base"):
+    with pytest.raises(UnsafeOutputError, match="it is the base model"):
         reg.compose("h", base=base_dir, out=base_dir, force=True)
     assert (base_dir / "model.safetensors").exists()
 
