@@ -5,9 +5,42 @@ carries the exit code the CLI uses (2 for bad input, 1 for failures of the
 environment or of integrity), and also inherits the closest builtin so callers
 of the Python API can catch ``LookupError``/``ValueError`` idiomatically.
 Messages are single lines that name what is wrong and where.
+
+The library does not speak command line: a message that names an option
+writes it with :func:`opt` (``opt("force", True)``).  ``str(error)`` spells it
+the Python way (``force=True``); the CLI renders the same message with the
+flag (``--force``) through :meth:`PvregError.render`, in one place.  Keyword
+arguments given to an error are kept as attributes (``exc.expected``,
+``exc.tensor``), so callers need not parse messages.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+#: ``⟦name⟧`` or ``⟦name=value⟧``: an option named in a message (see :func:`opt`).
+_OPTION_RE = re.compile("\u27e6([a-z_]+)(?:=([^\u27e7]*))?\u27e7")
+
+
+def opt(name: str, value: object = None) -> str:
+    """A reference to the option ``name`` inside an error message.
+
+    ``value`` is what a Python caller would pass (``opt("force", True)`` reads
+    ``force=True``); the CLI shows the flag alone (``--force``).
+    """
+    return f"\u27e6{name}\u27e7" if value is None else f"\u27e6{name}={value}\u27e7"
+
+
+def python_spelling(name: str, value: str | None) -> str:
+    return name if value is None else f"{name}={value}"
+
+
+def render_options(message: str, spell: Callable[[str, str | None], str] = python_spelling) -> str:
+    """``message`` with every :func:`opt` reference spelled by ``spell(name, value)``."""
+    return _OPTION_RE.sub(lambda m: spell(m.group(1), m.group(2)), message)
 
 
 class PvregError(Exception):
@@ -15,9 +48,58 @@ class PvregError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **fields: Any) -> None:
         # Keep messages on one line whatever the caller passed in.
-        super().__init__(" ".join(str(message).split()))
+        self.template = " ".join(str(message).split())
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+        super().__init__(render_options(self.template))
+
+    def render(self, spell: Callable[[str, str | None], str]) -> str:
+        """The message with options spelled by ``spell`` (the CLI passes its flag names)."""
+        return render_options(self.template, spell)
+
+
+class ProblemsError(PvregError):
+    """Several problems found by one validation, raised together.
+
+    The raised object is an instance of every problem's own class as well
+    (see :func:`raise_problems`), so ``except NotFoundError`` still catches a
+    mix of a missing reference and a base mismatch; ``problems`` lists each.
+    """
+
+    problems: Sequence[PvregError]
+
+
+#: How many problems one message names; the rest are counted.
+SHOWN_PROBLEMS = 10
+
+
+@cache
+def _problems_class(classes: tuple[type[PvregError], ...]) -> type[ProblemsError]:
+    exit_code = 2 if all(issubclass(c, UserError) for c in classes) else 1
+    name = "ProblemsError[" + ",".join(c.__name__ for c in classes) + "]"
+    return type(name, (ProblemsError, *classes), {"exit_code": exit_code, "__module__": __name__})
+
+
+def raise_problems(problems: Sequence[PvregError]) -> None:
+    """Raise nothing for no problems, the problem itself for one, else a :class:`ProblemsError`."""
+    unique: list[PvregError] = []
+    seen: set[str] = set()
+    for p in problems:
+        if p.template not in seen:
+            seen.add(p.template)
+            unique.append(p)
+    if not unique:
+        return
+    if len(unique) == 1:
+        raise unique[0]
+    classes = tuple(dict.fromkeys(type(p) for p in unique))
+    more = len(unique) - SHOWN_PROBLEMS
+    message = "; ".join(p.template for p in unique[:SHOWN_PROBLEMS]) + (
+        f"; and {more} more problem(s)" if more > 0 else "")
+    raise _problems_class(classes)(message, problems=unique)
 
 
 class UserError(PvregError):
