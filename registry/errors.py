@@ -88,3 +88,28 @@ class HubNotFoundError(UserError, LookupError):
 
 class HubAuthError(UserError, PermissionError):
     """The Hub refused the credentials (401/403)."""
+
+
+# --- the database and the environment (fix-env) ---------------------------------------------------------------------
+
+
+class StorageError(PvregError):
+    """The filesystem or the database refused an operation: disk full, permission denied,
+    a read-only file system, a database that cannot be opened or reached; exit code 1."""
+
+
+class ReadOnlyRegistryError(StorageError):
+    """A write was attempted on a registry this process can only read."""
+
+
+class LostDatabaseError(PvregError):
+    """The database is empty or missing while the blob store holds blobs: it was most
+    likely lost or truncated, so pvreg refuses to start a new one over the old blobs."""
+
+
+class UnsafeGcError(PvregError):
+    """``gc`` would delete every blob because the database lists no versions at all."""
+
+
+class RegistryPathError(UserError, NotADirectoryError):
+    """The registry location is (or lies under) a regular file; exit code 2."""

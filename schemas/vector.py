@@ -94,3 +94,6 @@ class GcReport(BaseModel):
     removed_blobs: list[str] = Field(default_factory=list)
     removed_temp: list[str] = Field(default_factory=list)
     freed_bytes: int = 0
+    # A dry run on a database that lists no versions: removed_blobs is what only
+    # ``gc --all-unreferenced`` would delete (a real run without it is refused).
+    needs_all_unreferenced: bool = False
