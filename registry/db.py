@@ -21,11 +21,11 @@ import random
 import sqlite3
 import time
 import uuid
-from urllib.parse import quote
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -102,8 +102,11 @@ def sqlite_access(path: Path) -> str:
     return IMMUTABLE
 
 
-def make_engine(url: str, *, access: str = RW) -> Engine:
+def make_engine(url: str, *, access: str = RW, busy_timeout_s: float = 60.0) -> Engine:
     """An engine for ``url``; ``access`` (from :func:`sqlite_access`) opens SQLite read-only.
+
+    ``busy_timeout_s`` is how long a SQLite statement waits for another
+    writer's lock before :func:`run_transaction` retries the transaction.
 
     Every DBAPI error goes through :func:`environment.db_failure` first, so a
     full disk, a read-only file or an unreachable server is a one-line
@@ -111,11 +114,11 @@ def make_engine(url: str, *, access: str = RW) -> Engine:
     """
     where = environment.database_label(url)
     if url.startswith("sqlite"):
-        options: dict[str, object] = {"connect_args": {"timeout": 60}}
+        options: dict[str, object] = {"connect_args": {"timeout": busy_timeout_s}}
         path = _sqlite_file(url)
         if access != RW and path is not None:
             uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if access == IMMUTABLE else "")
-            options = {"creator": functools.partial(sqlite3.connect, uri, uri=True, timeout=60,
+            options = {"creator": functools.partial(sqlite3.connect, uri, uri=True, timeout=busy_timeout_s,
                                                     check_same_thread=False)}
         engine = create_engine(url, **options)
 
@@ -125,7 +128,7 @@ def make_engine(url: str, *, access: str = RW) -> Engine:
             # concurrent writers queue on busy_timeout instead of deadlocking.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout = 60000")
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if access == RW:  # WAL is persistent in the file; a read-only connection cannot set it
                 cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA foreign_keys = ON")
@@ -154,8 +157,8 @@ def current_revision(engine: Engine) -> str | None:
     """The schema revision, or None for an empty (or, for SQLite, missing) database."""
     if engine.url.get_backend_name() == "sqlite":
         path = _sqlite_file(engine.url)
-        if path is not None and not path.exists():
-            return None  # do not create the file just to look at it
+        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            return None  # do not create (or, with the WAL pragma, write) the file just to look at it
     with read_connection(engine) as conn:  # checked on every open: take no write lock
         if not inspect(conn).has_table("alembic_version"):
             return None

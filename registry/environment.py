@@ -113,7 +113,7 @@ def db_failure(exc: BaseException, where: str) -> PvregError | None:
             return StorageError(f"{where}: database or disk is full; free some space and retry")
         if code == SQLITE_READONLY:
             why = _READONLY_WHY.get(name, "the file or its directory is not writable")
-            return ReadOnlyRegistryError(f"{where}: the database is read-only ({why}); this command needs write access")
+            return ReadOnlyRegistryError(f"{where}: the registry database is read-only ({why}); this command needs write access")
         if code == SQLITE_CANTOPEN:
             return StorageError(f"{where}: cannot open the database: {_cantopen_reason(Path(where))}")
         if code in (SQLITE_NOTADB, SQLITE_CORRUPT):
@@ -121,6 +121,8 @@ def db_failure(exc: BaseException, where: str) -> PvregError | None:
                 f"{where}: is not a valid SQLite database ({first_line(exc)}); pvreg left it untouched: "
                 "restore it from a backup (registry.db.backup-* beside it)"
             )
+        if name == "SQLITE_IOERR_SHMSIZE":  # growing the -shm file failed: in practice a full file system
+            return StorageError(f"{where}: cannot grow its -shm file: no space left on device (the file system is full)")
         if code == SQLITE_IOERR:
             return StorageError(f"{where}: disk I/O error ({name or first_line(exc)})")
         if code == SQLITE_PERM:
