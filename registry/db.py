@@ -77,8 +77,12 @@ def sqlite_access(path: Path) -> str:
     A missing file is opened read-write (and created).  A file this process
     cannot write is opened ``mode=ro`` when its directory is writable (SQLite
     can still create the ``-shm``), else ``immutable=1``: WAL readers need a
-    ``-shm`` they cannot create there.  Immutable mode ignores the ``-wal``,
-    so a non-empty ``-wal`` without its ``-shm`` is refused rather than read stale.
+    ``-shm`` they cannot create there — unless a writer's ``-wal`` and
+    ``-shm`` are there to share.  Immutable mode ignores the ``-wal``, so a
+    non-empty ``-wal`` without its ``-shm`` is refused rather than read stale.
+    (Immutable mode also takes no locks: it assumes nobody writes the file,
+    which holds for read-only mounts and copies; a writer that starts while
+    such a reader runs is outside that assumption.)
 
     Raises:
         StorageError: the directory is read-only and committed changes sit in a ``-wal`` it cannot read.
@@ -90,10 +94,10 @@ def sqlite_access(path: Path) -> str:
         return RW
     if directory_ok:
         return RO
-    wal = path.with_name(path.name + "-wal")
+    wal, shm = path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+    if wal.exists() and shm.exists():
+        return RO  # a writer (with write access) is or was at work: share its -shm, read its WAL
     if wal.exists() and wal.stat().st_size > 0:
-        if path.with_name(path.name + "-shm").exists():
-            return RO
         raise StorageError(
             f"{path}: cannot be read here: its directory is read-only and {wal.name} holds changes not yet "
             f"written into the database (its -shm file is missing); open the registry once where it is "
