@@ -24,9 +24,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import inspect
 import os
 import sqlite3
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -214,7 +214,7 @@ def guarded(cls: C) -> C:
     have ``settings`` and ``read_only`` attributes.
     """
     for name, fn in list(vars(cls).items()):
-        if name.startswith("_") or not inspect.isfunction(fn):
+        if name.startswith("_") or not isinstance(fn, types.FunctionType):
             continue
         setattr(cls, name, _guard_method(fn))
     return cls
