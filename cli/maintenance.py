@@ -45,16 +45,21 @@ def verify(
 def gc(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be removed.")] = False,
+    all_unreferenced: Annotated[bool, typer.Option(
+        "--all-unreferenced",
+        help="Also when the database lists no versions at all, i.e. delete every blob "
+             "(refused without it: that is what a lost or empty database looks like).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete unreferenced blobs and stale temporary files."""
     with open_registry(ctx) as reg:
-        report = reg.gc(dry_run=dry_run)
+        report = reg.gc(dry_run=dry_run, all_unreferenced=all_unreferenced)
     if as_json:
         emit_json(report)
         return
     verb = "would remove" if dry_run else "removed"
-    print(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes) "
+    note = " (only with --all-unreferenced: the database lists no versions)" if report.needs_all_unreferenced else ""
+    print(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes){note} "
           f"and {len(report.removed_temp)} temporary file(s)")
     for line in report.ignored:
         print(f"warning: {line}", file=sys.stderr)
@@ -85,6 +90,32 @@ def db_current(ctx: typer.Context) -> None:
     state = ctx.find_object(State) or State()
     with Registry.open(state.registry, upgrade=False) as reg:
         print(reg.db_current() or "(empty database)")
+
+
+@db_app.command("init")
+def db_init(
+    ctx: typer.Context,
+    adopt_blobs: Annotated[bool, typer.Option(
+        "--adopt-blobs",
+        help="Initialise an empty or missing database even though the blob store holds blobs "
+             "(the database is lost for good; the blobs stay, unreferenced).")] = False,
+) -> None:
+    """Create the schema of an empty database (every command does this for a fresh registry)."""
+    from pvreg.registry.api import Registry
+    from pvreg.cli.state import State
+
+    state = ctx.find_object(State) or State()
+    with Registry.open(state.registry, upgrade=False) as reg:
+        before = reg.db_current()
+    with Registry.open(state.registry, adopt_blobs=adopt_blobs) as reg:
+        after = reg.db_current()
+        blobs = sum(1 for _ in reg.blobs.iter_blobs())
+    if before is not None:
+        print(f"already initialised (at {after})")
+    else:
+        kept = (f"; the store's {blobs} blob(s) are unreferenced: re-add any you need "
+                "(pvreg add NAME --vector BLOB --base BASE) before a gc deletes them") if blobs else ""
+        print(f"initialised an empty database at {after}{kept}")
 
 
 @db_app.command("upgrade")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry import catalog, db
+from pvreg.registry import catalog, db, environment
 from pvreg.registry.blobstore import BlobStore
 from pvreg.registry.errors import (
     AmbiguousReferenceError,
@@ -97,16 +97,22 @@ def _check_sign(sign: int) -> int:
     return sign
 
 
+@environment.guarded
 class Registry:
     """A preference-vector registry: metadata database plus blob store.
 
     Open one with :meth:`open`; it is a context manager that disposes of its
-    database connections on exit.
+    database connections on exit.  Every public method reports a full disk,
+    a read-only file or an unreachable database as a one-line
+    :class:`~pvreg.registry.errors.StorageError` (see :mod:`pvreg.registry.environment`).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, access: str = db.RW, read_only: bool = False) -> None:
         self.settings = settings
-        self.engine = db.make_engine(settings.database_url)
+        # read_only: this process cannot write the registry (read-only mount or permissions);
+        # reads work, and writes fail naming the registry instead of the file that refused.
+        self.read_only = read_only or access != db.RW
+        self.engine = db.make_engine(settings.database_url, access=access)
         self.blobs = BlobStore(settings.blob_dir)
         self._session_factory: "sessionmaker[Session] | None" = None
 
@@ -121,29 +127,50 @@ class Registry:
     # --- lifecycle -----------------------------------------------------------
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str] | None = None, *, upgrade: bool = True) -> "Registry":
+    def open(
+        cls, location: str | os.PathLike[str] | None = None, *, upgrade: bool = True, adopt_blobs: bool = False
+    ) -> "Registry":
         """Open (creating if needed) the registry at ``location``.
+
+        A registry this process cannot write (a read-only mount, a directory
+        or database file without write permission) opens read-only: reading
+        works, and every write fails with one line naming the registry.
 
         Args:
             location: a registry directory or a SQLAlchemy database URL; default
                 ``PVREG_HOME`` or the platform data directory.
             upgrade: migrate an older schema (after backing up a SQLite file).
+            adopt_blobs: initialise an empty or missing database even though
+                the blob store holds blobs (``pvreg db init --adopt-blobs``):
+                the recovery when the database is known to be lost for good.
 
         Raises:
+            RegistryPathError: ``location`` is, or lies under, a regular file.
+            LostDatabaseError: the database is empty or missing but the blob
+                store holds blobs (and ``adopt_blobs`` is false).
             DatabaseVersionError: the database is newer than this pvreg, or a
                 migration failed (the original database stays usable).
+            StorageError: the environment refused (disk full, permissions, an
+                unreachable database server, ...).
         """
         settings = Settings.resolve(location)
-        settings.home.mkdir(parents=True, exist_ok=True)
-        reg = cls(settings)
-        try:
-            reg.blobs.ensure()
-            (settings.home / "pending").mkdir(exist_ok=True)  # compose staging markers (see compose.staging)
-            if upgrade:
-                db.ensure_current(reg.engine, settings)
-        except BaseException:
-            reg.close()
-            raise
+        settings.check_home()
+        with environment.guard(home=settings.home, database=environment.database_label(settings.database_url),
+                               op="open"):
+            settings.home.mkdir(parents=True, exist_ok=True)
+            path = settings.sqlite_path
+            access = db.sqlite_access(path) if path is not None else db.RW
+            read_only = access != db.RW or not os.access(settings.home, os.W_OK)
+            reg = cls(settings, access=access, read_only=read_only)
+            try:
+                if not read_only:
+                    reg.blobs.ensure()
+                    (settings.home / "pending").mkdir(exist_ok=True)  # compose staging markers (compose.staging)
+                if upgrade:
+                    db.ensure_current(reg.engine, settings, adopt_blobs=adopt_blobs, read_only=read_only)
+            except BaseException:
+                reg.close()
+                raise
         return reg
 
     def close(self) -> None:
@@ -369,14 +396,46 @@ class Registry:
         expect_sha256: str | None = None,
         after: Callable[["BlobStats"], None] | None = None,
     ) -> VectorMeta:
-        """Write the blob and insert its version, holding gc off in between."""
+        """Write the blob and insert its version, holding gc off in between.
+
+        If anything fails after this call published a new blob (the version
+        insert hit a full disk, say), the blob is removed again when no version
+        references it, so a failed command leaves the store as it found it.
+        """
         from pvreg.registry.ingest import write_blob
 
-        with self.blobs.writer_lock():
-            new.stats = write_blob(source, self.blobs, progress=progress, expect_sha256=expect_sha256)
-            if after is not None:
-                after(new.stats)
-            return self.commit_version(new)
+        created: str | None = None
+        try:
+            with self.blobs.writer_lock():
+                new.stats = write_blob(source, self.blobs, progress=progress, expect_sha256=expect_sha256)
+                created = new.stats.sha256 if new.stats.created else None
+                if after is not None:
+                    after(new.stats)
+                return self.commit_version(new)
+        except BaseException:
+            if created is not None:
+                self._drop_if_unreferenced(created)
+            raise
+
+    def _drop_if_unreferenced(self, sha256: str) -> None:
+        """Delete a blob this command published if, after all, no version references it.
+
+        Same discipline as gc: the exclusive lock is taken only after our shared
+        one is released (flock would deadlock against our own shared lock), so
+        every concurrent writer has either committed — a writer that found our
+        blob already in place and reused it holds the shared lock until its row
+        is in, and then the blob is referenced and stays — or not yet looked for
+        the blob, and then it writes the blob afresh.  Best effort: when even
+        the check fails (the database is unreachable), the blob stays for gc.
+        """
+        try:
+            with self.blobs.gc_lock():
+                with db.read_connection(self.engine) as conn:
+                    if catalog.refs_by_blob(conn, [sha256]).get(sha256):
+                        return
+                self.blobs.delete(sha256)
+        except Exception:  # the original failure is what the user must see
+            pass
 
     def commit_version(self, new: NewVersion) -> VectorMeta:
         """Insert a version for a blob already in the store (one transaction, retried).
@@ -553,15 +612,24 @@ class Registry:
 
     # --- maintenance ------------------------------------------------------------------
 
-    def gc(self, *, dry_run: bool = False) -> GcReport:
-        """Delete unreferenced blobs and the leftovers of dead writers (see :mod:`pvreg.registry.gc`)."""
+    def gc(self, *, dry_run: bool = False, all_unreferenced: bool = False) -> GcReport:
+        """Delete unreferenced blobs and the leftovers of dead writers (see :mod:`pvreg.registry.gc`).
+
+        When the database lists no versions at all, deleting every blob is
+        refused unless ``all_unreferenced`` (a lost or replaced database looks
+        exactly like that); ``dry_run`` still reports what would go.
+
+        Raises:
+            UnsafeGcError: no versions, blobs present, and neither flag given.
+        """
         from pvreg.registry.gc import collect
 
         def referenced() -> set[str]:
             with db.read_connection(self.engine) as conn:
                 return catalog.referenced_blobs(conn)
 
-        return collect(self.blobs, self.settings.home / "pending", referenced, dry_run=dry_run)
+        return collect(self.blobs, self.settings.home / "pending", referenced, dry_run=dry_run,
+                       all_unreferenced=all_unreferenced, database=db.where(self.settings))
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""

@@ -177,3 +177,28 @@ class HubAuthError(UserError, PermissionError):
 
 class UnsafeOutputError(UserError, ValueError):
     """An output path would overwrite the registry, its database or blobs, or an input of the command."""
+
+
+# --- the database and the environment (fix-env) ---------------------------------------------------------------------
+
+
+class StorageError(PvregError):
+    """The filesystem or the database refused an operation: disk full, permission denied,
+    a read-only file system, a database that cannot be opened or reached; exit code 1."""
+
+
+class ReadOnlyRegistryError(StorageError):
+    """A write was attempted on a registry this process can only read."""
+
+
+class LostDatabaseError(PvregError):
+    """The database is empty or missing while the blob store holds blobs: it was most
+    likely lost or truncated, so pvreg refuses to start a new one over the old blobs."""
+
+
+class UnsafeGcError(PvregError):
+    """``gc`` would delete every blob because the database lists no versions at all."""
+
+
+class RegistryPathError(UserError, NotADirectoryError):
+    """The registry location is (or lies under) a regular file; exit code 2."""

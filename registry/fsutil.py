@@ -110,7 +110,10 @@ class AtomicFile:
         self.done = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            raise _named(exc, self.target) from None
 
     def commit(self, target: Path | None = None) -> Path:
         """Make the file visible at ``target`` (default: the one given at creation).
@@ -121,8 +124,11 @@ class AtomicFile:
         if target is not None:
             self.target = target
             target.parent.mkdir(parents=True, exist_ok=True)
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as exc:
+            raise _named(exc, self.target) from None
         if self.overwrite:
             os.replace(self.temp, self.target)
         else:
@@ -140,7 +146,10 @@ class AtomicFile:
         if self.done:
             return
         self.done = True
-        self.handle.close()
+        try:
+            self.handle.close()  # flushes: fails again when the disk is full, and must not keep the temp file
+        except OSError:
+            pass
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 
@@ -149,6 +158,13 @@ class AtomicFile:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def _named(exc: OSError, target: Path) -> OSError:
+    """``exc`` with the file it concerns: a failed write() (ENOSPC, EIO) names no file by itself."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(target))
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

@@ -4,7 +4,8 @@ Ordering makes it safe to run at any time: writers hold the store's lock
 shared from writing a blob until the version row referencing it is committed;
 gc takes it exclusively and only then reads which blobs are referenced.
 Temporary files and compose staging directories are removed only when their
-flock is free, i.e. their writer is dead.
+flock is free, i.e. their writer is dead.  A database that lists no versions
+never gets every blob deleted without an explicit ``all_unreferenced``.
 """
 
 from __future__ import annotations
@@ -15,21 +16,51 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pvreg.registry.blobstore import BlobStore
+from pvreg.registry.errors import UnsafeGcError
 from pvreg.registry.fsutil import TEMP_NAME_RE, remove_path, rename_noreplace
 from pvreg.schemas import GcReport
 
 
-def collect(store: BlobStore, pending: Path, referenced: Callable[[], set[str]], *, dry_run: bool) -> GcReport:
-    """Remove what nothing needs; ``referenced`` is read under the exclusive lock."""
+def collect(
+    store: BlobStore,
+    pending: Path,
+    referenced: Callable[[], set[str]],
+    *,
+    dry_run: bool,
+    all_unreferenced: bool = False,
+    database: str = "the database",
+) -> GcReport:
+    """Remove what nothing needs; ``referenced`` is read under the exclusive lock.
+
+    A database that lists no versions at all while blobs exist is far more
+    often a lost, truncated or wrong database than a registry whose every
+    version was removed, so deleting every blob then needs
+    ``all_unreferenced``; without it a real run is refused before anything is
+    removed, and a dry run reports what that flag would delete
+    (``report.needs_all_unreferenced``).
+
+    Raises:
+        UnsafeGcError: no versions, blobs present, not a dry run, no ``all_unreferenced``.
+    """
     report = GcReport()
     with store.gc_lock():
         keep = referenced()
-        for sha, path in list(store.iter_blobs()):
-            if sha not in keep:
-                report.removed_blobs.append(sha)
-                report.freed_bytes += path.stat().st_size
-                if not dry_run:
-                    store.delete(sha)
+        doomed = [(sha, path) for sha, path in store.iter_blobs() if sha not in keep]
+        if doomed and not keep and not all_unreferenced:
+            if not dry_run:
+                size = sum(_size(p) for _, p in doomed)
+                raise UnsafeGcError(
+                    f"gc: {database} lists no versions at all, so every blob in {store.root} would be deleted "
+                    f"({len(doomed)} blob(s), {size} bytes); nothing was removed. If the database was lost or "
+                    "replaced, restore it first; if every version really was removed, run "
+                    "'pvreg gc --all-unreferenced' ('pvreg gc --dry-run' lists what it would delete)"
+                )
+            report.needs_all_unreferenced = True
+        for sha, path in doomed:
+            report.removed_blobs.append(sha)
+            report.freed_bytes += _size(path)
+            if not dry_run:
+                store.delete(sha)
         for tmp in list(store.iter_temp()):
             if store.stale(tmp):
                 report.removed_temp.append(str(tmp))
@@ -37,6 +68,13 @@ def collect(store: BlobStore, pending: Path, referenced: Callable[[], set[str]],
                     remove_path(tmp)
         _compose_leftovers(pending, report, dry_run=dry_run)
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _compose_leftovers(pending: Path, report: GcReport, *, dry_run: bool) -> None:

@@ -78,6 +78,9 @@ class BlobStats:
     num_tensors: int
     num_params: int
     extra: dict[str, object] = field(default_factory=dict)
+    # True when this write published the blob (it was not in the store before), so a
+    # caller whose commit then fails knows the blob is its own to remove again.
+    created: bool = False
 
 
 def check_plan(plan: list[TensorInfo], label: str, base: Mapping[str, TensorInfo] | None) -> None:
@@ -160,10 +163,11 @@ def write_blob(
                 f"metadata says {expect_sha256[:16]}; the file was modified"
             )
         target = store.path(digest)
-        if target.exists():
-            writer.abort()  # identical content is already stored
-        else:
+        created = not target.exists()
+        if created:
             writer.commit(target)
+        else:
+            writer.abort()  # identical content is already stored
     dtypes = {i.dtype for i in plan}
     return BlobStats(
         sha256=digest,
@@ -173,6 +177,7 @@ def write_blob(
         dtype=dtype_name(next(iter(dtypes))) if len(dtypes) == 1 else "mixed",
         num_tensors=len(plan),
         num_params=sum(i.numel for i in plan),
+        created=created,
     )
 
 

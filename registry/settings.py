@@ -48,6 +48,31 @@ class Settings:
             return Path(self.database_url[len(prefix):])
         return None
 
+    def check_home(self) -> None:
+        """Refuse a registry location that is, or lies under, a regular file.
+
+        Checked before anything is created, so the mistake is reported as bad
+        input naming the file instead of surfacing later as an OSError from
+        ``mkdir`` or SQLite.
+
+        Raises:
+            RegistryPathError: ``home`` or one of its parents exists and is not a directory.
+        """
+        from pvreg.registry.errors import RegistryPathError
+
+        p = self.home
+        while not p.exists() and not p.is_symlink() and p.parent != p:
+            p = p.parent
+        if p.is_dir():
+            return
+        if p.is_symlink() and not p.exists():
+            what = "is a symbolic link to a missing target"
+        else:
+            what = "is a file" if p.is_file() else "exists and is not a directory"
+        if p == self.home:
+            raise RegistryPathError(f"registry directory {self.home}: {what}, not a directory")
+        raise RegistryPathError(f"registry directory {self.home}: {p} {what}, so the registry cannot be created under it")
+
     @classmethod
     def resolve(cls, location: str | os.PathLike[str] | None = None) -> "Settings":
         """Build settings from ``location`` (a directory or a database URL) and the env.

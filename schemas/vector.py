@@ -96,3 +96,6 @@ class GcReport(BaseModel):
     freed_bytes: int = 0
     #: Pending markers that named paths pvreg does not create: reported, never acted on.
     ignored: list[str] = Field(default_factory=list)
+    # A dry run on a database that lists no versions: removed_blobs is what only
+    # ``gc --all-unreferenced`` would delete (a real run without it is refused).
+    needs_all_unreferenced: bool = False

@@ -123,3 +123,6 @@ def insert_legacy_rows(conn) -> None:
         "(1, 1, 1, :s, 10, :f, 1, 2.5, '{}', 'float32', 1, 4, 'file', '{}', 'active', CURRENT_TIMESTAMP)"),
         {"s": "b" * 64, "f": "a" * 64})
     conn.execute(text("INSERT INTO aliases (vector_id, alias, version_id) VALUES (1, 'prod', 1)"))
+    if conn.dialect.name == "postgresql":  # explicit ids do not advance a serial's sequence; a real restore sets it
+        for table in ("vectors", "versions"):
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"))

@@ -339,6 +339,10 @@ def no_marker(env: Env) -> None:
     assert not env.p("pwned").exists(), "the pickle payload ran"
 
 
+def no_registry_made(env: Env) -> None:
+    assert not env.p("nowhere").exists(), "a registry was created behind a dangling --registry symlink"
+
+
 ADD = "add v --base {base} --vector {t}/"
 COMPOSE = "compose --base {base} --out {t}/out "
 PULL = "pull --endpoint {url} "
@@ -436,6 +440,10 @@ CASES = [
     C("opt-bad-tag", raw("g.safetensors", good_bytes), ADD + "g.safetensors --tag novalue", 2, "invalid tag 'novalue'"),
     C("opt-two-sources", raw("g.safetensors", good_bytes), ADD + "g.safetensors --finetuned {base}", 2, "give exactly one source"),
     C("opt-no-source", nothing, "add v --base {base}", 2, "give exactly one source"),
+    C("registry-is-a-file", raw("f.txt", b"x"), "--registry {t}/f.txt list", 2, "f.txt: is a file, not a directory"),
+    C("registry-under-a-file", raw("f.txt", b"x"), "--registry {t}/f.txt/reg add v --vector {t}/f.txt --base {base}", 2, "f.txt is a file, so the registry cannot be created under it"),
+    C("registry-dangling-symlink", symlink("reg-link", "nowhere"), "--registry {t}/reg-link list", 2, "is a symbolic link to a missing target", no_registry_made),
+    C("gc-all-unreferenced-is-a-flag", nothing, "gc --all-unreferenced=yes", 2, "Option '--all-unreferenced' does not take a value"),
     # compose spec tokens
     C("spec-missing-coefficient", nothing, COMPOSE + "helpful:", 2, "'helpful:': missing coefficient after ':'"),
     C("spec-missing-ref", nothing, COMPOSE + ":1", 2, "':1': missing reference before ':'"),
