@@ -88,3 +88,19 @@ class HubNotFoundError(UserError, LookupError):
 
 class HubAuthError(UserError, PermissionError):
     """The Hub refused the credentials (401/403)."""
+
+
+# --- names/text from outside, Hub edge cases (fix-hub) ---------------------------------------------
+
+
+class InvalidTextError(UserError, ValueError):
+    """A dataset label, tag, message, description or lineage entry breaks the text rules
+    (length, control characters), whichever source it came from."""
+
+
+class HubContentError(UserError, ValueError):
+    """A file in a Hub repo cannot be used as it is (e.g. a model card that is not UTF-8)."""
+
+
+class HubEndpointError(UserError):
+    """The endpoint answered, but not like a Hugging Face Hub (HTML pages, 404 for every API route)."""
