@@ -47,7 +47,7 @@ def push(
     if not result.committed:
         refs_text = ", ".join(v.ref for v in result.vectors)
         say(f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
-              "no commit created")
+            "no commit created")
         return
     for v in result.vectors:
         state = "pushed" if v.changed else "unchanged"
@@ -72,10 +72,10 @@ def pull(
     for v in result.vectors:
         if v.registered:
             say(f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
-                  f"sha256:{short(v.meta.sha256)}")
+                f"sha256:{short(v.meta.sha256)}")
         else:
             say(f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
-                  f"sha256:{short(v.meta.sha256)}")
+                f"sha256:{short(v.meta.sha256)}")
     say(f"from commit {result.commit_sha}", err=True)
 
 

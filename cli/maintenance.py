@@ -54,7 +54,7 @@ def gc(
         return
     verb = "would remove" if dry_run else "removed"
     say(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes) "
-          f"and {len(report.removed_temp)} temporary file(s)")
+        f"and {len(report.removed_temp)} temporary file(s)")
 
 
 def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:

@@ -27,7 +27,7 @@ from pvreg.registry.errors import (
     OutputExistsError,
     UserError,
 )
-from pvreg.registry.refs import HEX64_RE, check_name
+from pvreg.registry.refs import HEX64_RE, check_alias, check_name
 from pvreg.registry.settings import Settings
 from pvreg.schemas import (
     BaseModelInfo,
@@ -436,9 +436,7 @@ class Registry:
         """Point ``alias`` of the referenced vector at this version (moving it if set)."""
         from pvreg.registry.models import Alias
 
-        check_name(alias, what="alias")
-        if alias.isdigit():
-            raise InvalidNameError(f"invalid alias {alias!r}: an alias cannot be a number (it would read as a version)")
+        check_alias(alias)
 
         def work(s: Session) -> int:
             row = _resolve_row(s, ref)
