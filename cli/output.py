@@ -41,7 +41,9 @@ def say(text: object = "", *, err: bool = False) -> None:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """An aligned table; each cell is escaped on its own, so no cell can break a row or the terminal."""
-    cells = [[escape(str(h)) for h in headers]] + [["" if c is None else escape(str(c)) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    if not "".join(c for r in cells for c in r).isprintable():  # one C-speed pass decides for all cells
+        cells = [[escape(c) for c in r] for r in cells]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = []
     for r in cells:
