@@ -651,12 +651,16 @@ def _check_one(
 
 
 def _public_base_facts(base: HubBaseInfo, label: str) -> dict[str, str | None]:
-    """The base facts a pvreg.json declares, held to the text rules (they are stored and shown)."""
+    """The base facts a pvreg.json declares, held to the text rules (they are stored and shown).
+
+    The Hub id is a label too, not a strict repo id: the publisher's pvreg took it from the
+    base's ``config.json`` (``_name_or_path``), and an odd value there must not make a
+    genuine vector unpullable; control characters and overlong values are refused.
+    """
     from pvreg.registry.text import check_label
 
     try:
-        if base.hub_id is not None:
-            check_repo_id(base.hub_id)
+        check_label(base.hub_id, "base Hub id")
         check_label(base.label, "base label")
         check_label(base.architecture, "base architecture")
     except PvregError as exc:

@@ -69,9 +69,10 @@ def _fail(what: str, value: str, why: str) -> InvalidTextError:
     return InvalidTextError(f"invalid {what} {printable(value)}: {why}")
 
 
-def check_line(value: object, what: str, *, max_len: int, allow_empty: bool = False) -> str:
-    """A single-line label: a string of 1..``max_len`` characters, no control characters,
-    no surrounding whitespace (which would make two labels look the same)."""
+def check_line(value: object, what: str, *, max_len: int, allow_empty: bool = False, label: bool = True) -> str:
+    """A single line of at most ``max_len`` characters without control characters; a ``label``
+    (an identifier-like field) also has no surrounding whitespace, which would make two labels
+    look the same."""
     if not isinstance(value, str):
         raise InvalidTextError(f"invalid {what}: expected text, got {type(value).__name__}")
     if not value:
@@ -83,14 +84,14 @@ def check_line(value: object, what: str, *, max_len: int, allow_empty: bool = Fa
     bad = UNSAFE_RE.search(value)
     if bad is not None:
         raise _fail(what, value, f"contains the control character {escape(bad.group())}")
-    if value != value.strip():
+    if label and value != value.strip():
         raise _fail(what, value, "has leading or trailing whitespace")
     return value
 
 
 def check_dataset(value: str | None) -> str | None:
-    """A dataset label such as ``PKU-SafeRLHF:helpful`` (None: no dataset)."""
-    return None if value is None else check_line(value, "dataset", max_len=DATASET_MAX)
+    """A dataset label such as ``PKU-SafeRLHF:helpful`` (None, or "" as older pvreg stored it: none)."""
+    return None if value is None else check_line(value, "dataset", max_len=DATASET_MAX, allow_empty=True)
 
 
 def check_tag(key: object, value: object) -> tuple[str, str]:
@@ -98,7 +99,7 @@ def check_tag(key: object, value: object) -> tuple[str, str]:
     check_line(key, "tag key", max_len=TAG_KEY_MAX)
     if "=" in key:  # type: ignore[operator]
         raise _fail("tag key", key, "contains '='")  # type: ignore[arg-type]
-    check_line(value, f"value of tag {printable(key)}", max_len=TAG_VALUE_MAX, allow_empty=True)
+    check_line(value, f"value of tag {printable(key)}", max_len=TAG_VALUE_MAX, allow_empty=True, label=False)
     return key, value  # type: ignore[return-value]
 
 

@@ -110,7 +110,7 @@ def test_forged_export_is_refused_before_anything_is_written(backend, cli, tmp_p
 
 LOCAL = [
     ("dataset-escape", {"dataset": "a\x1b[31mb"}, "invalid dataset"),
-    ("dataset-empty", {"dataset": ""}, "invalid dataset '': is empty"),
+    ("dataset-whitespace-only", {"dataset": "  "}, "leading or trailing whitespace"),
     ("dataset-padded", {"dataset": " PKU "}, "leading or trailing whitespace"),
     ("tag-key-too-long", {"tags": {"k" * 129: "v"}}, "(at most 128)"),
     ("tag-value-bel", {"tags": {"k": "\x07"}}, "contains the control character \\x07"),
@@ -139,8 +139,9 @@ def test_multiline_messages_and_long_labels_within_limits_are_accepted(tmp_path,
     from pvreg import Registry
 
     with Registry.open() as reg:
+        assert reg.add("empty", vector_file, base=base_dir, dataset="").dataset == ""  # as older pvreg stored it
         meta = reg.add("helpful", vector_file, base=base_dir, dataset="d" * 256, message="line 1\n\tline 2",
-                       description="x" * 65536, tags={"k" * 128: "v" * 4096, "empty": ""})
+                       description="x" * 65536, tags={"k" * 128: "v" * 4096, "empty": "", "note": " spaced "})
         assert meta.dataset == "d" * 256 and meta.message == "line 1\n\tline 2" and meta.tags["k" * 128] == "v" * 4096
 
 
