@@ -35,7 +35,6 @@ TAG_KEY_MAX = 128   # version_tags.key is String(128)
 TAG_VALUE_MAX = 4096
 LABEL_MAX = 256     # base facts: label, architecture, hub id
 TEXT_MAX = 65536    # messages and descriptions
-HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def escape(text: str) -> str:
@@ -128,7 +127,7 @@ def check_label(value: str | None, what: str) -> str | None:
 
 def check_parent(ref: object, sha256: object, coefficient: object) -> None:
     """A lineage edge: ``name@version``, a full sha256, a finite coefficient or None."""
-    from pvreg.registry.refs import parse_ref
+    from pvreg.registry.refs import HEX64_RE, parse_ref  # refs imports this module: import it late
 
     try:
         parsed = parse_ref(ref) if isinstance(ref, str) else None
