@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pvreg.cli.output import emit_json, short, table
+from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
 from pvreg.registry.errors import SpecError
@@ -59,10 +59,10 @@ def compose(
         return
     terms_text = " ".join(f"{t.ref}:{t.coefficient:g}" for t in result.spec.terms)
     where = result.out or "(registry only)"
-    print(f"composed {terms_text} ({result.spec.method}) -> {where}")
-    print(f"fingerprint {result.output_fingerprint}  composition #{result.composition_id}")
+    say(f"composed {terms_text} ({result.spec.method}) -> {where}")
+    say(f"fingerprint {result.output_fingerprint}  composition #{result.composition_id}")
     if result.registered is not None:
-        print(f"registered {result.registered.ref}  sha256:{short(result.registered.sha256)}")
+        say(f"registered {result.registered.ref}  sha256:{short(result.registered.sha256)}")
 
 
 def compositions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
@@ -73,7 +73,7 @@ def compositions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         emit_json(records)
         return
     if not records:
-        print("no compositions recorded")
+        say("no compositions recorded")
         return
     table(
         ["ID", "CREATED", "METHOD", "TERMS", "KIND", "OUTPUT", "FINGERPRINT"],

@@ -7,12 +7,11 @@ token comes from ``HF_TOKEN`` or ``hf auth login`` (there is deliberately no
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
 
-from pvreg.cli.output import emit_json, fmt_norm, short, table
+from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
 
@@ -44,16 +43,16 @@ def push(
         return
     where = f"{result.repo}@{result.revision}"
     if result.created_repo:
-        print(f"created {result.repo}")
+        say(f"created {result.repo}")
     if not result.committed:
         refs_text = ", ".join(v.ref for v in result.vectors)
-        print(f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
-              "no commit created")
+        say(f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
+            "no commit created")
         return
     for v in result.vectors:
         state = "pushed" if v.changed else "unchanged"
-        print(f"{state} {v.ref} -> {result.repo}:{v.path}  sha256:{short(v.sha256)}")
-    print(f"commit {result.commit_sha} on {where}" + (f"  {result.commit_url}" if result.commit_url else ""))
+        say(f"{state} {v.ref} -> {result.repo}:{v.path}  sha256:{short(v.sha256)}")
+    say(f"commit {result.commit_sha} on {where}" + (f"  {result.commit_url}" if result.commit_url else ""))
 
 
 def pull(
@@ -72,12 +71,12 @@ def pull(
         return
     for v in result.vectors:
         if v.registered:
-            print(f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
-                  f"sha256:{short(v.meta.sha256)}")
+            say(f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
+                f"sha256:{short(v.meta.sha256)}")
         else:
-            print(f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
-                  f"sha256:{short(v.meta.sha256)}")
-    print(f"from commit {result.commit_sha}", file=sys.stderr)
+            say(f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
+                f"sha256:{short(v.meta.sha256)}")
+    say(f"from commit {result.commit_sha}", err=True)
 
 
 def remote_ls(
@@ -93,7 +92,7 @@ def remote_ls(
         emit_json(listing)
         return
     if not listing.vectors:
-        print(f"no pvreg vectors in {listing.repo}@{listing.revision}")
+        say(f"no pvreg vectors in {listing.repo}@{listing.revision}")
         return
     table(
         ["NAME", "VERSION", "SHA256", "SIGN", "NORM", "DATASET", "BASE", "LOCAL"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -123,10 +122,13 @@ def _usage_exit(ctx: Any, exc: Exception) -> Exception:
 
 
 def _report(ctx: Any, line: str) -> None:
+    """The one ``error:`` line, escaped like all human output (a message may quote a forged name)."""
+    from pvreg.cli.output import say
+
     state = ctx.obj if ctx is not None and isinstance(ctx.obj, State) else None
     if (state and state.debug) or os.environ.get("PVREG_DEBUG") == "1":
         traceback.print_exc()
-    print(line, file=sys.stderr)
+    say(line, err=True)
 
 
 app = typer.Typer(

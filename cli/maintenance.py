@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from pvreg.cli.output import emit_json, short, table
+from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
 
@@ -21,7 +20,7 @@ def fingerprint(
     """Print the canonical fingerprint of a model's weights."""
     with open_registry(ctx) as reg:
         fp = reg.fingerprint(path)
-    emit_json({"path": str(path), "fingerprint": fp}) if as_json else print(fp)
+    emit_json({"path": str(path), "fingerprint": fp}) if as_json else say(fp)
 
 
 def verify(
@@ -36,8 +35,8 @@ def verify(
         emit_json(report.model_dump(mode="json") | {"ok": report.ok})
     else:
         for p in report.problems:
-            print(f"{p.ref}: {p.problem}", file=sys.stderr)
-        print(f"verified {report.checked} version(s): " + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
+            say(f"{p.ref}: {p.problem}", err=True)
+        say(f"verified {report.checked} version(s): " + ("ok" if report.ok else f"{len(report.problems)} problem(s)"))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -59,10 +58,10 @@ def gc(
         return
     verb = "would remove" if dry_run else "removed"
     note = " (only with --all-unreferenced: the database lists no versions)" if report.needs_all_unreferenced else ""
-    print(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes){note} "
-          f"and {len(report.removed_temp)} temporary file(s)")
+    say(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes){note} "
+        f"and {len(report.removed_temp)} temporary file(s)")
     for line in report.ignored:
-        print(f"warning: {line}", file=sys.stderr)
+        say(f"warning: {line}", err=True)
 
 
 def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:
@@ -89,7 +88,7 @@ def db_current(ctx: typer.Context) -> None:
 
     state = ctx.find_object(State) or State()
     with Registry.open(state.registry, upgrade=False) as reg:
-        print(reg.db_current() or "(empty database)")
+        say(reg.db_current() or "(empty database)")
 
 
 @db_app.command("init")
@@ -111,11 +110,11 @@ def db_init(
         after = reg.db_current()
         blobs = sum(1 for _ in reg.blobs.iter_blobs())
     if before is not None:
-        print(f"already initialised (at {after})")
+        say(f"already initialised (at {after})")
     else:
         kept = (f"; the store's {blobs} blob(s) are unreferenced: re-add any you need "
                 "(pvreg add NAME --vector BLOB --base BASE) before a gc deletes them") if blobs else ""
-        print(f"initialised an empty database at {after}{kept}")
+        say(f"initialised an empty database at {after}{kept}")
 
 
 @db_app.command("upgrade")
@@ -128,6 +127,6 @@ def db_upgrade(ctx: typer.Context) -> None:
     with Registry.open(state.registry, upgrade=False) as reg:
         before, after, backup = reg.db_upgrade()
     if before == after:
-        print(f"already at {after}")
+        say(f"already at {after}")
     else:
-        print(f"upgraded {before or '(empty)'} -> {after}" + (f" (backup: {backup})" if backup else ""))
+        say(f"upgraded {before or '(empty)'} -> {after}" + (f" (backup: {backup})" if backup else ""))

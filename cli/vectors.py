@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pvreg.cli.output import emit_json, fmt_norm, short, table
+from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.registry.api import parse_tags
 from pvreg.schemas import VectorMeta
@@ -44,7 +44,7 @@ def add(
             name, vector, base=base, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
             dtype=dtype, dataset=dataset, sign=sign, description=description, message=message, tags=tags,
         )
-    emit_json(meta) if as_json else print(describe(meta))
+    emit_json(meta) if as_json else say(describe(meta))
 
 
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
@@ -55,7 +55,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         emit_json(entries)
         return
     if not entries:
-        print("no vectors registered")
+        say("no vectors registered")
         return
     table(
         ["NAME", "LATEST", "VERSIONS", "BASE", "DATASET", "SIGN", "NORM"],
@@ -95,7 +95,7 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
         ("description", meta.description or "-"),
     ]
     for k, v in rows:
-        print(f"{k + ':':<13}{v}")
+        say(f"{k + ':':<13}{v}")
 
 
 def _parent(ref: str, coefficient: float | None) -> str:
@@ -124,7 +124,7 @@ def tag(ctx: typer.Context, ref: RefArg, alias: Annotated[str, typer.Argument(he
     """Point ALIAS of the vector at REF (moving it if it exists)."""
     with open_registry(ctx) as reg:
         meta = reg.tag(ref, alias)
-    print(f"{meta.name}@{alias} -> {meta.ref}")
+    say(f"{meta.name}@{alias} -> {meta.ref}")
 
 
 def untag(
@@ -135,21 +135,21 @@ def untag(
     """Remove ALIAS from vector NAME."""
     with open_registry(ctx) as reg:
         reg.untag(name, alias)
-    print(f"removed {name}@{alias}")
+    say(f"removed {name}@{alias}")
 
 
 def deprecate(ctx: typer.Context, ref: RefArg) -> None:
     """Mark a version deprecated (a bare NAME no longer resolves to it)."""
     with open_registry(ctx) as reg:
         meta = reg.deprecate(ref)
-    print(f"deprecated {meta.ref}")
+    say(f"deprecated {meta.ref}")
 
 
 def rm(ctx: typer.Context, ref: RefArg) -> None:
     """Remove a version's metadata (its blob stays until gc)."""
     with open_registry(ctx) as reg:
         meta = reg.rm(ref)
-    print(f"removed {meta.ref} (blob sha256:{short(meta.sha256)} stays until gc)")
+    say(f"removed {meta.ref} (blob sha256:{short(meta.sha256)} stays until gc)")
 
 
 def export(
@@ -161,4 +161,4 @@ def export(
     """Write the vector with its metadata embedded (pvreg add restores it)."""
     with open_registry(ctx) as reg:
         out = reg.export(ref, file, force=force)
-    print(f"wrote {out}")
+    say(f"wrote {out}")

@@ -28,7 +28,7 @@ from pvreg.registry.errors import (
     PvregError,
     UserError,
 )
-from pvreg.registry.refs import HEX64_RE, check_name
+from pvreg.registry.refs import HEX64_RE, check_alias, check_name
 from pvreg.registry.settings import Settings
 from pvreg.schemas import (
     BaseModelInfo,
@@ -78,6 +78,15 @@ class NewVersion:
     provenance: dict[str, Any] = field(default_factory=dict)
     parents: list[ParentRef] = field(default_factory=list)
     dedupe: bool = False
+
+    def __post_init__(self) -> None:
+        # The one gate for a version's text, whatever its source (command line, Python API,
+        # an exported file, a Hub repo, compose --register): it runs before the blob is
+        # written and before any row, so a bad field leaves the registry untouched.
+        from pvreg.registry.text import check_version_text
+
+        check_version_text(self.name, dataset=self.dataset, tags=self.tags, description=self.description,
+                           message=self.message, parents=self.parents)
 
 
 def parse_tags(pairs: Iterable[str]) -> dict[str, str]:
@@ -348,7 +357,7 @@ class Registry:
         from pvreg.registry.tensorio import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
-            embedded = _embedded_meta(path, ckpt.metadata)
+            embedded = _embedded_meta(str(path), ckpt.metadata)
             if name is None:
                 if embedded is None:
                     raise InvalidNameError("a vector name is required (the file carries no pvreg metadata)")
@@ -443,63 +452,7 @@ class Registry:
         With ``new.dedupe`` an existing version of the same name with the same
         sha256 is returned instead of creating another.
         """
-        from sqlalchemy import func, select
-
-        from pvreg.registry.models import BaseModelRow, Vector, Version, VersionParent, VersionTag
-
-        stats = new.stats
-
-        def work(s: Session) -> int:
-            vec = s.scalar(select(Vector).where(Vector.name == new.name))
-            if vec is None:
-                vec = Vector(name=new.name, description=new.description)
-                s.add(vec)
-                s.flush()
-            elif new.description is not None:
-                vec.description = new.description
-            if new.dedupe:
-                existing = s.scalar(
-                    select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256)
-                )
-                if existing is not None:
-                    return existing
-            base_row = s.get(BaseModelRow, new.base.fingerprint)
-            if base_row is None:
-                base_row = BaseModelRow(fingerprint=new.base.fingerprint)
-                s.add(base_row)
-            for key in ("label", "hub_id", "architecture", "num_tensors", "num_params", "local_path"):
-                value = new.base.facts.get(key)
-                if value is not None and (key in ("local_path", "num_tensors", "num_params") or getattr(base_row, key) is None):
-                    setattr(base_row, key, value)
-            last = s.scalar(select(func.max(Version.version)).where(Version.vector_id == vec.id)) or 0
-            row = Version(
-                vector_id=vec.id,
-                version=last + 1,
-                sha256=stats.sha256,
-                size_bytes=stats.size_bytes,
-                base_fingerprint=new.base.fingerprint,
-                dataset=new.dataset,
-                sign=new.sign,
-                norm=stats.norm,
-                tensor_norms=stats.tensor_norms,
-                dtype=stats.dtype,
-                num_tensors=stats.num_tensors,
-                num_params=stats.num_params,
-                kind=new.kind,
-                provenance={**new.provenance, **stats.extra},
-                message=new.message,
-                state="active",
-            )
-            s.add(row)
-            s.flush()
-            for pos, p in enumerate(new.parents):
-                s.add(VersionParent(version_id=row.id, position=pos, parent_ref=p.ref,
-                                    parent_sha256=p.sha256, coefficient=p.coefficient))
-            for k, v in sorted(new.tags.items()):
-                s.add(VersionTag(version_id=row.id, key=k, value=v))
-            return row.id
-
-        version_id = db.run_transaction(self._sessions, work)
+        version_id, _ = db.run_transaction(self._sessions, lambda s: insert_version(s, new))
         return self._meta_by_id(version_id)
 
     # --- reading ---------------------------------------------------------------
@@ -549,9 +502,7 @@ class Registry:
         """Point ``alias`` of the referenced vector at this version (moving it if set)."""
         from pvreg.registry.models import Alias
 
-        check_name(alias, what="alias")
-        if alias.isdigit():
-            raise InvalidNameError(f"invalid alias {alias!r}: an alias cannot be a number (it would read as a version)")
+        check_alias(alias)
 
         def work(s: Session) -> int:
             row = _resolve_row(s, ref)
@@ -715,6 +666,68 @@ class Registry:
         return remote_ls(self, repo, **options)
 
 
+def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
+    """Insert ``new`` inside the caller's transaction: (version id, whether a row was created).
+
+    With ``new.dedupe`` an existing version of the same name with the same sha256 is
+    returned (created False).  :meth:`Registry.commit_version` runs it in a transaction of
+    its own; ``pull`` runs one per vector in a single transaction (all or nothing).
+    """
+    from sqlalchemy import func, select
+
+    from pvreg.registry.models import BaseModelRow, Vector, Version, VersionParent, VersionTag
+
+    stats = new.stats
+    vec = s.scalar(select(Vector).where(Vector.name == new.name))
+    if vec is None:
+        vec = Vector(name=new.name, description=new.description)
+        s.add(vec)
+        s.flush()
+    elif new.description is not None:
+        vec.description = new.description
+    if new.dedupe:
+        existing = s.scalar(
+            select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256)
+        )
+        if existing is not None:
+            return existing, False
+    base_row = s.get(BaseModelRow, new.base.fingerprint)
+    if base_row is None:
+        base_row = BaseModelRow(fingerprint=new.base.fingerprint)
+        s.add(base_row)
+    for key in ("label", "hub_id", "architecture", "num_tensors", "num_params", "local_path"):
+        value = new.base.facts.get(key)
+        if value is not None and (key in ("local_path", "num_tensors", "num_params") or getattr(base_row, key) is None):
+            setattr(base_row, key, value)
+    last = s.scalar(select(func.max(Version.version)).where(Version.vector_id == vec.id)) or 0
+    row = Version(
+        vector_id=vec.id,
+        version=last + 1,
+        sha256=stats.sha256,
+        size_bytes=stats.size_bytes,
+        base_fingerprint=new.base.fingerprint,
+        dataset=new.dataset,
+        sign=new.sign,
+        norm=stats.norm,
+        tensor_norms=stats.tensor_norms,
+        dtype=stats.dtype,
+        num_tensors=stats.num_tensors,
+        num_params=stats.num_params,
+        kind=new.kind,
+        provenance={**new.provenance, **stats.extra},
+        message=new.message,
+        state="active",
+    )
+    s.add(row)
+    s.flush()
+    for pos, p in enumerate(new.parents):
+        s.add(VersionParent(version_id=row.id, position=pos, parent_ref=p.ref,
+                            parent_sha256=p.sha256, coefficient=p.coefficient))
+    for k, v in sorted(new.tags.items()):
+        s.add(VersionTag(version_id=row.id, key=k, value=v))
+    return row.id, True
+
+
 def _resolve_row(s: Session, ref: str) -> Version:
     """The ORM row ``ref`` names, resolved inside the writer's own transaction."""
     from pvreg.registry.models import Version
@@ -725,15 +738,30 @@ def _resolve_row(s: Session, ref: str) -> Version:
     return row
 
 
-def _embedded_meta(path: Path, metadata: Mapping[str, str]) -> VectorMeta | None:
+def _embedded_meta(label: str, metadata: Mapping[str, str]) -> VectorMeta | None:
+    """The ``VectorMeta`` a pvreg export carries in its header, or None for a plain file.
+
+    It comes from outside (a file anyone can forge), so besides the schema every text
+    field is held to the same rules as local input before any of it is used; errors
+    name ``label`` (the file, or the Hub path it was downloaded from).
+    """
     raw = metadata.get("pvreg")
     if raw is None:
         return None
     from pydantic import ValidationError
 
+    from pvreg.registry.errors import PvregError
+    from pvreg.registry.text import check_version_text
+
     try:
-        return VectorMeta.model_validate_json(raw)
+        meta = VectorMeta.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidVectorError(f"{path}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}") from None
+        raise InvalidVectorError(f"{label}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}") from None
+    try:
+        check_version_text(meta.name, dataset=meta.dataset, tags=meta.tags, description=meta.description,
+                           message=meta.message, parents=meta.parents, aliases=meta.aliases)
+    except PvregError as exc:
+        raise type(exc)(f"{label}: embedded pvreg metadata: {exc}") from None
+    return meta

@@ -202,3 +202,19 @@ class UnsafeGcError(PvregError):
 
 class RegistryPathError(UserError, NotADirectoryError):
     """The registry location is (or lies under) a regular file; exit code 2."""
+
+
+# --- names/text from outside, Hub edge cases (fix-hub) ---------------------------------------------
+
+
+class InvalidTextError(UserError, ValueError):
+    """A dataset label, tag, message, description or lineage entry breaks the text rules
+    (length, control characters), whichever source it came from."""
+
+
+class HubContentError(UserError, ValueError):
+    """A file in a Hub repo cannot be used as it is (e.g. a model card that is not UTF-8)."""
+
+
+class HubEndpointError(UserError):
+    """The endpoint answered, but not like a Hugging Face Hub (HTML pages, 404 for every API route)."""

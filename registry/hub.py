@@ -44,13 +44,18 @@ from pvreg.registry import catalog, db
 from pvreg.registry.errors import (
     BaseMismatchError,
     HubAuthError,
+    HubContentError,
+    HubEndpointError,
     HubError,
     HubNotFoundError,
     IntegrityError,
+    InvalidNameError,
+    InvalidTextError,
     PvregError,
     UserError,
 )
 from pvreg.registry.refs import check_name
+from pvreg.registry.text import printable
 from pvreg.schemas import (
     HubBaseInfo,
     HubVectorFile,
@@ -74,7 +79,10 @@ META_FILE = "pvreg.json"
 CARD_FILE = "README.md"
 DEFAULT_REVISION = "main"
 
-REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+# One part (owner or name) of a repo id, as huggingface_hub's ``validate_repo_id`` accepts it
+# (its REPO_ID_REGEX with re.ASCII): 1-96 of [A-Za-z0-9_.-], starting and ending with [A-Za-z0-9_].
+REPO_PART_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+REPO_PART_MAX = 96
 # Fields of pvreg.json that must agree with the metadata embedded in the blob.
 _MUST_AGREE = ("name", "version", "sha256", "size_bytes", "base_fingerprint", "dataset", "sign", "dtype", "kind")
 
@@ -104,17 +112,41 @@ def _public_url(url: str) -> str:
 
 
 def parse_repo(repo: str, revision: str | None = None) -> tuple[str, str | None]:
-    """``OWNER/NAME[@REVISION]`` to (repo id, revision); an explicit ``revision`` wins."""
+    """``OWNER/NAME[@REVISION]`` to (repo id, revision); an explicit ``revision`` wins.
+
+    The repo id is held to the Hub client's own rules (``validate_repo_id``) here, so an id
+    the client would refuse later is a one-line usage error before any network traffic.
+    """
     repo_id, sep, rev = str(repo).partition("@")
     if sep:
         if not rev:
-            raise UserError(f"invalid Hub repo {repo!r}: empty revision after '@'")
+            raise UserError(f"invalid Hub repo {printable(repo)}: empty revision after '@'")
         if revision is not None and revision != rev:
-            raise UserError(f"{repo!r}: revision given twice ({rev!r} and {revision!r})")
+            raise UserError(f"{printable(repo)}: revision given twice ({printable(rev)} and {printable(revision)})")
         revision = rev
-    if not REPO_RE.fullmatch(repo_id) or ".." in repo_id:
-        raise UserError(f"invalid Hub repo {repo_id!r}: expected OWNER/NAME")
+    check_repo_id(repo_id)
     return repo_id, revision
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Refuse a repo id that is not ``OWNER/NAME`` by huggingface_hub's ``validate_repo_id`` rules."""
+    parts = repo_id.split("/")
+    why = None
+    if len(parts) != 2:
+        why = "expected OWNER/NAME"
+    elif any(len(p) > REPO_PART_MAX for p in parts):
+        which, part = ("OWNER", parts[0]) if len(parts[0]) > REPO_PART_MAX else ("NAME", parts[1])
+        why = f"{which} is {len(part)} characters (at most {REPO_PART_MAX})"
+    elif not all(REPO_PART_RE.fullmatch(p) for p in parts):
+        why = ("expected OWNER/NAME of letters, digits, '-', '_' and '.', each starting and ending with "
+               "a letter, digit or '_'")
+    elif "--" in repo_id or ".." in repo_id:
+        why = "the Hub does not allow '--' or '..' in a repo id"
+    elif repo_id.endswith(".git"):
+        why = "the Hub does not allow a repo id ending in '.git'"
+    if why is not None:
+        raise UserError(f"invalid Hub repo {printable(repo_id)}: {why}")
+    return repo_id
 
 
 @dataclass
@@ -159,8 +191,17 @@ def _map_error(exc: BaseException, ctx: _Ctx) -> PvregError | None:
     except ImportError:  # pragma: no cover - older clients use httpx
         import httpx as _http  # type: ignore[no-redef]
 
+    from huggingface_hub.errors import HFValidationError
+
     head = f"{ctx.action} {ctx.where}"
     ep = _public_url(ctx.endpoint)
+    not_a_hub = "it does not look like a Hugging Face Hub (check --endpoint or HF_ENDPOINT)"
+    if isinstance(exc, HFValidationError):  # the client refused an argument parse_repo let through
+        return UserError(f"{head}: the Hub client refused it: {' '.join(str(exc).split())}")
+    if isinstance(exc, json.JSONDecodeError):
+        return HubEndpointError(f"{head}: {ep} answered with something that is not JSON (a web page?): {not_a_hub}")
+    if isinstance(exc, KeyError) and _raised_in_client(exc):
+        return HubEndpointError(f"{head}: {ep} answered JSON without the field {exc}: {not_a_hub}")
     if isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, OfflineModeIsEnabled) or (cause is None and constants.HF_HUB_OFFLINE):
@@ -190,6 +231,13 @@ def _map_error(exc: BaseException, ctx: _Ctx) -> PvregError | None:
         if status == 403:
             return HubAuthError(f"{head}: not allowed (HTTP 403); the token cannot access {ctx.repo} this way")
         if status == 404:
+            headers = getattr(response, "headers", None) or {}
+            ctype = str(headers.get("content-type", "")).split(";")[0].strip()
+            if not headers.get("x-error-code") and "json" not in ctype:
+                # The Hub answers a missing repo/revision/file with an X-Error-Code and JSON;
+                # a web server that is not a Hub answers every API route with a plain 404 page.
+                return HubEndpointError(f"{head}: {ep} answered HTTP 404 ({ctype or 'no content type'}) "
+                                        f"to an API request: {not_a_hub}")
             return HubNotFoundError(f"{head}: not found on {ep} (HTTP 404)")
         if status == 412:
             return HubError(f"{head}: the branch moved while pushing (HTTP 412); push again")
@@ -203,6 +251,20 @@ def _map_error(exc: BaseException, ctx: _Ctx) -> PvregError | None:
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
         return IntegrityError(f"{head}: a downloaded file does not have the size the Hub advertises; refused")
     return None
+
+
+def _raised_in_client(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside huggingface_hub's own code (reading an answer),
+    not in pvreg or in the client's argument validators (a bug in how pvreg calls it)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if last is None:
+        return False
+    parts = Path(last).parts
+    return "huggingface_hub" in parts and not last.endswith("_validators.py")
 
 
 @contextlib.contextmanager
@@ -307,20 +369,18 @@ def _version_ids(registry: "Registry", metas: Sequence[VectorMeta]) -> dict[str,
 
 def _record(registry: "Registry", rows: Sequence[dict[str, Any]]) -> None:
     """Insert hub records, skipping ones already present (re-push/re-pull change nothing)."""
-    if not rows:
-        return
+    if rows:
+        db.run_transaction(registry._sessions, lambda s: _add_records(s, rows))
 
+
+def _add_records(s: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """:func:`_record` inside the caller's transaction."""
     from pvreg.registry.models import HubRecord
 
-    def work(s: Any) -> None:
-        for r in rows:
-            exists = s.scalar(
-                select(HubRecord.id).where(*(getattr(HubRecord, k) == v for k, v in r.items())).limit(1)
-            )
-            if exists is None:
-                s.add(HubRecord(**r))
-
-    db.run_transaction(registry._sessions, work)
+    for r in rows:
+        exists = s.scalar(select(HubRecord.id).where(*(getattr(HubRecord, k) == v for k, v in r.items())).limit(1))
+        if exists is None:
+            s.add(HubRecord(**r))
 
 
 def hub_records(registry: "Registry", ref: str) -> list[dict[str, Any]]:
@@ -367,6 +427,10 @@ def push(
     metas: list[VectorMeta] = []
     for r in refs:
         m = registry.resolve(r)
+        try:  # a name stored before the rules were enforced must not become a path in the work dir
+            check_name(m.name)
+        except InvalidNameError as exc:
+            raise InvalidNameError(f"cannot push {m.ref}: the stored name is not a valid vector name ({exc})") from None
         same = [x for x in metas if x.name == m.name]
         if same and same[0].version != m.version:
             raise UserError(f"cannot push {same[0].ref} and {m.ref} together: a repo holds one version per name")
@@ -429,13 +493,16 @@ def push(
                 if len(parts) == 2 and parts[1] == META_FILE and parts[0] not in published:
                     local = hf.hf_hub_download(repo_id, path, revision=head, endpoint=ep, token=token)
                     try:
-                        others.append(_parse_vector_file(Path(local).read_bytes(), f"{repo_id}:{path}"))
-                    except IntegrityError:
-                        pass  # someone else's broken entry: leave it out of the table, do not fail the push
+                        other = _parse_vector_file(Path(local).read_bytes(), f"{repo_id}:{path}")
+                        check_name(other.name)
+                    except (IntegrityError, InvalidNameError):
+                        continue  # someone else's broken entry: leave it out of the table, do not fail the push
+                    if other.name == parts[0]:
+                        others.append(other)
             existing_card = None
             if CARD_FILE in tree:
                 local = hf.hf_hub_download(repo_id, CARD_FILE, revision=head, endpoint=ep, token=token)
-                existing_card = Path(local).read_text(encoding="utf-8")
+                existing_card = _read_card(Path(local).read_bytes(), ctx)
 
         card = render_card(repo_id, [*others, *published.values()], existing_card)
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
@@ -480,6 +547,19 @@ def push(
             for m in metas
         ],
     )
+
+
+def _read_card(data: bytes, ctx: _Ctx) -> str:
+    """The repo's model card as text; a card that is not UTF-8 is refused, never rewritten
+    (pvreg keeps the owner's text byte for byte, which it cannot do for text it cannot decode)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HubContentError(
+            f"{ctx.action} {ctx.where}: {CARD_FILE} in the repo is not UTF-8 text "
+            f"(byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "pvreg will not rewrite it: convert it to UTF-8 or delete it, then push again"
+        ) from None
 
 
 # --- pull ----------------------------------------------------------------------------------
@@ -532,6 +612,10 @@ def _check_one(
     from pvreg.registry.ingest import CheckpointSource, check_plan, write_blob
     from pvreg.registry.tensorio import open_checkpoint
 
+    try:
+        check_name(name)  # the folder name is the vector's name
+    except InvalidNameError as exc:
+        raise InvalidNameError(f"{label}: the folder's name is not a valid vector name: {exc}") from None
     declared = _parse_vector_file(meta_path.read_bytes(), f"{label}/{META_FILE}")
     if declared.name != name:
         raise IntegrityError(f"{label}/{META_FILE}: describes vector {declared.name!r}, not {name!r}")
@@ -540,7 +624,7 @@ def _check_one(
     blob_label = f"{label}/{BLOB_FILE}"
     try:
         with open_checkpoint(blob_path) as ckpt:
-            embedded = _embedded_meta(blob_path, ckpt.metadata)
+            embedded = _embedded_meta(blob_label, ckpt.metadata)
             if embedded is None:
                 raise IntegrityError(f"{blob_label}: carries no pvreg metadata; refused")
             for key in _MUST_AGREE:
@@ -551,20 +635,37 @@ def _check_one(
                     )
             resolved = registry.resolve_base(declared.base_fingerprint)
             if declared.base is not None and declared.base.fingerprint == declared.base_fingerprint:
-                public = {"hub_id": declared.base.hub_id, "label": declared.base.label,
-                          "architecture": declared.base.architecture}
+                public = _public_base_facts(declared.base, f"{label}/{META_FILE}")
                 resolved.facts = {**{k: v for k, v in public.items() if v}, **resolved.facts}
             source = CheckpointSource(ckpt, blob_label)
             check_plan(source.plan(), blob_label, resolved.infos)
             stats = write_blob(source, stage, expect_sha256=declared.sha256)
-    except (IntegrityError, BaseMismatchError):
-        raise
+    except (IntegrityError, BaseMismatchError, InvalidNameError, InvalidTextError):
+        raise  # already one line naming the file
     except PvregError as exc:  # unreadable file, bad embedded metadata, sha256 mismatch, unknown base...
         text = str(exc)
         raise IntegrityError(f"{text if blob_label in text else f'{blob_label}: {text}'}; refused") from None
     if stats.size_bytes != declared.size_bytes or not math.isclose(stats.norm, declared.norm, rel_tol=1e-9, abs_tol=1e-12):
         raise IntegrityError(f"{blob_label}: size or norm disagrees with {META_FILE}; refused")
     return _Checked(name, declared, embedded, resolved, stats, f"{name}/{BLOB_FILE}")
+
+
+def _public_base_facts(base: HubBaseInfo, label: str) -> dict[str, str | None]:
+    """The base facts a pvreg.json declares, held to the text rules (they are stored and shown).
+
+    The Hub id is a label too, not a strict repo id: the publisher's pvreg took it from the
+    base's ``config.json`` (``_name_or_path``), and an odd value there must not make a
+    genuine vector unpullable; control characters and overlong values are refused.
+    """
+    from pvreg.registry.text import check_label
+
+    try:
+        check_label(base.hub_id, "base Hub id")
+        check_label(base.label, "base label")
+        check_label(base.architecture, "base architecture")
+    except PvregError as exc:
+        raise InvalidTextError(f"{label}: base: {exc}") from None
+    return {"hub_id": base.hub_id, "label": base.label, "architecture": base.architecture}
 
 
 def _short(value: object) -> str:
@@ -594,8 +695,7 @@ def pull(
             (nothing is registered).
         HubNotFoundError, HubAuthError, HubError, UserError.
     """
-    from pvreg.registry.api import NewVersion
-    from pvreg.registry.fsutil import fsync_dir
+    from pvreg.registry.api import NewVersion, insert_version
 
     repo_id, rev = parse_repo(repo, revision)
     wanted = list(dict.fromkeys(check_name(n) for n in (names or [])))
@@ -625,45 +725,57 @@ def pull(
         raise UserError(f"--as needs exactly one vector, but {repo_id} has {len(found)}; pick one with --name")
 
     safe_ep = _public_url(ep)
-    results: list[PulledVector] = []
+    where = f"{repo_id}@{commit[:12]}"
     with registry.blobs.writer_lock(), _staging_store(registry) as stage:
-        # 1. Verify everything; nothing touches the registry yet.
-        checked = [
-            _check_one(registry, n, p, p.parent / BLOB_FILE, stage, f"{repo_id}@{commit[:12]}:{n}")
-            for n, p in found.items()
-        ]
-        # 2. Register: move verified blobs into the store, then insert versions.
+        # 1. Verify everything and build every version (its text checked); nothing touches the registry yet.
+        checked = [_check_one(registry, n, p, p.parent / BLOB_FILE, stage, f"{where}:{n}") for n, p in found.items()]
+        news = []
         for c in checked:
-            target = registry.blobs.path(c.stats.sha256)
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage.path(c.stats.sha256), target)
-                fsync_dir(target.parent)
-        rows = []
-        for c in checked:
-            local_name = as_name or c.remote_name
             e = c.embedded
-            already = _has_version(registry, local_name, c.stats.sha256)
             hub = {"endpoint": safe_ep, "repo": repo_id, "revision": rev or DEFAULT_REVISION,
                    "commit": commit, "path": c.path, "remote_ref": e.ref}
-            meta = registry.commit_version(NewVersion(
-                name=local_name, stats=c.stats, base=c.base, kind=e.kind, dataset=e.dataset, sign=e.sign,
-                description=e.description, message=e.message, tags=dict(e.tags),
+            news.append(NewVersion(
+                name=as_name or c.remote_name, stats=c.stats, base=c.base, kind=e.kind, dataset=e.dataset,
+                sign=e.sign, description=e.description, message=e.message, tags=dict(e.tags),
                 provenance={**e.provenance, "hub": hub}, parents=list(e.parents), dedupe=True,
             ))
-            results.append(PulledVector(remote_name=c.remote_name, remote_version=e.version, path=c.path,
-                                        meta=meta, registered=not already))
-            rows.append({"version_id": _version_ids(registry, [meta])[meta.ref], "direction": "pull",
-                         "endpoint": safe_ep, "repo": repo_id, "revision": rev or DEFAULT_REVISION,
-                         "commit_sha": commit, "path": c.path})
-        _record(registry, rows)
+
+        # 2. One transaction for every row: the versions and their hub records are inserted and
+        #    flushed (so every constraint has been checked), then the verified blobs are moved
+        #    into the store, then it commits.  A failure before the commit registers nothing.
+        def work(s: Any) -> list[tuple[int, bool]]:
+            inserted = [insert_version(s, new) for new in news]
+            _add_records(s, [
+                {"version_id": vid, "direction": "pull", "endpoint": safe_ep, "repo": repo_id,
+                 "revision": rev or DEFAULT_REVISION, "commit_sha": commit, "path": c.path}
+                for (vid, _), c in zip(inserted, checked)
+            ])
+            s.flush()
+            for c in checked:
+                _publish_blob(registry, stage, c.stats.sha256)
+            return inserted
+
+        inserted = db.run_transaction(registry._sessions, work)
+    results = [
+        PulledVector(remote_name=c.remote_name, remote_version=c.embedded.version, path=c.path,
+                     meta=registry._meta_by_id(vid), registered=created)
+        for (vid, created), c in zip(inserted, checked)
+    ]
     return PullResult(repo=repo_id, revision=rev or DEFAULT_REVISION, endpoint=safe_ep, commit_sha=commit,
                       vectors=results)
 
 
-def _has_version(registry: "Registry", name: str, sha256: str) -> bool:
-    with db.read_connection(registry.engine) as conn:
-        return catalog.has_blob_under(conn, name, sha256)
+def _publish_blob(registry: "Registry", stage: "BlobStore", sha256: str) -> None:
+    """Move a verified blob from the staging store into the registry's (idempotent: a retried
+    transaction, or a blob another writer already stored, finds it in place)."""
+    from pvreg.registry.fsutil import fsync_dir
+
+    target = registry.blobs.path(sha256)
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(stage.path(sha256), target)
+    fsync_dir(target.parent)
 
 
 # --- remote ls -----------------------------------------------------------------------------

@@ -5,10 +5,18 @@ pvreg owns two things in the card: a few keys of the YAML front matter
 ``<!-- pvreg:begin -->`` and ``<!-- pvreg:end -->``.  Everything else the
 owner wrote is kept byte for byte.  Rendering is deterministic (no dates), so
 re-pushing identical vectors produces an identical card and no commit.
+
+The markers in an existing card may be in any state (an owner's edit, a copy-paste,
+an older pvreg): out of order, duplicated, or only one of them present.  Whatever the
+state, :func:`render_card` leaves exactly one section, so rendering its own output
+again changes nothing (``render_card(r, v, render_card(r, v, x)) == render_card(r, v, x)``)
+and identical re-pushes stay commit-free.  Text inside the section that could be read
+as a marker (a dataset label, say) is escaped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +25,8 @@ from pvreg.schemas.hub import HubVectorFile
 BEGIN = "<!-- pvreg:begin -->"
 END = "<!-- pvreg:end -->"
 TAGS = ("pvreg", "preference-vector")
+_MARKER_RE = re.compile(re.escape(BEGIN) + "|" + re.escape(END))
+_EOL_RE = re.compile(r"\r?\n")
 
 
 def _split_front_matter(text: str) -> tuple[str | None, str]:
@@ -73,7 +83,8 @@ def _fmt_norm(x: float) -> str:
 
 
 def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A table cell: one line, no column breaks, and no '<' (so no text can forge a marker)."""
+    return " ".join(str(value).split()).replace("|", "\\|").replace("<", "&lt;")
 
 
 def render_section(repo: str, vectors: Sequence[HubVectorFile]) -> str:
@@ -114,8 +125,7 @@ def render_card(repo: str, vectors: Sequence[HubVectorFile], existing: str | Non
     import yaml
 
     section = render_section(repo, vectors)
-    if existing is None:
-        existing = ""
+    existing = (existing or "").removeprefix("\ufeff")  # a UTF-8 BOM would hide the front matter
     front, body = _split_front_matter(existing)
     parsed: dict[str, Any] = {}
     if front is not None and front.strip():
@@ -134,14 +144,51 @@ def render_card(repo: str, vectors: Sequence[HubVectorFile], existing: str | Non
     else:
         header = "---\n" + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True) + "---\n"
 
-    b, e = body.find(BEGIN), body.find(END)
-    if b != -1 and e != -1 and e > b:
-        after = body[e + len(END):]
-        if after.startswith("\n"):
-            after = after[1:]
-        new_body = body[:b] + section + after
-    elif not body.strip():
-        new_body = section
-    else:
-        new_body = body + ("" if body.endswith("\n") else "\n") + "\n" + section
-    return header + new_body
+    return header + _replace_section(body, section)
+
+
+def _owned_spans(body: str) -> list[tuple[int, int, bool]]:
+    """The parts of ``body`` pvreg owns: (start, end, is_section) for each.
+
+    A section runs from a BEGIN marker to the first END after it (BEGINs in between are part
+    of it).  A marker outside any section -- an END with no BEGIN before it, a BEGIN with no
+    END after it -- is a span of its own, so it is removed but the owner's text around it
+    stays.  Each span takes the line break that follows it.
+    """
+    markers = [(m.start(), m.end(), m.group() == BEGIN) for m in _MARKER_RE.finditer(body)]
+    spans: list[tuple[int, int, bool]] = []
+    i = 0
+    while i < len(markers):
+        start, end, is_begin = markers[i]
+        close = next((k for k in range(i + 1, len(markers)) if not markers[k][2]), None) if is_begin else None
+        if close is not None:
+            spans.append((start, _eol(body, markers[close][1]), True))
+            i = close + 1
+        else:
+            spans.append((start, _eol(body, end), False))
+            i += 1
+    return spans
+
+
+def _eol(body: str, pos: int) -> int:
+    m = _EOL_RE.match(body, pos)
+    return m.end() if m else pos
+
+
+def _replace_section(body: str, section: str) -> str:
+    """``body`` with every pvreg-owned span removed and ``section`` put where the first
+    complete section was (else where the first stray marker was; else appended)."""
+    spans = _owned_spans(body)
+    if not spans:
+        if not body.strip():
+            return section
+        return body + ("" if body.endswith("\n") else "\n") + "\n" + section
+    at = next((s for s, _, whole in spans if whole), spans[0][0])
+    out, pos = [], 0
+    for start, end, _ in spans:
+        out.append(body[pos:start])
+        if start == at:
+            out.append(section)
+        pos = end
+    out.append(body[pos:])
+    return "".join(out)

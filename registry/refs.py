@@ -2,7 +2,10 @@
 
 ``NAME`` (latest active version), ``NAME@N``, ``NAME@ALIAS``, ``sha256:HEX``
 (at least 8 hex digits).  Names and aliases are slugs so they are safe as
-file and Hub path components.
+file and Hub path components: a name is a folder of a Hub repo, so it cannot
+start with '.' (``.git``/``.cache`` are refused by the Hub, and hidden folders
+would be skipped when a repo is read back).  The same rule applies to every
+source of a name: the command line, exported files and Hub repos.
 """
 
 from __future__ import annotations
@@ -11,27 +14,34 @@ import re
 from dataclasses import dataclass
 
 from pvreg.registry.errors import InvalidNameError, InvalidReferenceError
+from pvreg.registry.text import printable as _printable
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 SHA_RE = re.compile(r"[0-9a-f]{8,64}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def _printable(value: str) -> str:
-    return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
-
-
 def check_name(name: str, *, what: str = "name") -> str:
-    """Validate a vector name or alias (lowercase letters, digits, ``-_.``; 1-64 chars)."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+    """Validate a vector name or alias (lowercase letters, digits, ``-_.``; 1-64 chars; no leading '.')."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("."):
         if isinstance(name, str) and len(name) > 64:
             why = f"is {len(name)} characters (at most 64)"
         elif not name:
             why = "is empty"
+        elif isinstance(name, str) and NAME_RE.fullmatch(name):
+            why = "cannot start with '.' (it must be usable as a Hub folder name)"
         else:
             why = "may only contain lowercase letters, digits, '-', '_' and '.'"
         raise InvalidNameError(f"invalid {what} {_printable(str(name))}: {why}")
     return name
+
+
+def check_alias(alias: str) -> str:
+    """An alias: a name that is not all digits (``NAME@12`` must keep meaning version 12)."""
+    check_name(alias, what="alias")
+    if alias.isdigit():
+        raise InvalidNameError(f"invalid alias {alias!r}: an alias cannot be a number (it would read as a version)")
+    return alias
 
 
 @dataclass(frozen=True)

@@ -322,6 +322,93 @@ def hub_good(env: Env) -> dict[str, bytes]:
     return {"helpful/vector.safetensors": blob, "helpful/pvreg.json": j(doc)}
 
 
+# --- fix-hub: forged exports, hostile Hub entries, legacy rows, endpoints that are not a Hub ---------------------------
+
+
+def _reheader(data: bytes, out: Path, **changes: Any) -> None:
+    """Write the tensors of the export ``data`` to ``out`` with fields of its embedded pvreg metadata changed."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    tmp = out.with_suffix(".src")
+    tmp.write_bytes(data)
+    with safe_open(str(tmp), "pt") as f:
+        meta = json.loads(f.metadata()["pvreg"])
+    tmp.unlink()
+    save_file(load(data), str(out), metadata={"format": "pt", "pvreg": json.dumps({**meta, **changes})})
+
+
+def forged(**changes: Any) -> Callable[[Env], None]:
+    """``forged.safetensors``: helpful's export, its embedded metadata changed (a forgery)."""
+    def make(env: Env) -> None:
+        _reheader(exported(env).read_bytes(), env.p("forged.safetensors"), **changes)
+    return make
+
+
+def hub_forged(folder: str, *, base: dict | None = None, **changes: Any):
+    """Files of a repo holding ``folder/``: helpful's files with ``changes`` made to pvreg.json AND the embedded
+    metadata alike (a consistent forgery), ``base`` merged into pvreg.json's base facts; and the genuine helpful."""
+    def files(env: Env) -> dict[str, bytes]:
+        blob, doc = published(env, "helpful")
+        out = env.p(f"forged-{len(folder)}.safetensors")
+        _reheader(blob, out, name=folder, **changes)
+        good = {"helpful/vector.safetensors": blob, "helpful/pvreg.json": j(doc)}
+        doc = {**doc, "name": folder, **changes, "base": {**doc["base"], **(base or {})}}
+        return {**good, f"{folder}/vector.safetensors": out.read_bytes(), f"{folder}/pvreg.json": j(doc)}
+    return files
+
+
+def hub_raw_card(repo: str, card: bytes) -> Callable[[Env], None]:
+    """A repo whose README.md is ``card`` as is (posted to the commit API directly: the client refuses non-UTF-8)."""
+    def make(env: Env) -> None:
+        import base64
+
+        import httpx2
+        from huggingface_hub import HfApi
+
+        HfApi(endpoint=env.server.url, token=TOKEN).create_repo(repo)
+        lines = [{"key": "header", "value": {"summary": "owner card"}},
+                 {"key": "file", "value": {"path": "README.md", "content": base64.b64encode(card).decode()}}]
+        r = httpx2.post(f"{env.server.url}/api/models/{repo}/commit/main", headers={"Authorization": f"Bearer {TOKEN}"},
+                        content="\n".join(json.dumps(x) for x in lines).encode())
+        assert r.status_code == 200, r.text
+    return make
+
+
+def legacy_name(old: str, new: str) -> Callable[[Env], None]:
+    """Rename vector ``old`` to ``new`` with SQL (as an older pvreg let a forged name in); ``{tail}`` = its sha ref."""
+    def make(env: Env) -> None:
+        from sqlalchemy import create_engine, update
+
+        from pvreg import Registry
+        from pvreg.registry import tables
+        from pvreg.registry.settings import Settings
+
+        with Registry.open() as reg:
+            sha = reg.resolve(old).sha256
+        engine = create_engine(Settings.resolve().database_url)
+        with engine.begin() as conn:
+            conn.execute(update(tables.vectors).where(tables.vectors.c.name == old).values(name=new))
+        engine.dispose()
+        env.tail.append(f"sha256:{sha[:16]}")
+    return make
+
+
+def nothing_named_evil(env: Env) -> None:
+    assert not list(env.tmp.parent.rglob("evil*")), "push created a path from a forged name"
+
+
+def not_a_hub(status: int) -> Callable[[Env], None]:
+    """``{url}`` is a plain web server answering every request with an HTML page (HTTP ``status``)."""
+    def make(env: Env) -> None:
+        from hubserver import isolate_hf_client
+        from test_hub import _NotAHub
+
+        isolate_hf_client(env.monkeypatch, env.tmp / "hf-home", token=TOKEN)
+        env._server = _NotAHub(status)  # stopped by the fixture like the Hub server
+    return make
+
+
 # --- the catalogue -----------------------------------------------------------------------------------------------------
 
 
@@ -426,6 +513,29 @@ CASES = [
     C("name-uppercase", raw("g.safetensors", good_bytes), "add Helpful --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
     C("name-unicode", raw("g.safetensors", good_bytes), "add héllo --base {base} --vector {t}/g.safetensors", 2, "may only contain"),
     C("name-missing", raw("g.safetensors", good_bytes), "add --base {base} --vector {t}/g.safetensors", 2, "a vector name is required"),
+    C("name-dot-git", raw("g.safetensors", good_bytes), "add .git --base {base} --vector {t}/g.safetensors", 2, "invalid name '.git': cannot start with '.'"),
+    C("name-leading-dot", raw("g.safetensors", good_bytes), "add .hidden --base {base} --vector {t}/g.safetensors", 2, "cannot start with '.'"),
+    C("alias-leading-dot", nothing, "tag helpful@1 .prod", 2, "invalid alias '.prod': cannot start with '.'"),
+    C("compose-register-dot-git", nothing, "compose helpful --vector-only --register .git", 2, "invalid name '.git'"),
+    C("export-forged-name-traversal", forged(name="../../Evil Name\x1b[31m"), "add --vector {t}/forged.safetensors", 2, "embedded pvreg metadata: invalid name '../../Evil Name\\x1b[31m'"),
+    C("export-forged-name-70-chars", forged(name="a" * 70), "add --vector {t}/forged.safetensors", 2, "is 70 characters (at most 64)"),
+    C("export-forged-name-dot-git", forged(name=".git"), "add --vector {t}/forged.safetensors", 2, "invalid name '.git'"),
+    C("export-forged-name-with-explicit-name", forged(name="Evil Name"), "add mine --vector {t}/forged.safetensors", 2, "embedded pvreg metadata: invalid name 'Evil Name'"),
+    C("export-forged-dataset-escape", forged(dataset="PKU\x1b]0;pwned\x07"), "add --vector {t}/forged.safetensors", 2, "invalid dataset 'PKU\\x1b]0;pwned\\x07'"),
+    C("export-forged-dataset-too-long", forged(dataset="d" * 300), "add --vector {t}/forged.safetensors", 2, "is 300 characters (at most 256)"),
+    C("export-forged-tag-key-129", forged(tags={"k" * 129: "v"}), "add --vector {t}/forged.safetensors", 2, "invalid tag key"),
+    C("export-forged-tag-value-control", forged(tags={"k": "a\x1b[2Jb"}), "add --vector {t}/forged.safetensors", 2, "invalid value of tag 'k'"),
+    C("export-forged-message-osc", forged(message="hi\x1b]2;title\x07"), "add --vector {t}/forged.safetensors", 2, "invalid message"),
+    C("export-forged-description-bidi", forged(description="txt\u202eexe"), "add --vector {t}/forged.safetensors", 2, "invalid description"),
+    C("export-forged-parent-ref", forged(parents=[{"ref": "../../x@1", "sha256": "a" * 64}]), "add --vector {t}/forged.safetensors", 2, "invalid parent reference '../../x@1'"),
+    C("export-forged-alias", forged(aliases=["Bad Alias"]), "add --vector {t}/forged.safetensors", 2, "invalid alias 'Bad Alias'"),
+    C("dataset-escape", both(raw("g.safetensors", good_bytes), tail("a\x1b[31mb")), ADD + "g.safetensors --dataset {tail}", 2, "invalid dataset 'a\\x1b[31mb'"),
+    C("dataset-newline", both(raw("g.safetensors", good_bytes), tail("a\nb")), ADD + "g.safetensors --dataset {tail}", 2, "contains the control character \\n"),
+    C("dataset-too-long", raw("g.safetensors", good_bytes), ADD + "g.safetensors --dataset " + "d" * 257, 2, "is 257 characters (at most 256)"),
+    C("tag-key-control", both(raw("g.safetensors", good_bytes), tail("k\x07=v")), ADD + "g.safetensors --tag {tail}", 2, "invalid tag key 'k\\x07'"),
+    C("tag-value-escape", both(raw("g.safetensors", good_bytes), tail("k=\x1b]0;x\x07")), ADD + "g.safetensors --tag {tail}", 2, "invalid value of tag 'k'"),
+    C("message-escape", both(raw("g.safetensors", good_bytes), tail("\x1b[2J")), ADD + "g.safetensors -m {tail}", 2, "invalid message '\\x1b[2J'"),
+    C("description-bidi", both(raw("g.safetensors", good_bytes), tail("a\u202eb")), ADD + "g.safetensors --description {tail}", 2, "invalid description 'a\\u202eb'"),
     C("alias-slash", nothing, "tag helpful@1 a/b", 2, "invalid alias 'a/b'"),
     C("alias-number", nothing, "tag helpful@1 12", 2, "an alias cannot be a number"),
     C("alias-untag-unknown", nothing, "untag helpful nosuch", 2, "has no alias 'nosuch'"),
@@ -519,6 +629,25 @@ CASES = [
     C("hub-missing-revision", hub_repo("alice/good", hub_good), PULL + "alice/good@nope", 2, "revision 'nope' not found"),
     C("hub-bad-repo-id", nothing, "pull 'not a repo'", 2, "invalid Hub repo"),
     C("hub-bad-endpoint", nothing, "pull alice/good --endpoint ftp://example.org", 2, "invalid Hub endpoint"),
+    C("hub-repo-double-dash", nothing, "pull alice/a--b", 2, "invalid Hub repo 'alice/a--b': the Hub does not allow '--' or '..'"),
+    C("hub-repo-dot-git", nothing, "pull alice/x.git", 2, "ending in '.git'"),
+    C("hub-repo-dotdot", nothing, "remote ls alice/..", 2, "invalid Hub repo 'alice/..'"),
+    C("hub-repo-97-chars", nothing, "pull alice/" + "n" * 97, 2, "NAME is 97 characters (at most 96)"),
+    C("hub-repo-leading-dash", nothing, "pull -- -alice/x", 2, "invalid Hub repo '-alice/x'"),
+    C("hub-repo-trailing-dot", nothing, "pull alice/x.", 2, "invalid Hub repo 'alice/x.'"),
+    C("hub-push-bad-repo", nothing, "push helpful --repo alice/a--b", 2, "invalid Hub repo 'alice/a--b'"),
+    C("hub-folder-not-a-name", hub_repo("alice/evil", hub_forged("Evil Name")), PULL + "alice/evil", 2, "the folder's name is not a valid vector name: invalid name 'Evil Name'"),
+    C("hub-folder-70-chars", hub_repo("alice/long", hub_forged("a" * 70)), PULL + "alice/long", 2, "is 70 characters (at most 64)"),
+    C("hub-forged-dataset", hub_repo("alice/ds", hub_forged("sneaky", dataset="x\x1b[2J")), PULL + "alice/ds", 2, "embedded pvreg metadata: invalid dataset 'x\\x1b[2J'"),
+    C("hub-forged-tag-key-129", hub_repo("alice/tag", hub_forged("sneaky", tags={"k" * 129: "v"})), PULL + "alice/tag", 2, "invalid tag key"),
+    C("hub-forged-parent", hub_repo("alice/par", hub_forged("sneaky", parents=[{"ref": "x", "sha256": "a" * 64}])), PULL + "alice/par", 2, "invalid parent reference 'x'"),
+    C("hub-forged-base-label", hub_repo("alice/lbl", hub_forged("sneaky", base={"label": "b\x1b[2J"})), PULL + "alice/lbl", 2, "base: invalid base label"),
+    C("hub-forged-base-hub-id", hub_repo("alice/hid", hub_forged("sneaky", base={"hub_id": "acme/\u202ex"})), PULL + "alice/hid", 2, "base: invalid base Hub id 'acme/\\u202ex'"),
+    C("hub-forged-base-architecture", hub_repo("alice/arch", hub_forged("sneaky", base={"architecture": "L" * 300})), PULL + "alice/arch", 2, "invalid base architecture"),
+    C("hub-card-not-utf8", hub_raw_card("alice/latin1", "# Modèle à moi\n".encode("latin-1")), "push helpful --repo alice/latin1 --endpoint {url}", 2, "README.md in the repo is not UTF-8 text (byte 0xe8 at offset 5)"),
+    C("hub-push-legacy-bad-name", both(lambda e: e.server, legacy_name("harmless", "../../evil")), "push --repo alice/new --create --endpoint {url} {tail}", 2, "the stored name is not a valid vector name", nothing_named_evil),
+    C("hub-endpoint-html", not_a_hub(200), PULL + "alice/good", 2, "answered with something that is not JSON"),
+    C("hub-endpoint-404", not_a_hub(404), "push helpful --repo alice/good --create --endpoint {url}", 2, "answered HTTP 404 (text/html) to an API request"),
     # the command line itself (click's usage errors, reported like every other bad input)
     C("cli-unknown-command", nothing, "nosuch", 2, "No such command 'nosuch'. (see 'pvreg --help')"),
     C("cli-unknown-subcommand", nothing, "db nosuch", 2, "No such command 'nosuch'. (see 'pvreg db --help')"),

@@ -462,3 +462,370 @@ def test_migration_matches_models(tmp_path):
         with reg.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
+
+
+# --- repo ids, endpoints that are not a Hub, cards that are not UTF-8 ---------------------------------------------------
+
+
+REPO_IDS = ["alice/prefs", "a/b", "Alice_1/x.y-z", "_a/_b", "alice/a--b", "alice/x.git", "alice/..", "alice/a..b",
+            "-alice/x", "alice/x-", "alice/.x", "alice/x.", "alice/" + "n" * 96, "alice/" + "n" * 97, "o" * 97 + "/x",
+            "alice", "a/b/c", "alice/", "/x", "alice/héllo", "alice/x y", "alice/x\x1b", "alice/git", "alice/.git"]
+
+
+def test_repo_ids_follow_the_hub_clients_own_rules():
+    """pvreg accepts exactly the OWNER/NAME ids huggingface_hub's validate_repo_id accepts."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from pvreg.registry.errors import UserError
+    from pvreg.registry.hub import parse_repo
+
+    def agree(repo_id: str) -> None:
+        try:
+            validate_repo_id(repo_id)
+            client_ok = repo_id.count("/") == 1
+        except HFValidationError:
+            client_ok = False
+        try:
+            parse_repo(repo_id)
+            ours = True
+        except UserError as exc:
+            ours = False
+            assert "invalid Hub repo" in str(exc) or "revision" in str(exc)
+        assert ours == client_ok, repo_id
+
+    for repo_id in REPO_IDS:
+        agree(repo_id)
+    settings(max_examples=400, deadline=None)(given(st.text(alphabet="ab_-./Z9", max_size=12))(agree))()
+    settings(max_examples=100, deadline=None)(
+        given(st.integers(90, 100), st.integers(1, 3))(lambda n, k: agree("o" * k + "/" + "n" * n)))()
+
+
+@pytest.mark.parametrize("repo_id,needle", [
+    ("alice/a--b", "'--' or '..'"), ("alice/x.git", "ending in '.git'"), ("alice/..", "each starting and ending"),
+    ("alice/" + "n" * 97, "NAME is 97 characters (at most 96)"), ("-alice/x", "each starting and ending"),
+])
+def test_bad_repo_ids_are_usage_errors_for_every_command(server, src, cli, repo_id, needle):
+    n = len(server.request_log)
+    ep = ["--endpoint", server.url]
+    for argv in (["--registry", src.root, "push", "a", f"--repo={repo_id}", "--create", *ep],
+                 ["pull", *ep, "--", repo_id], ["remote", "ls", *ep, "--", repo_id]):
+        r = cli(*argv)
+        assert r.exit_code == 2, r.stderr
+        line = one_error_line(r)
+        assert "invalid Hub repo" in line and needle in line, line
+    assert len(server.request_log) == n  # refused before any request
+
+
+class _NotAHub:
+    """A plain web server at 127.0.0.1: every request gets an HTML page (``status``) -- not a Hub."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+        import threading
+
+        page = b"<!doctype html><html><body>Welcome to nginx!</body></html>"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(page)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _answer
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(params=[200, 404], ids=["html-page", "404-everything"])
+def not_a_hub(request, hf_env):
+    srv = _NotAHub(request.param)
+    yield srv
+    srv.stop()
+
+
+def test_endpoint_that_is_not_a_hub(not_a_hub, src, cli, snapshot):
+    assert cli("list").exit_code == 0
+    before = snapshot()
+    for argv in (["pull", REPO], ["remote", "ls", REPO], ["--registry", src.root, "push", "a", "--repo", REPO],
+                 ["--registry", src.root, "push", "a", "--repo", REPO, "--create"]):
+        r = cli(*argv, "--endpoint", not_a_hub.url)
+        assert r.exit_code == 2, (argv, r.stdout, r.stderr)
+        line = one_error_line(r)
+        assert "does not look like a Hugging Face Hub" in line and not_a_hub.url in line and "internal" not in line
+    assert snapshot() == before
+
+
+def _raw_commit(server, files: dict[str, bytes]) -> None:
+    """A commit posted to the Hub's commit API directly (NDJSON), bypassing the client's own checks."""
+    import base64
+
+    import httpx2
+
+    lines = [{"key": "header", "value": {"summary": "raw commit"}}] + [
+        {"key": "file", "value": {"path": p, "content": base64.b64encode(d).decode(), "encoding": "base64"}}
+        for p, d in files.items()]
+    r = httpx2.post(f"{server.url}/api/models/{REPO}/commit/main", headers={"Authorization": f"Bearer {TOKEN}"},
+                    content="\n".join(json.dumps(x) for x in lines).encode())
+    assert r.status_code == 200, r.text
+
+
+def test_non_utf8_card_refuses_push_and_is_left_alone(server, src, cli):
+    assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
+    latin1 = "# Modèle\n\nÉcrit à la main.\n".encode("latin-1")
+    _raw_commit(server, {"README.md": latin1})  # the client itself refuses to upload a non-UTF-8 README
+    n = len(server.commits(REPO))
+    from pvreg.registry.api import Registry
+    from pvreg.registry.hub import hub_records
+
+    with Registry.open(src.root) as reg:
+        records = len(hub_records(reg, "b"))
+    r = push(cli, server, src, "b")
+    assert r.exit_code == 2
+    line = one_error_line(r)
+    assert "README.md" in line and "not UTF-8" in line and "0xe8" in line, line
+    assert len(server.commits(REPO)) == n and server.file_bytes(REPO, "README.md") == latin1
+    with Registry.open(src.root) as reg:
+        assert len(hub_records(reg, "b")) == records
+
+
+# --- names and text from a Hub repo ------------------------------------------------------------------------------------
+
+
+def _copy_as(server, src_name: str, folder: str, **changes) -> None:
+    """Commit a copy of ``src_name``'s pvreg.json under ``folder/`` (blob too), with fields of pvreg.json changed."""
+    doc = json.loads(server.file_bytes(REPO, f"{src_name}/pvreg.json"))
+    doc.update(changes)
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(REPO, [
+        CommitOperationAdd(f"{folder}/pvreg.json", json.dumps(doc).encode()),
+        CommitOperationAdd(f"{folder}/vector.safetensors", server.file_bytes(REPO, f"{src_name}/vector.safetensors")),
+    ], commit_message=f"add {folder!r}")
+
+
+def test_hostile_remote_entries_are_listed_escaped_and_never_pulled(server, src, cli, snapshot):
+    from test_text_safety import assert_terminal_safe
+
+    assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
+    evil = "Evil\x1b]0;pwned\x07 Name\u202e"
+    _copy_as(server, "a", evil, name=evil, dataset="ds\x1b[2J")
+    r = cli("remote", "ls", REPO, "--endpoint", server.url)
+    assert r.exit_code == 0, r.stderr
+    assert_terminal_safe(r.stdout)
+    assert "\\x1b]0;pwned\\x07" in r.stdout and "ds\\x1b[2J" in r.stdout
+    listed = json.loads(cli("remote", "ls", REPO, "--endpoint", server.url, "--json").stdout)["vectors"]
+    assert {v["name"] for v in listed} == {"a", evil}  # JSON keeps the exact text
+
+    assert cli("list").exit_code == 0
+    before = snapshot()
+    r = pull(cli, server)
+    assert r.exit_code == 2
+    line = one_error_line(r)
+    assert "the folder's name is not a valid vector name" in line and "may only contain" in line
+    assert_terminal_safe(r.stderr)
+    assert snapshot() == before  # 'a' was fine, but nothing of the pull is registered
+    r = pull(cli, server, REPO, "--name", "a")  # the valid one on its own
+    assert r.exit_code == 0 and local_shas() == {"a@1": src.metas["a"]["sha256"]}
+
+
+def test_vector_with_a_stored_name_that_is_not_valid_is_not_pushed(server, src, cli, tmp_path):
+    """A name an older pvreg let in (from a forged export) cannot become a path outside the work dir."""
+    from sqlalchemy import create_engine, update
+
+    from pvreg.registry import tables
+
+    engine = create_engine(f"sqlite:///{src.root / 'registry.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(tables.vectors).where(tables.vectors.c.name == "c").values(name="../../evil"))
+    engine.dispose()
+    r = cli("--registry", src.root, "push", f"sha256:{src.metas['c']['sha256'][:16]}", "--repo", REPO,
+            "--create", "--endpoint", server.url)
+    assert r.exit_code == 2
+    assert "stored name is not a valid vector name" in one_error_line(r)
+    assert not [p for p in tmp_path.rglob("evil*")]
+    assert not server.repo_exists(REPO)
+
+
+# --- pull is all or nothing, on every backend ----------------------------------------------------------------------
+
+
+def _fail_inserts_of(name: str) -> None:
+    """A real database failure: a trigger that makes inserting vector ``name`` fail (SQLite or PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+
+    from pvreg.registry.settings import Settings
+
+    url = Settings.resolve().database_url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if url.startswith("sqlite"):
+            conn.execute(text(f"CREATE TRIGGER boom BEFORE INSERT ON vectors WHEN NEW.name = '{name}' "
+                              "BEGIN SELECT abs(-9223372036854775808); END"))
+        else:
+            conn.execute(text(f"CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN IF NEW.name = '{name}' THEN "
+                              "RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            conn.execute(text("CREATE TRIGGER boom BEFORE INSERT ON vectors FOR EACH ROW EXECUTE FUNCTION boom()"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_pull_registers_nothing_when_a_later_row_fails(server, src, cli, snapshot, monkeypatch, request, db):
+    """a, b and c are pulled in one transaction: b's insert failing leaves no trace of a (rows or blob)."""
+    import conftest
+
+    assert push(cli, server, src, "a", "b", "c", extra=["--create"]).exit_code == 0
+    if db == "postgres":  # only the pulling registry moves to PostgreSQL; src stays on its own SQLite file
+        if not conftest.POSTGRES_URL:
+            pytest.skip("PostgreSQL not configured (set PVREG_TEST_POSTGRES_URL)")
+        name, url = conftest._postgres_database()
+        request.addfinalizer(lambda: conftest._drop_postgres_database(name))
+        monkeypatch.setenv("PVREG_DATABASE_URL", url)
+    assert cli("list").exit_code == 0
+    _fail_inserts_of("b")
+    before = snapshot()
+    r = pull(cli, server)
+    assert r.exit_code == 1
+    one_error_line(r)
+    assert snapshot() == before
+    assert pull(cli, server, REPO, "--name", "a", "--name", "c").exit_code == 0  # the same path works otherwise
+    assert local_shas() == {"a@1": src.metas["a"]["sha256"], "c@1": src.metas["c"]["sha256"]}
+
+
+# --- the model card: markers in any state, idempotent re-push -----------------------------------------------------
+
+
+def _vec(name: str, dataset: str | None = None):
+    from pvreg.schemas import HubVectorFile
+
+    return HubVectorFile(name=name, version=1, sha256=name[0] * 64, size_bytes=10, base_fingerprint="f" * 64,
+                         dataset=dataset, norm=1.5, dtype="float32", num_tensors=1, num_params=4,
+                         created_at="2026-01-01T00:00:00Z")
+
+
+B, E = "<!-- pvreg:begin -->", "<!-- pvreg:end -->"
+CARDS = {
+    "end-before-begin": f"Intro OWNER1\n{E}\nmiddle OWNER2\n{B}\nold table\nOWNER3 after\n",
+    "duplicated-sections": f"OWNER1\n{B}\nold one\n{E}\nOWNER2\n{B}\nold two\n{E}\nOWNER3\n",
+    "only-begin": f"OWNER1\n{B}\nOWNER2\n",
+    "only-end": f"OWNER1\n{E}\nOWNER2\n",
+    "two-begins-one-end": f"OWNER1\n{B}\nx\n{B}\ny\n{E}\nOWNER2\n",
+    "markers-inline": f"OWNER1 {B}old{E} OWNER2\n",
+    "crlf": f"---\r\nlicense: mit\r\n---\r\nOWNER1\r\n{B}\r\nold\r\n{E}\r\nOWNER2\r\n",
+    "front-matter-only": "---\nlicense: mit\n---\n",
+    "no-markers": "# Mine\n\nOWNER1\n",
+    "bom": f"\ufeff# Mine OWNER1\n{B}\nold\n{E}\n",
+}
+
+
+def _owner_text(card: str) -> list[str]:
+    """The OWNER tokens outside pvreg's part, computed independently: drop BEGIN..first END pairs, then stray markers."""
+    import re
+
+    outside = re.sub(re.escape(B) + ".*?" + re.escape(E), "", card, flags=re.S).replace(B, "").replace(E, "")
+    return re.findall(r"OWNER\d", outside)
+
+
+@pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CARDS))
+def test_card_markers_in_any_state_leave_exactly_one_section(card):
+    from pvreg.registry.hubcard import render_card
+
+    vectors = [_vec("alpha", "org/ds:helpful"), _vec("beta")]
+    out = render_card(REPO, vectors, card)
+    assert out.count(B) == 1 and out.count(E) == 1 and out.index(B) < out.index(E)
+    assert _owner_text(out) == _owner_text(card)  # every owner token kept, in order
+    assert "| alpha | 1 | +1 | 1.5 | org/ds:helpful |" in out and "| beta |" in out
+    assert render_card(REPO, vectors, out) == out  # a re-push of the same vectors changes nothing
+    front = out.split("---", 2)[1]
+    import yaml
+
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "pvreg" and meta["datasets"] == ["org/ds"]
+    if "license: mit" in card:
+        assert meta["license"] == "mit"
+
+
+def test_card_render_is_a_fixpoint_for_any_marker_soup():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pvreg.registry.hubcard import render_card
+
+    pieces = st.sampled_from([B, E, "\n", "\r\n", "OWNER1", "OWNER2", " ", "---\n", "| x |", "text", "<!--", "-->"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(pieces, max_size=14), st.sampled_from([None, "x<!-- pvreg:end -->y", "a|b"]))
+    def check(parts, dataset):
+        card = "".join(parts)
+        vectors = [_vec("alpha", dataset)]
+        out = render_card(REPO, vectors, card)
+        assert out.count(B) == 1 and out.count(E) == 1 and out.index(B) < out.index(E), out
+        assert render_card(REPO, vectors, out) == out, (card, out)
+
+    check()
+
+
+def test_card_cells_cannot_forge_markers_or_columns():
+    from pvreg.registry.hubcard import render_section
+
+    section = render_section(REPO, [_vec("alpha", f"evil {E} | col\nrow")])
+    assert section.count(E) == 1 and section.endswith(E + "\n")
+    row = [ln for ln in section.splitlines() if ln.startswith("| alpha")][0]
+    assert row.count(" | ") == 6 and "\\|" in row and "&lt;!-- pvreg:end --&gt;" not in row and "&lt;!--" in row
+
+
+def test_composed_model_card_renderer():
+    """modelcard.render_model_card: front matter Hugging Face can parse, one table row per input, escaped cells."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from pvreg.registry.modelcard import render_model_card
+    from pvreg.schemas import BaseModelInfo, ComposeSpec
+
+    spec = ComposeSpec(terms=[{"ref": "a", "coefficient": 1}, {"ref": "b@2", "coefficient": -0.5}], method="ties",
+                       density=0.5)
+    inputs = [SimpleNamespace(term=t, meta=SimpleNamespace(ref=r, sha256=c * 64, sign=s, dataset=d))
+              for t, r, c, s, d in zip(spec.terms, ["a@1", "b@2"], "ab", [1, -1], ["x|y\nz", None])]
+    plan = SimpleNamespace(spec=spec, inputs=inputs, base_fingerprint="f" * 64, params={"density": 0.5, "seed": None},
+                           method=SimpleNamespace(name="ties"))
+    card = render_model_card(plan, BaseModelInfo(fingerprint="f" * 64, hub_id=HUB_ID), "e" * 64)
+    assert card == render_model_card(plan, BaseModelInfo(fingerprint="f" * 64, hub_id=HUB_ID), "e" * 64)
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front == {"base_model": HUB_ID, "tags": ["pvreg", "preference-vector", "merge"],
+                     "library_name": "transformers"}
+    rows = [ln for ln in card.splitlines() if ln.startswith("| a") or ln.startswith("| b")]
+    assert rows == ["| a | a@1 | `" + "a" * 12 + "` | 1 | +1 | x\\|y z |",
+                    "| b@2 | b@2 | `" + "b" * 12 + "` | -0.5 | -1 | - |"]
+    assert "- Method: `ties` (density=0.5)" in card and f"`{'e' * 64}`" in card
+
+
+@pytest.mark.parametrize("kind", ["end-before-begin", "duplicated-sections", "only-begin", "only-end"])
+def test_repush_after_owner_broke_the_markers_is_idempotent(server, src, cli, kind):
+    assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(
+        REPO, [CommitOperationAdd("README.md", CARDS[kind].encode())], commit_message="owner edits card")
+    r = push(cli, server, src, "a", "b")
+    assert r.exit_code == 0 and "pushed b@1" in r.stdout, r.stdout
+    n = len(server.commits(REPO))
+    card = server.file_bytes(REPO, "README.md").decode()
+    assert card.count(B) == 1 and card.count(E) == 1 and _owner_text(card) == _owner_text(CARDS[kind])
+    for _ in range(2):
+        r = push(cli, server, src, "a", "b")
+        assert r.exit_code == 0 and "no changes" in r.stdout, r.stdout
+    assert len(server.commits(REPO)) == n and server.file_bytes(REPO, "README.md").decode() == card

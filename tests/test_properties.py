@@ -25,8 +25,9 @@ SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 # --- the spec grammar ------------------------------------------------------------------------------------------------
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
-# (a vector named "sha256" exists, but "sha256:..." always reads as a sha256 reference)
-names = st.text(NAME_CHARS, min_size=1, max_size=64).filter(lambda s: s not in (".", "..", "sha256"))
+# (a vector named "sha256" exists, but "sha256:..." always reads as a sha256 reference;
+# a name never starts with '.': it is a Hub folder name, and .git/.cache/hidden folders are not)
+names = st.text(NAME_CHARS, min_size=1, max_size=64).filter(lambda s: s != "sha256" and not s.startswith("."))
 versions = st.integers(min_value=1, max_value=10**12)
 hexes = st.text("0123456789abcdef", min_size=8, max_size=64)
 refs = st.one_of(
@@ -90,10 +91,10 @@ def grammar_accepts(token: str) -> bool:
     if m["name"] is not None:
         if token.startswith("sha256:"):  # that prefix always starts a sha256 reference, never NAME:COEF
             return False
-        if m["name"] in (".", ".."):
+        if m["name"].startswith("."):
             return False
         sel = m["sel"]
-        if sel is not None and (sel in (".", "..") or (sel.isdigit() and int(sel) < 1)):
+        if sel is not None and (sel.startswith(".") or (sel.isdigit() and int(sel) < 1)):
             return False
     return m["coef"] is None or math.isfinite(float(m["coef"]))
 
