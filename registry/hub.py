@@ -726,36 +726,43 @@ def pull(
 
     safe_ep = _public_url(ep)
     where = f"{repo_id}@{commit[:12]}"
-    with registry.blobs.writer_lock(), _staging_store(registry) as stage:
-        # 1. Verify everything and build every version (its text checked); nothing touches the registry yet.
-        checked = [_check_one(registry, n, p, p.parent / BLOB_FILE, stage, f"{where}:{n}") for n, p in found.items()]
-        news = []
-        for c in checked:
-            e = c.embedded
-            hub = {"endpoint": safe_ep, "repo": repo_id, "revision": rev or DEFAULT_REVISION,
-                   "commit": commit, "path": c.path, "remote_ref": e.ref}
-            news.append(NewVersion(
-                name=as_name or c.remote_name, stats=c.stats, base=c.base, kind=e.kind, dataset=e.dataset,
-                sign=e.sign, description=e.description, message=e.message, tags=dict(e.tags),
-                provenance={**e.provenance, "hub": hub}, parents=list(e.parents), dedupe=True,
-            ))
-
-        # 2. One transaction for every row: the versions and their hub records are inserted and
-        #    flushed (so every constraint has been checked), then the verified blobs are moved
-        #    into the store, then it commits.  A failure before the commit registers nothing.
-        def work(s: Any) -> list[tuple[int, bool]]:
-            inserted = [insert_version(s, new) for new in news]
-            _add_records(s, [
-                {"version_id": vid, "direction": "pull", "endpoint": safe_ep, "repo": repo_id,
-                 "revision": rev or DEFAULT_REVISION, "commit_sha": commit, "path": c.path}
-                for (vid, _), c in zip(inserted, checked)
-            ])
-            s.flush()
+    moved: set[str] = set()  # blobs this pull put in the store: removed again if it fails
+    try:
+        with registry.blobs.writer_lock(), _staging_store(registry) as stage:
+            # 1. Verify everything and build every version (its text checked); nothing touches the registry yet.
+            checked = [_check_one(registry, n, p, p.parent / BLOB_FILE, stage, f"{where}:{n}") for n, p in found.items()]
+            news = []
             for c in checked:
-                _publish_blob(registry, stage, c.stats.sha256)
-            return inserted
+                e = c.embedded
+                hub = {"endpoint": safe_ep, "repo": repo_id, "revision": rev or DEFAULT_REVISION,
+                       "commit": commit, "path": c.path, "remote_ref": e.ref}
+                news.append(NewVersion(
+                    name=as_name or c.remote_name, stats=c.stats, base=c.base, kind=e.kind, dataset=e.dataset,
+                    sign=e.sign, description=e.description, message=e.message, tags=dict(e.tags),
+                    provenance={**e.provenance, "hub": hub}, parents=list(e.parents), dedupe=True,
+                ))
 
-        inserted = db.run_transaction(registry._sessions, work)
+            # 2. One transaction for every row: the versions and their hub records are inserted and
+            #    flushed (so every constraint has been checked), then the verified blobs are moved
+            #    into the store, then it commits.  A failure before the commit registers nothing.
+            def work(s: Any) -> list[tuple[int, bool]]:
+                inserted = [insert_version(s, new) for new in news]
+                _add_records(s, [
+                    {"version_id": vid, "direction": "pull", "endpoint": safe_ep, "repo": repo_id,
+                     "revision": rev or DEFAULT_REVISION, "commit_sha": commit, "path": c.path}
+                    for (vid, _), c in zip(inserted, checked)
+                ])
+                s.flush()
+                for c in checked:
+                    if _publish_blob(registry, stage, c.stats.sha256):
+                        moved.add(c.stats.sha256)
+                return inserted
+
+            inserted = db.run_transaction(registry._sessions, work)
+    except BaseException:
+        for sha in moved:  # after the writer lock is released, as gc's discipline needs
+            registry._drop_if_unreferenced(sha)
+        raise
     results = [
         PulledVector(remote_name=c.remote_name, remote_version=c.embedded.version, path=c.path,
                      meta=registry._meta_by_id(vid), registered=created)
@@ -765,17 +772,18 @@ def pull(
                       vectors=results)
 
 
-def _publish_blob(registry: "Registry", stage: "BlobStore", sha256: str) -> None:
-    """Move a verified blob from the staging store into the registry's (idempotent: a retried
-    transaction, or a blob another writer already stored, finds it in place)."""
+def _publish_blob(registry: "Registry", stage: "BlobStore", sha256: str) -> bool:
+    """Move a verified blob from the staging store into the registry's; True when this moved it
+    (idempotent: a retried transaction, or a blob another writer already stored, finds it in place)."""
     from pvreg.registry.fsutil import fsync_dir
 
     target = registry.blobs.path(sha256)
     if target.exists():
-        return
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(stage.path(sha256), target)
     fsync_dir(target.parent)
+    return True
 
 
 # --- remote ls -----------------------------------------------------------------------------
