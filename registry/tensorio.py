@@ -39,7 +39,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 INT_LIMIT = 2**63
 #: No real tensor comes close; a header with 10^5 dimensions is an attack on whoever reads it.
 MAX_RANK = 64
-_MAX_INT_DIGITS = len(str(INT_LIMIT))  # longer literals are refused before Python converts them
+#: The format's integers are u64 (at most 20 digits); longer literals are refused before Python converts them.
+_MAX_INT_DIGITS = len(str(2**64 - 1))
 
 # safetensors dtype code -> (item size in bytes, torch dtype attribute name)
 DTYPES: dict[str, tuple[int, str]] = {
@@ -160,7 +161,7 @@ class _HeaderSyntax(Exception):
 def _int_literal(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > _MAX_INT_DIGITS:
-        raise _HeaderSyntax(f"header holds a {digits}-digit integer")
+        raise _HeaderSyntax(f"header holds a {digits}-digit integer (safetensors integers have at most {_MAX_INT_DIGITS})")
     return int(text)
 
 
