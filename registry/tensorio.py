@@ -320,7 +320,7 @@ def _parse_entry(path: Path, name: str, entry: Any, data_start: int) -> _Slot:
     if offsets[1] - offsets[0] != expected:
         raise _fail(
             path,
-            f"{where} spans {offsets[1] - offsets[0]} bytes but {dtype}{shape} needs {expected}",
+            f"{where} spans {offsets[1] - offsets[0]} bytes but {dtype}{shown(shape, 60)} needs {expected}",
         )
     info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape), nbytes=expected)
     return _Slot(info=info, start=data_start + offsets[0])
