@@ -10,11 +10,11 @@ costs page cache, not heap.  PyTorch ``.bin`` checkpoints are read only through
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import mmap
-import errno
 import os
 import re
 import stat

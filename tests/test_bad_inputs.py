@@ -191,7 +191,14 @@ def index_naming(shard: str, index: str = "model.safetensors.index.json") -> Cal
 
 
 def bin_of(name: str, make_obj: Callable[[], Any]) -> Callable[[Env], None]:
-    return lambda env: torch.save(make_obj(), str(env.p(name)))
+    def make(env: Env) -> None:
+        import warnings
+
+        with warnings.catch_warnings():  # torch warns that sparse CSR and quantized tensors are beta/deprecated
+            warnings.simplefilter("ignore")
+            obj = make_obj()
+        torch.save(obj, str(env.p(name)))
+    return make
 
 
 def unix_socket(path: Path) -> None:
