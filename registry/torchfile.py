@@ -82,6 +82,7 @@ def load_torch_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
             tensors = None  # let the reference path (no mmap) decide what is wrong
         if tensors is not None and _mapped_faithfully(tensors.values(), records):
             return tensors
+        del tensors  # unmap before reading the file again
     return _state_dict(path, _torch_load(path, mmap=False))
 
 
