@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pvreg.registry.fsutil import write_bytes_atomic
-from pvreg.registry.tensorio import Checkpoint, SafetensorsFile, TensorInfo, open_checkpoint
+from pvreg.registry.tensorio import Checkpoint, TensorInfo, open_checkpoint
 
 FingerprintEntry = tuple[str, str, tuple[int, ...], str]
 
@@ -106,15 +106,16 @@ def tensor_digests(checkpoint: Checkpoint, cache: FingerprintCache | None = None
 
 def checkpoint_entries(checkpoint: Checkpoint, cache: FingerprintCache | None = None) -> list[FingerprintEntry]:
     cache = cache or FingerprintCache(None)
+    # The checkpoint already parsed (and validated) every file: group its tensors by file rather
+    # than opening any file a second time.
+    by_file: dict[Path, dict[str, TensorInfo]] = {file: {} for file in checkpoint.files}
+    for name, info in checkpoint.infos.items():
+        by_file[checkpoint.file_of(name)][name] = info
     entries: list[FingerprintEntry] = []
     for file in checkpoint.files:
         cached = cache.get(file)
         if cached is None:
-            if file.suffix == ".safetensors":
-                infos = SafetensorsFile(file).infos  # header only; cheap
-            else:
-                infos = {n: i for n, i in checkpoint.infos.items() if checkpoint.file_of(n) == file}
-            cached = _file_entries(checkpoint, file, infos)
+            cached = _file_entries(checkpoint, file, by_file[file])
             cache.put(file, cached)
         entries.extend(cached)
     return entries

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pvreg.registry.blobstore import BlobStore
-from pvreg.registry.errors import BaseMismatchError, InvalidVectorError
+from pvreg.registry.errors import BaseMismatchError, InvalidVectorError, PvregError, UserError
 from pvreg.registry.tensorio import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -181,9 +181,15 @@ def write_blob(
     )
 
 
+#: A model's config.json is a few KB; anything past this is not one.
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def base_config_facts(directory: Path | None) -> dict[str, object]:
     """Architecture and Hub id from a model directory's ``config.json``, if any."""
     import json
+
+    from pvreg.registry.inputfile import read_capped
 
     facts: dict[str, object] = {}
     if directory is None:
@@ -191,15 +197,21 @@ def base_config_facts(directory: Path | None) -> dict[str, object]:
     cfg = directory / "config.json"
     if cfg.is_file():
         try:
-            data = json.loads(cfg.read_text())
-        except (ValueError, OSError):
+            # Best effort, but bounded: a multi-GB (or endless) "config" must not be slurped.
+            data = json.loads(read_capped(cfg, MAX_CONFIG_BYTES, UserError, "config").decode("utf-8"))
+        except (PvregError, ValueError, RecursionError):
+            return facts
+        if not isinstance(data, dict):
             return facts
         archs = data.get("architectures")
-        if isinstance(archs, list) and archs:
-            facts["architecture"] = str(archs[0])
-        elif isinstance(data.get("model_type"), str):
-            facts["architecture"] = data["model_type"]
+        arch = archs[0] if isinstance(archs, list) and archs else data.get("model_type")
+        if _printable(arch):  # it is shown in listings: one line, no escape sequences
+            facts["architecture"] = arch
         name = data.get("_name_or_path")
-        if isinstance(name, str) and name.count("/") == 1 and not Path(name).exists():
+        if _printable(name) and name.count("/") == 1 and not Path(name).exists():
             facts["hub_id"] = name
     return facts
+
+
+def _printable(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()

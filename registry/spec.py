@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pvreg.registry.errors import InvalidReferenceError, NotFoundError, SpecError
+from pvreg.registry.inputfile import read_capped
 from pvreg.registry.refs import parse_ref
 from pvreg.schemas.compose import ComposeSpec, ComposeTerm
 
 #: Decimal or exponent form, optional sign; no underscores, words, spaces or non-ASCII digits.
 COEF_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 SHA_PREFIX = "sha256:"
+#: Specs are a few lines; the cap keeps a wrong --spec argument from being read forever.
+MAX_SPEC_BYTES = 16 * 2**20
 
 
 def parse_coefficient(text: str, token: str) -> float:
@@ -82,15 +85,21 @@ def load_spec_file(path: str | os.PathLike[str]) -> ComposeSpec:
 
     p = Path(path)
     try:
-        text = p.read_text()
-    except FileNotFoundError:
+        # A regular file of bounded size only: `--spec /dev/zero` or a FIFO would never end.
+        raw = read_capped(p, MAX_SPEC_BYTES, SpecError, "spec file")
+    except NotFoundError:
         raise NotFoundError(f"{p}: no such spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{p}: cannot read spec file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: spec file is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    kind = "JSON" if p.suffix == ".json" else "YAML"
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError(f"{p}: not valid {kind} (nested too deeply)") from None
     except (ValueError, yaml.YAMLError) as exc:
-        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({exc.__class__.__name__})") from None
+        raise SpecError(f"{p}: not valid {kind} ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{p}: a spec file must be a mapping with a 'terms' list")
     try:

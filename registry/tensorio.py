@@ -10,29 +10,37 @@ costs page cache, not heap.  PyTorch ``.bin`` checkpoints are read only through
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import mmap
 import os
+import re
+import stat
 import struct
-import zipfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.errors import (
-    InvalidTensorFileError,
-    NotFoundError,
-    UnsafeCheckpointError,
-)
+from pvreg.registry.errors import InvalidTensorFileError, NotFoundError
 from pvreg.registry.fsutil import AtomicFile
+from pvreg.registry.inputfile import file_kind, open_regular, read_capped
 
 if TYPE_CHECKING:
     import torch
 
+    from pvreg.registry.torchfile import TorchFile
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Dimensions, offsets and byte sizes must stay below 2**63: torch sizes and strides are int64.
+INT_LIMIT = 2**63
+#: No real tensor comes close; a header with 10^5 dimensions is an attack on whoever reads it.
+MAX_RANK = 64
+#: The format's integers are u64 (at most 20 digits); longer literals are refused before Python converts them.
+_MAX_INT_DIGITS = len(str(2**64 - 1))
 
 # safetensors dtype code -> (item size in bytes, torch dtype attribute name)
 DTYPES: dict[str, tuple[int, str]] = {
@@ -99,17 +107,91 @@ def _fail(path: Path, why: str) -> InvalidTensorFileError:
     return InvalidTensorFileError(f"{path}: not a valid safetensors file: {why}")
 
 
-def parse_header(path: Path) -> tuple[dict[str, _Slot], dict[str, str], int]:
-    """Read and validate a safetensors header without touching tensor data.
+# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: a name holding one
+# breaks the one-line messages and listings that print it, and no model has such a name.
+_BAD_NAME_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-    Returns the tensor slots in file order, the ``__metadata__`` dict, and the
-    file size.  Every structural defect is reported with the file and reason.
+
+def tensor_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a tensor name, or None when it can.
+
+    Applied to every input format alike (safetensors headers, ``.bin`` state
+    dict keys): a name must be a non-empty string that UTF-8 can encode (JSON
+    lets a header spell a lone surrogate, ``"\\ud800"``, which the reference
+    reader then refuses in our blob) and that holds no control character.
     """
-    if path.is_dir():
-        raise InvalidTensorFileError(f"{path}: is a directory, expected a .safetensors file")
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name:
+        return "is empty"
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate U+{ord(name[exc.start]):04X}, which UTF-8 cannot encode"
+    bad = _BAD_NAME_CHAR.search(name)
+    if bad:
+        return f"contains the control character U+{ord(bad.group()):04X}"
+    return None
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: names and values from a file may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+class _Object(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers the keys it saw twice (``json`` keeps the last one silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
+class _HeaderSyntax(Exception):
+    """Raised from inside the JSON decoder's hooks; becomes an InvalidTensorFileError."""
+
+
+def _int_literal(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_INT_DIGITS:
+        raise _HeaderSyntax(f"header holds a {digits}-digit integer (safetensors integers have at most {_MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _constant(text: str) -> Any:
+    raise _HeaderSyntax(f"header holds {text}, which is not JSON")
+
+
+def _decode_header(path: Path, raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded integers and nesting."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"header is not JSON (invalid UTF-8 at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object, parse_int=_int_literal, parse_constant=_constant)
+    except _HeaderSyntax as exc:
+        raise _fail(path, str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"header is not JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise _fail(path, "header JSON is nested too deeply") from None
+    except ValueError as exc:  # anything else the decoder refuses
+        raise _fail(path, f"header is not JSON ({exc.__class__.__name__})") from None
+
+
+def _read_header(path: Path) -> tuple[bytes, int]:
+    """The raw JSON header bytes and the file size, read from a regular file only."""
+    with open_regular(path, InvalidTensorFileError) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _fail(path, f"file is {size} bytes, shorter than the 8-byte header length")
@@ -119,58 +201,126 @@ def parse_header(path: Path) -> tuple[dict[str, _Slot], dict[str, str], int]:
             if 8 + hlen > size:
                 raise _fail(path, f"header length {hlen} runs past the end of the {size}-byte file")
             raw = f.read(hlen)
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InvalidTensorFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"header is not JSON ({exc.__class__.__name__})") from None
+        except OSError as exc:
+            raise InvalidTensorFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) != hlen:
+        raise _fail(path, "the file shrank while its header was read")
+    return raw, size
+
+
+def parse_header(path: Path) -> tuple[dict[str, _Slot], dict[str, str], int]:
+    """Read and validate a safetensors header without touching tensor data.
+
+    Returns the tensor slots in file order, the ``__metadata__`` dict, and the
+    file size.  Every field's type and range is checked here, not left to
+    whatever later reads it (torch, the writer): a structural defect of any
+    kind is an :class:`InvalidTensorFileError` naming the file and the tensor.
+    """
+    raw, size = _read_header(path)
+    header = _decode_header(path, raw)
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise _fail(path, "__metadata__ must map strings to strings")
-    data_start = 8 + hlen
+    if header.duplicates:  # type: ignore[attr-defined]
+        # json keeps the last entry; other readers may keep the first: the file means two things.
+        twice = header.duplicates[0]  # type: ignore[attr-defined]
+        what = "__metadata__" if twice == "__metadata__" else f"tensor {shown(twice)}"
+        raise _fail(path, f"{what} appears twice in the header")
+    metadata = _parse_metadata(path, header.pop("__metadata__", None))
+    data_start = 8 + len(raw)
     data_len = size - data_start
-    slots: list[_Slot] = []
-    for name, entry in header.items():
-        slots.append(_parse_entry(path, name, entry, data_start))
-    slots.sort(key=lambda s: s.start)
+    slots = [_parse_entry(path, name, entry, data_start) for name, entry in header.items()]
+    # Zero-size tensors may share an offset with the next tensor: order by (begin, end), as the reference does.
+    slots.sort(key=lambda s: (s.start, s.info.nbytes))
     cursor = data_start
     for slot in slots:
         if slot.start != cursor:
             why = "overlap" if slot.start < cursor else "leave a gap"
-            raise _fail(path, f"tensor {slot.info.name!r} data offsets {why} with the previous tensor")
+            raise _fail(path, f"tensor {shown(slot.info.name)} data offsets {why} with the previous tensor")
         cursor += slot.info.nbytes
     if cursor != size:
         raise _fail(path, f"tensor data covers {cursor - data_start} of {data_len} data bytes")
     return {s.info.name: s for s in slots}, metadata, size
 
 
+def _parse_metadata(path: Path, metadata: Any) -> dict[str, str]:
+    if metadata is None:  # absent or null, as the reference reader allows
+        return {}
+    if not isinstance(metadata, dict):
+        raise _fail(path, f"__metadata__ must map strings to strings, not be a JSON {_json_type(metadata)}")
+    if metadata.duplicates:  # type: ignore[attr-defined]
+        raise _fail(path, f"__metadata__ has the key {shown(metadata.duplicates[0])} twice")  # type: ignore[attr-defined]
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _fail(path, f"__metadata__ must map strings to strings ({shown(key)} maps to a JSON {_json_type(value)})")
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _fail(path, f"__metadata__ entry {shown(key)} contains a lone surrogate, which UTF-8 cannot encode") from None
+    return dict(metadata)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    for kind, word in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"),
+                       (int, "integer"), (float, "number")):
+        if isinstance(value, kind):
+            return word
+    return type(value).__name__
+
+
+def _index(value: Any) -> bool:
+    """A JSON unsigned integer pvreg accepts: a real int (``true`` is an int in Python), 0 <= v < 2**63."""
+    return type(value) is int and 0 <= value < INT_LIMIT
+
+
+def _shape_problem(shape: Any, itemsize: int) -> str | None:
+    if not isinstance(shape, list):
+        return f"it is a JSON {_json_type(shape)}, not an array"
+    if len(shape) > MAX_RANK:
+        return f"it has {len(shape)} dimensions (at most {MAX_RANK})"
+    for i, d in enumerate(shape):
+        if type(d) is not int:
+            return f"dimension {i} is a JSON {_json_type(d)}, not an integer"
+        if not 0 <= d < INT_LIMIT:
+            return f"dimension {i} ({shown(d, 40)}) is outside 0 <= n < 2**63"
+    # torch computes strides and storage sizes over every dimension, zero or not, in int64.
+    extent = math.prod(max(d, 1) for d in shape) * itemsize
+    if extent >= INT_LIMIT:
+        return "its dimensions multiply to 2**63 bytes or more"
+    return None
+
+
 def _parse_entry(path: Path, name: str, entry: Any, data_start: int) -> _Slot:
+    where = f"tensor {shown(name)}"
+    problem = tensor_name_problem(name)
+    if problem:
+        raise _fail(path, f"tensor name {shown(name)} {problem}")
     if not isinstance(entry, dict):
-        raise _fail(path, f"entry for tensor {name!r} is not an object")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
-        raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _fail(path, f"tensor {name!r} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise _fail(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
-    expected = math.prod(shape) * DTYPES[dtype][0]
+        raise _fail(path, f"entry for {where} is not an object")
+    if entry.duplicates:  # type: ignore[attr-defined]
+        raise _fail(path, f"entry for {where} has the key {shown(entry.duplicates[0])} twice")  # type: ignore[attr-defined]
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise _fail(path, f"{where} has no {key!r}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise _fail(path, f"{where} has unknown dtype {shown(dtype, 40)}")
+    itemsize = DTYPES[dtype][0]
+    problem = _shape_problem(shape, itemsize)
+    if problem:
+        raise _fail(path, f"{where} has an invalid shape {shown(shape, 60)}: {problem}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_index(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise _fail(path, f"{where} has invalid data_offsets {shown(offsets, 60)}: "
+                          "expected [begin, end] with integers 0 <= begin <= end < 2**63")
+    expected = math.prod(shape) * itemsize
     if offsets[1] - offsets[0] != expected:
         raise _fail(
             path,
-            f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes but {dtype}{shape} needs {expected}",
+            f"{where} spans {offsets[1] - offsets[0]} bytes but {dtype}{shown(shape, 60)} needs {expected}",
         )
     info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape), nbytes=expected)
     return _Slot(info=info, start=data_start + offsets[0])
@@ -183,19 +333,24 @@ class SafetensorsFile:
         self.path = path
         self._slots, self.metadata, self.size = parse_header(path)
         self._mmap: mmap.mmap | None = None
+        self._lock = threading.Lock()  # fingerprinting reads tensors from several threads
 
     @property
     def infos(self) -> dict[str, TensorInfo]:
         return {n: s.info for n, s in self._slots.items()}
 
     def _map(self) -> mmap.mmap:
-        if self._mmap is None:
-            with open(self.path, "rb") as f:
-                # ACCESS_COPY gives a writable private view, which torch.frombuffer
-                # needs; pages are shared with the page cache until written.
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if self.size else None  # type: ignore[assignment]
-        assert self._mmap is not None
-        return self._mmap
+        with self._lock:
+            if self._mmap is None:
+                with open_regular(self.path, InvalidTensorFileError) as f:
+                    if os.fstat(f.fileno()).st_size != self.size:
+                        # Mapping a shorter file would turn a later read into SIGBUS, a longer one into
+                        # bytes the header never described.
+                        raise InvalidTensorFileError(f"{self.path}: the file changed size since its header was read")
+                    # ACCESS_COPY gives a writable private view, which torch.frombuffer
+                    # needs; pages are shared with the page cache until written.
+                    self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            return self._mmap
 
     def raw(self, name: str) -> memoryview:
         slot = self._slots[name]
@@ -238,6 +393,14 @@ class SafetensorsFile:
             self._mmap = None
 
 
+def _open_reader(file: Path) -> "SafetensorsFile | TorchFile":
+    if file.suffix == ".safetensors":
+        return SafetensorsFile(file)
+    from pvreg.registry.torchfile import TorchFile
+
+    return TorchFile(file)
+
+
 class Checkpoint:
     """A model or vector checkpoint: one or many safetensors shards, or a ``.bin``.
 
@@ -247,12 +410,10 @@ class Checkpoint:
     def __init__(self, source: Path, files: list[Path]) -> None:
         self.source = source
         self.files = files
-        self._owner: dict[str, SafetensorsFile | _TorchFile] = {}
-        self._readers: list[SafetensorsFile | _TorchFile] = []
+        self._owner: dict[str, SafetensorsFile | TorchFile] = {}
+        self._readers: list[SafetensorsFile | TorchFile] = []
         for file in files:
-            reader: SafetensorsFile | _TorchFile = (
-                SafetensorsFile(file) if file.suffix == ".safetensors" else _TorchFile(file)
-            )
+            reader = _open_reader(file)
             self._readers.append(reader)
             for name in reader.infos:
                 if name in self._owner:
@@ -308,107 +469,99 @@ class Checkpoint:
         self.close()
 
 
-class _TorchFile:
-    """A PyTorch pickle checkpoint loaded without code execution."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tensors = load_torch_weights_only(path)
-        self.infos = {
-            name: TensorInfo(name, dtype_code(t.dtype), tuple(t.shape), t.numel() * t.element_size())
-            for name, t in self._tensors.items()
-        }
-
-    def tensor(self, name: str) -> "torch.Tensor":
-        return self._tensors[name]
-
-    def raw(self, name: str) -> memoryview:
-        import torch
-
-        t = self._tensors[name].contiguous().reshape(-1)
-        return memoryview(t.view(torch.uint8).numpy())
-
-    def close(self) -> None:
-        self._tensors = {}
-
-
 def load_torch_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
-    """``torch.load`` restricted to tensors and plain containers.
+    """A ``.bin``/``.pt`` state dict, read without code execution (see :mod:`pvreg.registry.torchfile`)."""
+    from pvreg.registry.torchfile import load_torch_weights_only as load
 
-    The weights-only unpickler refuses any global that is not an allow-listed
-    tensor type, so a ``__reduce__`` payload never runs.  Zip checkpoints are
-    memory-mapped; legacy (pre-zip) files are read without mmap.
-    """
-    import pickle
-
-    import torch
-
-    if not path.is_file():
-        raise NotFoundError(f"{path}: no such file")
-    mmap_ok = zipfile.is_zipfile(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_ok)
-    except pickle.UnpicklingError as exc:
-        # torch's message is a multi-line essay with ANSI codes; keep the line that names the global.
-        text = str(exc).replace("\x1b[1m", "").replace("\x1b[0m", "").strip()
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["forbidden content"]
-        first = next((ln[ln.index("Unsupported"):].split(" was not", 1)[0] for ln in lines if "Unsupported" in ln), lines[0])
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the pickle needs code execution or unsupported objects ({first[:160]})"
-        ) from None
-    except Exception as exc:  # torch raises RuntimeError/KeyError/EOFError for junk
-        raise InvalidTensorFileError(
-            f"{path}: not a loadable PyTorch checkpoint ({exc.__class__.__name__})"
-        ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise InvalidTensorFileError(f"{path}: checkpoint is not a mapping of names to tensors")
-    return dict(obj)
+    return load(path)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+#: Real indexes are a few hundred KB; reading a bigger "index" is a way to exhaust memory.
+MAX_INDEX_BYTES = 64 * 2**20
 
 
 def checkpoint_files(path: Path) -> list[Path]:
     """The weight files of a model path: a file, or a directory's shards.
 
     In a directory, safetensors win over ``.bin``; an index file, when present,
-    names the shards (so stray files are ignored).
+    names the shards (so stray files are ignored).  Every file returned is a
+    regular file, checked with ``stat`` before anything opens it: opening a FIFO
+    blocks until a writer comes, and a device never ends.
     """
-    if not path.exists():
+    mode = _mode(path)
+    if mode is None:
         raise NotFoundError(f"{path}: no such file or directory")
-    if path.is_file():
+    if stat.S_ISREG(mode):
         if path.suffix not in _WEIGHT_SUFFIXES:
             raise InvalidTensorFileError(
                 f"{path}: unsupported file type (expected .safetensors, .bin, .pt or .pth)"
             )
         return [path]
+    if not stat.S_ISDIR(mode):
+        raise InvalidTensorFileError(f"{path}: is {file_kind(mode)}, not a weight file or a model directory")
     for index_name, suffix in (
         ("model.safetensors.index.json", ".safetensors"),
         ("pytorch_model.bin.index.json", ".bin"),
     ):
         index = path / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-                names = sorted(set(weight_map.values()))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise InvalidTensorFileError(f"{index}: not a valid checkpoint index") from None
-            files = [path / n for n in names]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise NotFoundError(f"{index}: names missing shard {missing[0]}")
-            return files
+        if _mode(index) is not None:
+            return _indexed_shards(path, index, suffix)
     for pattern in ("*.safetensors", "*.bin"):
-        files = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
-        if pattern == "*.bin":
-            files = [f for f in files if f.name not in ("training_args.bin",)]
+        files = []
+        for p in sorted(path.glob(pattern)):
+            if p.name.startswith(".") or p.name == "training_args.bin":
+                continue
+            mode = _mode(p)
+            if mode is None or stat.S_ISDIR(mode):
+                continue  # a dangling link or a directory named like a weight file is not a shard
+            if not stat.S_ISREG(mode):
+                raise InvalidTensorFileError(f"{p}: is {file_kind(mode)}, not a regular file")
+            files.append(p)
         if files:
             return files
     raise NotFoundError(f"{path}: no .safetensors or .bin weight files in this directory")
+
+
+def _mode(path: Path) -> int | None:
+    """``st_mode`` following symlinks; None when nothing is there (dangling link, loop)."""
+    try:
+        return os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise InvalidTensorFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _indexed_shards(directory: Path, index: Path, suffix: str) -> list[Path]:
+    """The shard files an index's ``weight_map`` names, each a regular file in ``directory``."""
+    raw = read_capped(index, MAX_INDEX_BYTES, InvalidTensorFileError, "checkpoint index")
+    try:
+        weight_map = json.loads(raw.decode("utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise InvalidTensorFileError(f"{index}: not a valid checkpoint index") from None
+    if not names:
+        raise InvalidTensorFileError(f"{index}: weight_map names no shard")
+    files = []
+    for name in names:
+        # A shard is a file next to the index: "../x" or "/dev/zero" would read outside the model.
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise InvalidTensorFileError(f"{index}: shard name {shown(name)} is not a file name in {directory}")
+        if not name.endswith(suffix):
+            raise InvalidTensorFileError(f"{index}: shard {shown(name)} is not a {suffix} file")
+        file = directory / name
+        mode = _mode(file)
+        if mode is None or stat.S_ISDIR(mode):
+            raise NotFoundError(f"{index}: names missing shard {name}")
+        if not stat.S_ISREG(mode):
+            raise InvalidTensorFileError(f"{file}: is {file_kind(mode)}, not a regular file")
+        files.append(file)
+    return files
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -142,6 +142,82 @@ def zip_not_torch(env: Env) -> None:
         z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
 
 
+# tensor-file hardening (issue #11): headers json.dumps cannot write, FIFOs, crafted .bin files
+
+
+def raw_header(name: str, text: str, data: bytes = b"") -> Callable[[Env], None]:
+    """A header given as JSON text: duplicate keys, NaN literals and lone surrogates need it."""
+    body = text.encode("utf-8")
+    return raw(name, struct.pack("<Q", len(body)) + body + data)
+
+
+def entry(shape: Any = (32, 16), offsets: Any = None, dtype: Any = "F32", **extra: Any) -> dict:
+    import math
+
+    if offsets is None:
+        offsets = [0, 4 * math.prod(shape)]
+    return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape, "data_offsets": offsets, **extra}
+
+
+def fifo(name: str) -> Callable[[Env], None]:
+    """A named pipe.  Should pvreg ever open it, a guard feeds it EOF after 15 s: a regression fails, not hangs."""
+    import threading
+    import time
+
+    def make(env: Env) -> None:
+        path = env.p(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+
+        def unblock() -> None:
+            time.sleep(15)
+            for _ in range(120):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError:  # ENXIO: nobody is reading it, as it should be
+                    time.sleep(0.5)
+        threading.Thread(target=unblock, daemon=True).start()
+    return make
+
+
+def index_naming(shard: str, index: str = "model.safetensors.index.json") -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        env.p("ix").mkdir(exist_ok=True)
+        env.p(f"ix/{index}").write_text(json.dumps({"weight_map": {N: shard}}))
+    return make
+
+
+def bin_of(name: str, make_obj: Callable[[], Any]) -> Callable[[Env], None]:
+    def make(env: Env) -> None:
+        import warnings
+
+        with warnings.catch_warnings():  # torch warns that sparse CSR and quantized tensors are beta/deprecated
+            warnings.simplefilter("ignore")
+            obj = make_obj()
+        torch.save(obj, str(env.p(name)))
+    return make
+
+
+def unix_socket(path: Path) -> None:
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the socket file stays after close
+
+
+def bin_short_record(env: Env) -> None:
+    """A stored zip checkpoint whose first data record is shorter than its storage (mmap would read past it)."""
+    torch.save({N: torch.full(SHAPE, 0.5)}, str(env.p("full.bin")))
+    with zipfile.ZipFile(env.p("full.bin")) as zi, zipfile.ZipFile(env.p("short.bin"), "w") as zo:
+        for info in zi.infolist():
+            data = zi.read(info)
+            zo.writestr(info.filename, data[:16] if info.filename.endswith("/data/0") else data)
+
+
 def index_naming_dir(env: Env) -> None:
     d = env.p("idx")
     (d / "shard.safetensors").mkdir(parents=True)
@@ -457,6 +533,81 @@ CASES = [
     C("st-unknown-dtype", header("o.safetensors", {N: {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16), ADD + "o.safetensors", 2, "unknown dtype 'F128'"),
     C("st-negative-shape", header("o.safetensors", {N: {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}), ADD + "o.safetensors", 2, "invalid shape"),
     C("st-no-tensors", header("o.safetensors", {}), ADD + "o.safetensors", 2, "contains no tensors"),
+    # header fields of the wrong type or range: each a specific message naming the tensor, never "internal error"
+    C("st-dtype-list", header("o.safetensors", {N: entry(dtype=["F32"])}, b"\0" * 2048), ADD + "o.safetensors", 2, f"tensor '{N}' has unknown dtype ['F32']"),
+    C("st-dtype-object", header("o.safetensors", {N: entry(dtype={"F32": 1})}, b"\0" * 2048), ADD + "o.safetensors", 2, "has unknown dtype {'F32': 1}"),
+    C("st-dtype-null", header("o.safetensors", {N: entry(dtype=None)}, b"\0" * 2048), ADD + "o.safetensors", 2, "has unknown dtype None"),
+    C("st-dtype-missing", header("o.safetensors", {N: {"shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), ADD + "o.safetensors", 2, f"tensor '{N}' has no 'dtype'"),
+    C("st-shape-missing", header("o.safetensors", {N: {"dtype": "F32", "data_offsets": [0, 4]}}, b"\0" * 4), ADD + "o.safetensors", 2, "has no 'shape'"),
+    C("st-offsets-missing", header("o.safetensors", {N: {"dtype": "F32", "shape": [1]}}, b"\0" * 4), ADD + "o.safetensors", 2, "has no 'data_offsets'"),
+    C("st-offset-5000-digits", raw_header("o.safetensors", '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, %s]}}' % ("9" * 5000)), ADD + "o.safetensors", 2, "header holds a 5000-digit integer"),
+    C("st-dim-5000-digits-negative", raw_header("o.safetensors", '{"a": {"dtype": "F32", "shape": [-%s], "data_offsets": [0, 4]}}' % ("9" * 5000)), ADD + "o.safetensors", 2, "header holds a 5000-digit integer"),
+    C("st-header-deeply-nested", raw_header("o.safetensors", '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}"), ADD + "o.safetensors", 2, "header JSON is nested too deeply"),
+    C("st-header-deeply-nested-objects", raw_header("o.safetensors", '{"a": ' * 50_000 + "1" + "}" * 50_000), ADD + "o.safetensors", 2, "header JSON is nested too deeply"),
+    C("st-shape-bool", header("o.safetensors", {N: entry(shape=[True, 16], offsets=[0, 64])}, b"\0" * 64), ADD + "o.safetensors", 2, f"tensor '{N}' has an invalid shape [True, 16]: dimension 0 is a JSON boolean, not an integer"),
+    C("st-offsets-bool", header("o.safetensors", {N: entry(shape=[1], offsets=[False, 4])}, b"\0" * 4), ADD + "o.safetensors", 2, f"tensor '{N}' has invalid data_offsets [False, 4]"),
+    C("st-offsets-bool-end", header("o.safetensors", {N: entry(shape=[0], offsets=[0, False])}), ADD + "o.safetensors", 2, "has invalid data_offsets [0, False]"),
+    C("st-shape-float", header("o.safetensors", {N: entry(shape=[32.0, 16], offsets=[0, 2048])}, b"\0" * 2048), ADD + "o.safetensors", 2, "dimension 0 is a JSON number, not an integer"),
+    C("st-offsets-float", header("o.safetensors", {N: entry(offsets=[0, 2048.0])}, b"\0" * 2048), ADD + "o.safetensors", 2, "has invalid data_offsets [0, 2048.0]"),
+    C("st-shape-string", header("o.safetensors", {N: entry(shape="32x16", offsets=[0, 2048])}, b"\0" * 2048), ADD + "o.safetensors", 2, "invalid shape '32x16': it is a JSON string, not an array"),
+    C("st-shape-null", header("o.safetensors", {N: entry(shape=None, offsets=[0, 4])}, b"\0" * 4), ADD + "o.safetensors", 2, "it is a JSON null, not an array"),
+    C("st-zero-size-dim-2-63", header("o.safetensors", {N: entry(shape=[0, 2**63], offsets=[0, 0])}), ADD + "o.safetensors", 2, "dimension 1 (9223372036854775808) is outside 0 <= n < 2**63"),
+    C("st-zero-size-dim-2-64", header("o.safetensors", {N: entry(shape=[2**64, 0], offsets=[0, 0])}), ADD + "o.safetensors", 2, "dimension 0 (18446744073709551616) is outside"),
+    C("st-zero-size-stride-overflow", header("o.safetensors", {N: entry(shape=[0, 2**62, 2**62], offsets=[0, 0])}), ADD + "o.safetensors", 2, "its dimensions multiply to 2**63 bytes or more"),
+    C("st-numel-overflow", header("o.safetensors", {N: entry(shape=[2**31, 2**31], offsets=[0, 2**62])}), ADD + "o.safetensors", 2, "its dimensions multiply to 2**63 bytes or more"),
+    C("st-nbytes-overflow", header("o.safetensors", {N: entry(dtype="F64", shape=[2**62], offsets=[0, 2**62])}), ADD + "o.safetensors", 2, "its dimensions multiply to 2**63 bytes or more"),
+    C("st-offsets-2-63", header("o.safetensors", {N: entry(shape=[0], offsets=[2**63, 2**63])}), ADD + "o.safetensors", 2, "has invalid data_offsets [9223372036854775808, 9223372036854775808]"),
+    C("st-offsets-three", header("o.safetensors", {N: entry(offsets=[0, 1024, 2048])}, b"\0" * 2048), ADD + "o.safetensors", 2, "has invalid data_offsets [0, 1024, 2048]"),
+    C("st-offsets-one", header("o.safetensors", {N: entry(offsets=[2048])}, b"\0" * 2048), ADD + "o.safetensors", 2, "has invalid data_offsets [2048]"),
+    C("st-offsets-object", header("o.safetensors", {N: entry(offsets={"begin": 0, "end": 2048})}, b"\0" * 2048), ADD + "o.safetensors", 2, "has invalid data_offsets {'begin': 0"),
+    C("st-rank-100", header("o.safetensors", {N: entry(shape=[1] * 100, offsets=[0, 4])}, b"\0" * 4), ADD + "o.safetensors", 2, "it has 100 dimensions (at most 64)"),
+    C("st-rank-100000", header("o.safetensors", {N: entry(shape=[1] * 100_000, offsets=[0, 4])}, b"\0" * 4), ADD + "o.safetensors", 2, "it has 100000 dimensions (at most 64)"),
+    C("st-duplicate-tensor", raw_header("o.safetensors", '{"%s": %s, "%s": %s}' % (N, json.dumps(entry()), N, json.dumps(entry())), b"\0" * 2048), ADD + "o.safetensors", 2, f"tensor '{N}' appears twice in the header"),
+    C("st-duplicate-field", raw_header("o.safetensors", '{"%s": {"dtype": "F32", "dtype": "F16", "shape": [32, 16], "data_offsets": [0, 2048]}}' % N, b"\0" * 2048), ADD + "o.safetensors", 2, f"entry for tensor '{N}' has the key 'dtype' twice"),
+    C("st-duplicate-metadata", raw_header("o.safetensors", '{"__metadata__": {}, "__metadata__": {"a": "b"}, "%s": %s}' % (N, json.dumps(entry())), b"\0" * 2048), ADD + "o.safetensors", 2, "__metadata__ appears twice in the header"),
+    C("st-metadata-duplicate-key", raw_header("o.safetensors", '{"__metadata__": {"a": "1", "a": "2"}, "%s": %s}' % (N, json.dumps(entry())), b"\0" * 2048), ADD + "o.safetensors", 2, "__metadata__ has the key 'a' twice"),
+    C("st-metadata-array", header("o.safetensors", {"__metadata__": [], N: entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "__metadata__ must map strings to strings, not be a JSON array"),
+    C("st-metadata-false", header("o.safetensors", {"__metadata__": False, N: entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "not be a JSON boolean"),
+    C("st-metadata-empty-string", header("o.safetensors", {"__metadata__": "", N: entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "not be a JSON string"),
+    C("st-metadata-zero", header("o.safetensors", {"__metadata__": 0, N: entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "not be a JSON integer"),
+    C("st-metadata-lone-surrogate", raw_header("o.safetensors", '{"__metadata__": {"k": "\\ud800"}, "%s": %s}' % (N, json.dumps(entry())), b"\0" * 2048), ADD + "o.safetensors", 2, "__metadata__ entry 'k' contains a lone surrogate"),
+    C("st-nan-literal", raw_header("o.safetensors", '{"%s": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}' % N, b"\0" * 4), ADD + "o.safetensors", 2, "header holds NaN, which is not JSON"),
+    C("st-infinity-literal", raw_header("o.safetensors", '{"%s": {"dtype": "F32", "shape": [1], "data_offsets": [0, Infinity]}}' % N, b"\0" * 4), ADD + "o.safetensors", 2, "header holds Infinity, which is not JSON"),
+    C("st-minus-infinity-literal", raw_header("o.safetensors", '{"__metadata__": {"a": -Infinity}, "%s": %s}' % (N, json.dumps(entry())), b"\0" * 2048), ADD + "o.safetensors", 2, "header holds -Infinity, which is not JSON"),
+    C("st-name-lone-surrogate", raw_header("o.safetensors", '{"\\ud800": %s}' % json.dumps(entry()), b"\0" * 2048), ADD + "o.safetensors", 2, "tensor name '\\ud800' contains a lone surrogate U+D800, which UTF-8 cannot encode"),
+    C("st-name-low-surrogate", raw_header("o.safetensors", '{"model.\\udc80": %s}' % json.dumps(entry()), b"\0" * 2048), ADD + "o.safetensors", 2, "contains a lone surrogate U+DC80"),
+    C("st-name-empty", header("o.safetensors", {"": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "tensor name '' is empty"),
+    C("st-name-newline", header("o.safetensors", {"a\nb": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "tensor name 'a\\nb' contains the control character U+000A"),
+    C("st-name-nul", header("o.safetensors", {"a\0b": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "contains the control character U+0000"),
+    C("st-name-escape-sequence", header("o.safetensors", {"\x1b[31mred": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "contains the control character U+001B"),
+    C("st-name-del", header("o.safetensors", {"a\x7f": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "contains the control character U+007F"),
+    C("st-name-c1-control", header("o.safetensors", {"a\x85": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "contains the control character U+0085"),
+    C("st-name-line-separator", header("o.safetensors", {"a\u2028b": entry()}, b"\0" * 2048), ADD + "o.safetensors", 2, "contains the control character U+2028"),
+    C("st-name-long-is-cut", header("o.safetensors", {"x" * 100_000: {"dtype": "F128", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), ADD + "o.safetensors", 2, "tensor 'xxxxxxxx"),
+    C("st-header-utf8-bom", raw("o.safetensors", struct.pack("<Q", 5) + b"\xef\xbb\xbf{}"), ADD + "o.safetensors", 2, "header is not JSON"),
+    C("st-header-trailing-text", raw_header("o.safetensors", "{} x"), ADD + "o.safetensors", 2, "header is not JSON (Extra data"),
+    C("st-header-encoded-surrogate", raw("o.safetensors", struct.pack("<Q", 9) + b'{"\xed\xa0\x80":1}'), ADD + "o.safetensors", 2, "header is not JSON (invalid UTF-8 at byte 2)"),
+    # paths that are not regular files: refused before anything opens them (a FIFO would block, /dev/zero never end)
+    C("path-vector-is-fifo", fifo("v.safetensors"), ADD + "v.safetensors", 2, "v.safetensors: is a FIFO (named pipe), not a weight file or a model directory"),
+    C("path-vector-links-to-dev-zero", symlink("z.safetensors", "/dev/zero"), ADD + "z.safetensors", 2, "z.safetensors: is a character device, not a weight file"),
+    C("path-vector-dev-null", nothing, "add v --base {base} --vector /dev/null", 2, "/dev/null: is a character device"),
+    C("path-fifo-in-vector-dir", fifo("d/model.safetensors"), ADD + "d", 2, "model.safetensors: is a FIFO (named pipe), not a regular file"),
+    C("path-fifo-bin-in-vector-dir", fifo("d/pytorch_model.bin"), ADD + "d", 2, "pytorch_model.bin: is a FIFO (named pipe), not a regular file"),
+    C("path-socket-in-vector-dir", lambda e: unix_socket(e.p("d/model.safetensors")), ADD + "d", 2, "model.safetensors: is a socket, not a regular file"),
+    C("path-fifo-shard-named-by-index", both(index_naming("model-1.safetensors"), fifo("ix/model-1.safetensors")), ADD + "ix", 2, "model-1.safetensors: is a FIFO (named pipe), not a regular file"),
+    C("path-fifo-index", fifo("ix/model.safetensors.index.json"), ADD + "ix", 2, "model.safetensors.index.json: is a FIFO (named pipe), not a regular file"),
+    C("path-index-is-dev-zero", symlink("ix/model.safetensors.index.json", "/dev/zero"), ADD + "ix", 2, "is a character device, not a regular file"),
+    C("path-fifo-in-base-dir", both(raw("g.safetensors", good_bytes), fifo("fb/model.safetensors")), "add v --vector {t}/g.safetensors --base {t}/fb", 2, "model.safetensors: is a FIFO (named pipe)"),
+    C("path-fifo-fingerprint", fifo("f.safetensors"), "fingerprint {t}/f.safetensors", 2, "f.safetensors: is a FIFO (named pipe)"),
+    C("path-fifo-compose-base", fifo("fb/model.safetensors"), "compose helpful --base {t}/fb --out {t}/out", 2, "is a FIFO (named pipe)"),
+    C("path-index-shard-outside", index_naming("../g.safetensors"), ADD + "ix", 2, "shard name '../g.safetensors' is not a file name in"),
+    C("path-index-shard-absolute", index_naming("/dev/zero"), ADD + "ix", 2, "shard name '/dev/zero' is not a file name in"),
+    C("path-index-shard-wrong-suffix", index_naming("model.bin"), ADD + "ix", 2, "shard 'model.bin' is not a .safetensors file"),
+    C("path-index-empty-weight-map", both(mkdir("ix"), spec_file("ix/model.safetensors.index.json", '{"weight_map": {}}')), ADD + "ix", 2, "weight_map names no shard"),
+    C("path-index-weight-map-list", both(mkdir("ix"), spec_file("ix/model.safetensors.index.json", '{"weight_map": ["a.safetensors"]}')), ADD + "ix", 2, "not a valid checkpoint index"),
+    C("path-index-shard-not-string", both(mkdir("ix"), spec_file("ix/model.safetensors.index.json", '{"weight_map": {"a": ["x"]}}')), ADD + "ix", 2, "not a valid checkpoint index"),
+    C("path-index-deeply-nested", both(mkdir("ix"), spec_file("ix/model.safetensors.index.json", "[" * 100_000)), ADD + "ix", 2, "not a valid checkpoint index"),
+    C("path-index-not-utf8", both(mkdir("ix"), raw("ix/model.safetensors.index.json", b'{"weight_map": {"a": "\xff"}}')), ADD + "ix", 2, "not a valid checkpoint index"),
     # dtypes and values
     C("dtype-int32", st("i.safetensors", full(1, torch.int32)), ADD + "i.safetensors", 2, "has dtype int32; preference vectors must be floating point"),
     C("dtype-int64", st("i.safetensors", full(1, torch.int64)), ADD + "i.safetensors", 2, "has dtype int64"),
@@ -493,6 +644,32 @@ CASES = [
     C("bin-random-bytes", raw("r.bin", b"\x00garbage" * 10), ADD + "r.bin", 2, "r.bin: refused"),
     C("bin-not-a-mapping", lambda e: torch.save([torch.zeros(2)], str(e.p("l.bin"))), ADD + "l.bin", 2, "not a mapping of names to tensors"),
     C("bin-int-tensor", lambda e: torch.save({N: torch.zeros(SHAPE, dtype=torch.int16)}, str(e.p("i.bin"))), ADD + "i.bin", 2, "has dtype int16"),
+    # .bin keys and values: the same name rules as safetensors, dense CPU tensors of a supported dtype only
+    C("bin-key-lone-surrogate", bin_of("k.bin", lambda: {"\ud800": torch.zeros(SHAPE)}), ADD + "k.bin", 2, "tensor name '\\ud800' contains a lone surrogate U+D800"),
+    C("bin-key-empty", bin_of("k.bin", lambda: {"": torch.zeros(SHAPE)}), ADD + "k.bin", 2, "tensor name '' is empty"),
+    C("bin-key-control-char", bin_of("k.bin", lambda: {"a\nb": torch.zeros(SHAPE)}), ADD + "k.bin", 2, "tensor name 'a\\nb' contains the control character U+000A"),
+    C("bin-key-int", bin_of("k.bin", lambda: {1: torch.zeros(SHAPE)}), ADD + "k.bin", 2, "not a mapping of names to tensors (key 1 is of type int)"),
+    C("bin-key-tuple", bin_of("k.bin", lambda: {(N,): torch.zeros(SHAPE)}), ADD + "k.bin", 2, "is of type tuple"),
+    C("bin-value-int", bin_of("k.bin", lambda: {N: 3}), ADD + "k.bin", 2, f"not a mapping of names to tensors ('{N}' is of type int)"),
+    C("bin-value-list", bin_of("k.bin", lambda: {N: [torch.zeros(SHAPE)]}), ADD + "k.bin", 2, "is of type list"),
+    C("bin-top-level-tensor", bin_of("k.bin", lambda: torch.zeros(SHAPE)), ADD + "k.bin", 2, "it holds a value of type Tensor"),
+    C("bin-sparse", bin_of("k.bin", lambda: {N: torch.zeros(SHAPE).to_sparse()}), ADD + "k.bin", 2, f"tensor '{N}' is a sparse_coo tensor; only dense tensors are supported"),
+    C("bin-sparse-csr", bin_of("k.bin", lambda: {N: torch.eye(32, 16).to_sparse_csr()}), ADD + "k.bin", 2, "is a sparse_csr tensor"),
+    C("bin-meta-device", bin_of("k.bin", lambda: {N: torch.empty(SHAPE, device="meta")}), ADD + "k.bin", 2, "is on device meta and holds no data"),
+    C("bin-complex", bin_of("k.bin", lambda: {N: torch.zeros(SHAPE, dtype=torch.complex64)}), ADD + "k.bin", 2, "has unsupported dtype complex64"),
+    C("bin-quantized", bin_of("k.bin", lambda: {N: torch.quantize_per_tensor(torch.zeros(SHAPE), 0.1, 0, torch.quint8)}), ADD + "k.bin", 2, "has unsupported dtype quint8"),
+    C("bin-expanded-view-bomb", bin_of("k.bin", lambda: {N: torch.zeros(1).expand(2**40)}), ADD + "k.bin", 2, "is an expanded view (4398046511104 bytes of values over 4 stored bytes)"),
+    C("bin-short-record", bin_short_record, ADD + "short.bin", 2, "record size (16 bytes) does not match expected size"),
+    C("bin-is-fifo", fifo("f.bin"), ADD + "f.bin", 2, "f.bin: is a FIFO (named pipe)"),
+    # spec files that are not small regular text files (read with a cap, never blocking)
+    C("spec-file-dev-zero", nothing, COMPOSE + "--spec /dev/zero", 2, "/dev/zero: is a character device, not a regular file"),
+    C("spec-file-fifo", fifo("s.yaml"), COMPOSE + "--spec {t}/s.yaml", 2, "s.yaml: is a FIFO (named pipe), not a regular file"),
+    C("spec-file-directory", mkdir("s.yaml"), COMPOSE + "--spec {t}/s.yaml", 2, "s.yaml: is a directory, not a regular file"),
+    C("spec-file-too-big", raw("s.yaml", b"#" * (16 * 2**20 + 1)), COMPOSE + "--spec {t}/s.yaml", 2, "spec file is larger than the 16 MiB limit"),
+    C("spec-file-not-utf8", raw("s.yaml", b"terms: [\xff]"), COMPOSE + "--spec {t}/s.yaml", 2, "spec file is not UTF-8 text"),
+    C("spec-file-deeply-nested-yaml", spec_file("s.yaml", "[" * 100_000), COMPOSE + "--spec {t}/s.yaml", 2, "not valid YAML (nested too deeply)"),
+    C("spec-file-deeply-nested-json", spec_file("s.json", "[" * 100_000), COMPOSE + "--spec {t}/s.json", 2, "not valid JSON (nested too deeply)"),
+    C("spec-file-symlink-loop", symlink("s.yaml", "s.yaml"), COMPOSE + "--spec {t}/s.yaml", 2, "no such spec file"),
     # pvreg exports
     C("export-tampered", export_tampered, "add --vector {t}/helpful-export.safetensors", 2, "the file was modified"),
     C("export-bad-metadata", st("m.safetensors", full(0.1), {"pvreg": "{not json"}), ADD + "m.safetensors", 2, "embedded pvreg metadata is invalid"),
