@@ -95,3 +95,22 @@ class HubAuthError(UserError, PermissionError):
 
 class UnsafeOutputError(UserError, ValueError):
     """An output path would overwrite the registry, its database or blobs, or an input of the command."""
+
+
+# --- evaluation ----------------------------------------------------------------
+
+
+class EvalError(UserError, ValueError):
+    """An evaluation request is invalid (options, models, precomputed references)."""
+
+
+class EvalSetError(EvalError):
+    """An eval file (``--text``, ``--pairs``, ``--choices``) is unreadable or malformed; names file and line."""
+
+
+class GridError(EvalError):
+    """A sweep grid (``start:stop:step`` or a comma list) is empty or malformed."""
+
+
+class MissingDependencyError(PvregError):
+    """An optional dependency (e.g. matplotlib for plots, ``pip install 'pvreg[eval]'``) is not installed."""
