@@ -89,16 +89,22 @@ def bootstrap_ci(
         raise EvalError("bootstrap weights must be finite, non-negative, not all zero, one per value")
     f = transform or (lambda x: x)
     estimate = float(f(np.asarray((w * v).sum() / w.sum())))
-    rng = np.random.default_rng(seed)
+    # One generator per resample, spawned from the seed: resample i is the same draw whatever the
+    # block size (memory) or the number of resamples, so results depend only on (values, seed).
+    streams = np.random.SeedSequence(seed).spawn(n)
     wv = w * v
     means = np.empty(n)
     block = max(1, _RESAMPLE_BLOCK_ELEMENTS // m)
     for s in range(0, n, block):
         k = min(block, n - s)
-        counts = rng.multinomial(m, np.full(m, 1.0 / m), size=k).astype(np.float64)
-        den = counts @ w
+        counts = np.stack([
+            np.bincount(np.random.Generator(np.random.PCG64(streams[s + i])).integers(0, m, m), minlength=m)
+            for i in range(k)
+        ]).astype(np.float64)
+        # Row-wise sums, not a matrix product: their rounding must not depend on the block's shape.
+        den = (counts * w).sum(axis=1)
         # A resample that drew only zero-weight units has no mean; it counts as the estimate's own units would.
-        means[s : s + k] = np.where(den > 0, (counts @ wv) / np.where(den > 0, den, 1.0), (wv.sum() / w.sum()))
+        means[s : s + k] = np.where(den > 0, (counts * wv).sum(axis=1) / np.where(den > 0, den, 1.0), (wv.sum() / w.sum()))
     low, high = np.quantile(f(means), [(1 - level) / 2, (1 + level) / 2])
     return MetricValue(value=estimate, ci_low=float(low), ci_high=float(high), n=m, level=level)
 

@@ -87,7 +87,7 @@ class ReferenceLogprobs:
     windows: list[tuple[int, tuple[int, ...]]]  # (text index, token ids)
     top_k: int | None
     logp: list[Any]  # per window: float32 [positions, k or vocab] base log-probs
-    ids: list[Any] | None  # per window: int64 [positions, k] token ids (None when full)
+    ids: list[Any] | None  # per window: int32 [positions, k] token ids (None when full)
     log_rest: list[Any] | None  # per window: float32 [positions] log of the mass outside ids
     nll: list[float] = field(default_factory=list)  # per window: the base's own Σ NLL
 
@@ -428,7 +428,7 @@ def reference_logprobs(
                 top_lp, top_ids = lp.topk(k, dim=1)
                 tail = lp.scatter(1, top_ids, float("-inf")).logsumexp(dim=1)
                 parts_lp.append(top_lp.cpu())
-                parts_ids.append(top_ids.cpu())
+                parts_ids.append(top_ids.to(torch.int32).cpu())  # vocabularies < 2³¹: half the memory
                 parts_rest.append(tail.cpu())
             flat_lp = torch.cat(parts_lp).split(counts)
             flat_ids = torch.cat(parts_ids).split(counts) if top_k is not None else None
@@ -507,7 +507,7 @@ def score_texts(
             if reference is not None:
                 dev = rows.device
                 ref_lp = torch.cat([reference.logp[w] for w in batch]).to(dev)
-                ref_ids = torch.cat([reference.ids[w] for w in batch]).to(dev) if reference.ids else None
+                ref_ids = torch.cat([reference.ids[w] for w in batch]).to(dev).long() if reference.ids else None
                 ref_rest = torch.cat([reference.log_rest[w] for w in batch]).to(dev) if reference.log_rest else None
                 kl_sums = _per_row_sums(_kl_rows(rows, lse, ref_lp, ref_ids, ref_rest), scored)
             for row, w in enumerate(batch):
