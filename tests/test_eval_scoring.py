@@ -180,3 +180,17 @@ def test_bench_script_runs_and_prints_ratio(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "ratio pvreg / hand-written" in r.stdout
     assert "max |pvreg - hand-written| log-prob" in r.stdout
+
+
+def test_evaluation_modules_import_no_heavy_libraries() -> None:
+    """`pvreg --help`/`pvreg list` must stay fast once the CLI imports these modules."""
+    code = (
+        "import sys\n"
+        "import pvreg.registry.evaluation as e\n"
+        "from pvreg.registry.evaluation import scoring, metrics, evalsets, grid, plots, similarity\n"
+        "import pvreg.schemas.evaluation\n"
+        "heavy = [m for m in ('torch', 'numpy', 'transformers', 'matplotlib', 'safetensors') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
     from pvreg.schemas.evaluation import MetricValue
 
+#: With a base model given to :func:`text_metrics`, its distributions are kept for this many batches of texts at once.
+_TEXTS_PER_REFERENCE_SLICE = 4
 #: Resamples drawn at once: bounds the bootstrap's count matrix to ~this × units × 8 bytes.
 _RESAMPLE_BLOCK_ELEMENTS = 1 << 22
 
@@ -206,18 +208,24 @@ def text_metrics(
 
     ``reference`` is either precomputed :func:`reference_logprobs` of the base
     (the sweep's way: one model in memory, changed in place) or the base model
-    itself (its distributions are then computed here first, with ``top_k``).
+    itself (two models in memory; the base's distributions, with ``top_k``, are
+    then computed here a few batches of texts at a time, so memory stays bounded).
     Intervals resample texts, weighting each by its token count.
     """
     import numpy as np
 
-    if reference is not None and not isinstance(reference, ReferenceLogprobs):
-        reference = reference_logprobs(
-            reference, tokenizer, texts, top_k=top_k, batch_size=batch_size, device=device, max_length=max_length
-        )
-    scores = score_texts(
-        model, tokenizer, texts, reference=reference, batch_size=batch_size, device=device, max_length=max_length
-    )
+    options: dict[str, Any] = {"batch_size": batch_size, "device": device, "max_length": max_length}
+    if reference is None or isinstance(reference, ReferenceLogprobs):
+        scores = score_texts(model, tokenizer, texts, reference=reference, **options)
+    else:
+        # A base model given: its distributions are needed only for the texts being scored, so
+        # compute them a slice of texts at a time and keep memory bounded whatever the eval set size.
+        scores = []
+        step = max(1, batch_size) * _TEXTS_PER_REFERENCE_SLICE
+        for s in range(0, len(texts), step):
+            part = texts[s : s + step]
+            ref = reference_logprobs(reference, tokenizer, part, top_k=top_k, **options)
+            scores.extend(score_texts(model, tokenizer, part, reference=ref, **options))
     tokens = np.array([s.n_tokens for s in scores], dtype=np.float64)
     mean_nll = np.array([s.nll for s in scores]) / tokens
     out = {
