@@ -325,3 +325,29 @@ def test_metric_value_rejects_non_finite() -> None:
     with pytest.raises(ValueError):
         MetricValue(value=float("nan"), ci_low=0, ci_high=1, n=3)
     assert MetricValue(value=0.5, ci_low=0.25, ci_high=0.75, n=3).model_dump()["n"] == 3
+
+
+def test_errors_name_the_eval_file_line(tok, tmp_path) -> None:
+    """A problem found while scoring names the file and line the item came from, and which completion."""
+    import json
+
+    from pvreg.registry.evaluation.evalsets import read_choices, read_pairs
+
+    model = build_llama(seed=1)
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text(
+        json.dumps({"prompt": "w1", "chosen": "w2", "rejected": "w3"}) + "\n\n"
+        + json.dumps({"prompt": "w1", "chosen": "w2", "rejected": "w3 " * 9}) + "\n"
+    )
+    with pytest.raises(EvalSetError, match=rf"^{pairs_file}:3 \(rejected\): the completion has 9 tokens"):
+        preference_metrics(model, tok, read_pairs(pairs_file), max_length=6)
+    choices_file = tmp_path / "choices.jsonl"
+    choices_file.write_text(json.dumps({"question": "w1", "choices": ["w2", "w3 " * 9], "answer": 0}) + "\n")
+    with pytest.raises(EvalSetError, match=rf"^{choices_file}:1 \(choice 1\): the completion has 9 tokens"):
+        choice_metrics(model, tok, read_choices(choices_file), max_length=6)
+    with pytest.raises(EvalSetError, match=r"^pair 0 \(chosen\): the completion has 9 tokens"):
+        preference_metrics(model, tok, [PreferencePair("w1", "w2 " * 9, "w3")], max_length=6)
+    with pytest.raises(EvalSetError, match=r"^notes.txt paragraph 2: has 1 token"):
+        text_metrics(model, build_tokenizer(bos=False), ["w1 w2", "w3"], labels=["notes.txt paragraph 1", "notes.txt paragraph 2"])
+    with pytest.raises(EvalSetError, match=r"^text 9: has 1 token"):
+        text_metrics(model, build_tokenizer(bos=False), ["w1 w2"] * 9 + ["w3"], reference=model, batch_size=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+    source: str | None = field(default=None, compare=False)  # "file:line", for error messages
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ChoiceItem:
     question: str
     choices: tuple[str, ...]
     answer: int
+    source: str | None = field(default=None, compare=False)  # "file:line", for error messages
 
 
 def _read_text_file(path: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -122,7 +124,7 @@ def read_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
         prompt, chosen, rejected = (_text_field(p, number, row, k) for k in ("prompt", "chosen", "rejected"))
         if chosen == rejected:
             raise EvalSetError(f"{p}:{number}: 'chosen' and 'rejected' are identical")
-        pairs.append(PreferencePair(prompt, chosen, rejected))
+        pairs.append(PreferencePair(prompt, chosen, rejected, source=f"{p}:{number}"))
     return pairs
 
 
@@ -162,5 +164,5 @@ def read_choices(path: str | os.PathLike[str]) -> list[ChoiceItem]:
             raise EvalSetError(
                 f"{p}:{number}: 'answer' must be a choice index or the choice's text, got {type(answer).__name__}"
             )
-        items.append(ChoiceItem(question, tuple(choices), index))
+        items.append(ChoiceItem(question, tuple(choices), index, source=f"{p}:{number}"))
     return items

@@ -39,7 +39,10 @@ _RESAMPLE_BLOCK_ELEMENTS = 1 << 22
 
 
 class PairLike(Protocol):
-    """What a preference pair must offer (``evalsets.PreferencePair`` or the training loader's rows)."""
+    """What a preference pair must offer (``evalsets.PreferencePair`` or the training loader's rows).
+
+    An optional ``source`` attribute (``"file:line"``) names the pair in errors.
+    """
 
     prompt: str
     chosen: str
@@ -152,7 +155,9 @@ def score_pairs(
 ) -> tuple[list[ScoredItem], list[ScoredItem]]:
     """(chosen scores, rejected scores): one batched scoring pass over both completions of every pair."""
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
-    scored = score_completions(model, tokenizer, items, **score_options)
+    names = [getattr(p, "source", None) or f"pair {i}" for i, p in enumerate(pairs)]
+    labels = [f"{n} (chosen)" for n in names] + [f"{n} (rejected)" for n in names]
+    scored = score_completions(model, tokenizer, items, labels=labels, **score_options)
     return scored[: len(pairs)], scored[len(pairs) :]
 
 
@@ -197,6 +202,7 @@ def text_metrics(
     batch_size: int = 8,
     device: Any = None,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, "MetricValue"]:
     """Perplexity (and mean NLL) of ``model`` on ``texts``; with ``reference``, mean per-token KL(base ‖ model).
 
@@ -210,13 +216,14 @@ def text_metrics(
     (the sweep's way: one model in memory, changed in place) or the base model
     itself (two models in memory; the base's distributions, with ``top_k``, are
     then computed here a few batches of texts at a time, so memory stays bounded).
-    Intervals resample texts, weighting each by its token count.
+    Intervals resample texts, weighting each by its token count.  ``labels``
+    name the texts in errors (default ``text <index>``).
     """
     import numpy as np
 
     options: dict[str, Any] = {"batch_size": batch_size, "device": device, "max_length": max_length}
     if reference is None or isinstance(reference, ReferenceLogprobs):
-        scores = score_texts(model, tokenizer, texts, reference=reference, **options)
+        scores = score_texts(model, tokenizer, texts, reference=reference, labels=labels, **options)
     else:
         # A base model given: its distributions are needed only for the texts being scored, so
         # compute them a slice of texts at a time and keep memory bounded whatever the eval set size.
@@ -224,8 +231,9 @@ def text_metrics(
         step = max(1, batch_size) * _TEXTS_PER_REFERENCE_SLICE
         for s in range(0, len(texts), step):
             part = texts[s : s + step]
-            ref = reference_logprobs(reference, tokenizer, part, top_k=top_k, **options)
-            scores.extend(score_texts(model, tokenizer, part, reference=ref, **options))
+            names = [labels[k] if labels is not None else f"text {k}" for k in range(s, s + len(part))]
+            ref = reference_logprobs(reference, tokenizer, part, top_k=top_k, labels=names, **options)
+            scores.extend(score_texts(model, tokenizer, part, reference=ref, labels=names, **options))
     tokens = np.array([s.n_tokens for s in scores], dtype=np.float64)
     mean_nll = np.array([s.nll for s in scores]) / tokens
     out = {
@@ -250,7 +258,11 @@ def choice_predictions(
     pass; on a tie the first choice wins.
     """
     flat = [(it.question, c) for it in items for c in it.choices]
-    scored = score_completions(model, tokenizer, flat, **score_options)
+    labels = [
+        f"{getattr(it, 'source', None) or f'question {i}'} (choice {j})"
+        for i, it in enumerate(items) for j in range(len(it.choices))
+    ]
+    scored = score_completions(model, tokenizer, flat, labels=labels, **score_options)
     by_sum: list[int] = []
     by_mean: list[int] = []
     pos = 0

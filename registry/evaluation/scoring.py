@@ -256,13 +256,15 @@ def tokenize_items(
     chat_template: bool | None = None,
     append_eos: bool = False,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """Token ids of each prompt+completion and where its completion starts.
 
     A prompt longer than ``max_length`` allows is cut from the left (the
     completion is what is scored); an item whose completion has no tokens, or
     that cannot keep one token of context before it, is an :class:`EvalSetError`
-    naming the item's index.
+    naming the item by ``labels[i]`` (e.g. ``pairs.jsonl:12 (rejected)``), else
+    by its index.
     """
     texts, special = _prompt_texts(tokenizer, [p for p, _ in items], chat_template)
     prompt_ids = tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
@@ -273,20 +275,21 @@ def tokenize_items(
     seqs: list[list[int]] = []
     starts: list[int] = []
     for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        where = labels[i] if labels is not None else f"item {i}"
         if append_eos:
             c = [*c, eos]
         if not c:
-            raise EvalSetError(f"item {i}: the completion has no tokens")
+            raise EvalSetError(f"{where}: the completion has no tokens")
         if not p:
             raise EvalSetError(
-                f"item {i}: the prompt has no tokens and the tokenizer adds no BOS token, "
+                f"{where}: the prompt has no tokens and the tokenizer adds no BOS token, "
                 "so the completion's first token has no context to be scored from"
             )
         if max_length is not None and len(p) + len(c) > max_length:
             keep = max_length - len(c)
             if keep < 1:
                 raise EvalSetError(
-                    f"item {i}: the completion has {len(c)} tokens, more than max_length {max_length} allows"
+                    f"{where}: the completion has {len(c)} tokens, more than max_length {max_length} allows"
                 )
             p = p[len(p) - keep :]
         seqs.append(list(p) + list(c))
@@ -304,19 +307,20 @@ def score_completions(
     chat_template: bool | None = None,
     append_eos: bool = False,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[ScoredItem]:
     """Σ log p(completion | prompt) and the completion's token count for each (prompt, completion).
 
     Natural logarithms.  ``max_length`` defaults to the model's
     ``max_position_embeddings``.  Equals scoring each item alone, unpadded, up
-    to floating-point summation order.
+    to floating-point summation order.  ``labels`` name the items in errors.
     """
     import torch
 
     _check_batch_size(batch_size)
     seqs, starts = tokenize_items(
         tokenizer, items, chat_template=chat_template, append_eos=append_eos,
-        max_length=_context_length(model, max_length),
+        max_length=_context_length(model, max_length), labels=labels,
     )
     dev = _model_device(model, device)
     pad = _pad_id(tokenizer)
@@ -345,20 +349,22 @@ def score_completions(
 
 
 def text_windows(
-    tokenizer: Any, texts: Sequence[str], *, max_length: int | None = None
+    tokenizer: Any, texts: Sequence[str], *, max_length: int | None = None, labels: Sequence[str] | None = None
 ) -> list[tuple[int, tuple[int, ...]]]:
     """(text index, token ids) of every scoring window.
 
     A text is tokenised with the tokenizer's special tokens; one longer than
     ``max_length`` is split into consecutive windows of that many tokens, each
     scored on its own (a window's first token is context, not scored).  Every
-    token after the first of a window is scored, so a text needs 2 tokens.
+    token after the first of a window is scored, so a text needs 2 tokens
+    (an :class:`EvalSetError` naming it by ``labels[i]``, else by index).
     """
     encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
     windows: list[tuple[int, tuple[int, ...]]] = []
     for i, ids in enumerate(encoded):
         if len(ids) < 2:
-            raise EvalSetError(f"text {i}: has {len(ids)} token(s); at least 2 are needed to score one")
+            where = labels[i] if labels is not None else f"text {i}"
+            raise EvalSetError(f"{where}: has {len(ids)} token(s); at least 2 are needed to score one")
         step = max_length or len(ids)
         for s in range(0, len(ids), step):
             chunk = tuple(ids[s : s + step])
@@ -393,6 +399,7 @@ def reference_logprobs(
     batch_size: int = 8,
     device: Any = None,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> ReferenceLogprobs:
     """The base model's next-token distributions over ``texts``, kept on the CPU for later KL.
 
@@ -406,7 +413,7 @@ def reference_logprobs(
     _check_batch_size(batch_size)
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise EvalError(f"top_k must be a positive integer or None, got {top_k!r}")
-    windows = text_windows(tokenizer, texts, max_length=_context_length(model, max_length))
+    windows = text_windows(tokenizer, texts, max_length=_context_length(model, max_length), labels=labels)
     n = len(windows)
     logp: list[Any] = [None] * n
     ids: list[Any] | None = [None] * n if top_k is not None else None
@@ -478,6 +485,7 @@ def score_texts(
     batch_size: int = 8,
     device: Any = None,
     max_length: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[TextScore]:
     """Per text: Σ next-token NLL, the number of scored tokens, and (with ``reference``) Σ KL(base ‖ model).
 
@@ -490,7 +498,7 @@ def score_texts(
     import torch
 
     _check_batch_size(batch_size)
-    windows = text_windows(tokenizer, texts, max_length=_context_length(model, max_length))
+    windows = text_windows(tokenizer, texts, max_length=_context_length(model, max_length), labels=labels)
     if reference is not None and reference.windows != windows:
         raise EvalError(
             "the reference log-probs were computed on other texts, another tokenizer or another max_length"
