@@ -57,7 +57,10 @@ def test_heatmap(tmp_path: Path) -> None:
                        x_vector="helpful", y_vector="harmless")
     text = out.read_text()
     assert text.lstrip().startswith("<?xml") and "<svg" in text
-    assert "helpful" in text or "η" in text
+    # matplotlib's SVG keeps each text as a comment: the axis labels and one annotation per present cell.
+    assert "<!-- η (helpful) -->" in text and "<!-- η (harmless) -->" in text and "<!-- reward_margin -->" in text
+    assert "<!-- -1 -->" in text and "<!-- 0.5 -->" in text
+    assert "<!-- -0.5 -->" not in text  # the missing cell (η_y = -1, η_x = 0.5) has no annotation
     png = plot_heatmap(xs, ys, [[x * y for x in xs] for y in ys], tmp_path / "grid.png", metric="m",
                        x_vector="a", y_vector="b", annotate=False)
     assert png.read_bytes()[:8] == PNG_MAGIC

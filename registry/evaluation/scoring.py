@@ -119,6 +119,9 @@ def _model_device(model: Any, device: Any) -> "torch.device":
     return next(model.parameters()).device
 
 
+_FORWARD_PARAMS: dict[type, set[str]] = {}
+
+
 def _forward_params(model: Any) -> set[str]:
     """Named parameters of ``model.forward`` (cached per class): which optional arguments it takes."""
     cls = type(model)
@@ -127,9 +130,6 @@ def _forward_params(model: Any) -> set[str]:
         cached = set(inspect.signature(model.forward).parameters)
         _FORWARD_PARAMS[cls] = cached
     return cached
-
-
-_FORWARD_PARAMS: dict[type, set[str]] = {}
 
 
 def _context_length(model: Any, max_length: int | None) -> int | None:
