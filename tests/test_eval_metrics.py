@@ -94,8 +94,8 @@ def test_reward_metrics_against_base_scores(tok, pairs) -> None:
     got = preference_metrics(model, tok, pairs, reference=reference, batch_size=4, n_boot=100)
     reward = []
     for p in pairs:
-        rc = completion_logprob(model, tok, p.prompt, p.chosen)[0] - completion_logprob(base, tok, p.prompt, p.chosen)[0]
-        rr = completion_logprob(model, tok, p.prompt, p.rejected)[0] - completion_logprob(base, tok, p.prompt, p.rejected)[0]
+        rc, rr = (completion_logprob(model, tok, p.prompt, x)[0] - completion_logprob(base, tok, p.prompt, x)[0]
+                  for x in (p.chosen, p.rejected))
         reward.append(rc - rr)
     assert got["reward_margin"].value == pytest.approx(np.mean(reward), abs=ATOL)
     assert got["reward_accuracy"].value == pytest.approx(np.mean(np.array(reward) > 0))
@@ -348,6 +348,7 @@ def test_errors_name_the_eval_file_line(tok, tmp_path) -> None:
     with pytest.raises(EvalSetError, match=r"^pair 0 \(chosen\): the completion has 9 tokens"):
         preference_metrics(model, tok, [PreferencePair("w1", "w2 " * 9, "w3")], max_length=6)
     with pytest.raises(EvalSetError, match=r"^notes.txt paragraph 2: has 1 token"):
-        text_metrics(model, build_tokenizer(bos=False), ["w1 w2", "w3"], labels=["notes.txt paragraph 1", "notes.txt paragraph 2"])
+        text_metrics(model, build_tokenizer(bos=False), ["w1 w2", "w3"],
+                     labels=["notes.txt paragraph 1", "notes.txt paragraph 2"])
     with pytest.raises(EvalSetError, match=r"^text 9: has 1 token"):
         text_metrics(model, build_tokenizer(bos=False), ["w1 w2"] * 9 + ["w3"], reference=model, batch_size=1)

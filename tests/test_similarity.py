@@ -62,7 +62,8 @@ def assert_matches(stats, want: dict) -> None:
     assert stats.numel == want["numel"]
     assert stats.norms == pytest.approx(want["norms"], rel=1e-12)
     assert stats.touched == pytest.approx(want["touched"], rel=1e-12)
-    for got_row, want_row, attr in ((stats.cosine, want["cosine"], "cos"), (stats.sign_agreement, want["sign"], "sign")):
+    for got_row, want_row, attr in ((stats.cosine, want["cosine"], "cos"),
+                                    (stats.sign_agreement, want["sign"], "sign")):
         for g, w in zip(got_row, want_row):
             assert [x is None for x in g] == [x is None for x in w], attr
             assert [x for x in g if x is not None] == pytest.approx([x for x in w if x is not None], abs=1e-12)
@@ -168,7 +169,8 @@ def test_similarity_errors(tmp_path: Path) -> None:
     make_vector(a, 1)
     other = tmp_path / "shape.safetensors"
     save_file({"model.norm.weight": torch.ones(17)}, str(other))
-    with pytest.raises(BaseMismatchError, match=rf"tensor model.norm.weight has shape \[16\] in {a} but \[17\] in {other}"):
+    with pytest.raises(BaseMismatchError,
+                       match=rf"tensor model.norm.weight has shape \[16\] in {a} but \[17\] in {other}"):
         similarity([a, other])
     ints = tmp_path / "int.safetensors"
     save_file({"w": torch.ones(3, dtype=torch.int64)}, str(ints))
@@ -231,7 +233,8 @@ def test_diff_against_numpy(tmp_path: Path) -> None:
     fa = np.concatenate([a_t[n].ravel() for n in common] + [a_t["lm_head.weight"].ravel(),
                         a_t["model.layers.0.mlp.up_proj.weight"].ravel(), np.zeros(12 + 16)])
     fb = np.concatenate([b_t[n].ravel() for n in common] + [np.zeros(SHAPES["lm_head.weight"][0] * 16),
-                        np.zeros(32 * 16), b_t["extra.weight"].ravel(), b_t["model.layers.0.mlp.up_proj.weight"].ravel()])
+                        np.zeros(32 * 16), b_t["extra.weight"].ravel(),
+                        b_t["model.layers.0.mlp.up_proj.weight"].ravel()])
     s = report.summary
     assert s.norm_a == pytest.approx(np.linalg.norm(fa)) and s.norm_b == pytest.approx(np.linalg.norm(fb))
     assert s.rel_change == pytest.approx(np.linalg.norm(fb - fa) / np.linalg.norm(fa))

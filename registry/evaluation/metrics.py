@@ -109,7 +109,8 @@ def bootstrap_ci(
         # Row-wise sums, not a matrix product: their rounding must not depend on the block's shape.
         den = (counts * w).sum(axis=1)
         # A resample that drew only zero-weight units has no mean; it counts as the estimate's own units would.
-        means[s : s + k] = np.where(den > 0, (counts * wv).sum(axis=1) / np.where(den > 0, den, 1.0), (wv.sum() / w.sum()))
+        num = (counts * wv).sum(axis=1)
+        means[s : s + k] = np.where(den > 0, num / np.where(den > 0, den, 1.0), wv.sum() / w.sum())
     low, high = np.quantile(f(means), [(1 - level) / 2, (1 + level) / 2])
     return MetricValue(value=estimate, ci_low=float(low), ci_high=float(high), n=m, level=level)
 

@@ -147,7 +147,9 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _pad_right(
+    seqs: Sequence[Sequence[int]], pad_id: int, device: "torch.device"
+) -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
     width = max(len(s) for s in seqs)
@@ -195,7 +197,9 @@ def _lse(rows: "torch.Tensor") -> "torch.Tensor":
     return out
 
 
-def _scored_rows(logits: "torch.Tensor", targets: "torch.Tensor", mask: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def _scored_rows(
+    logits: "torch.Tensor", targets: "torch.Tensor", mask: "torch.Tensor"
+) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
     """(logit rows [N, V], their targets [N], log Z [N]) at the positions where ``mask`` is set, row-major."""
     rows = logits[mask]
     tgt = targets[mask]
