@@ -218,3 +218,22 @@ class HubContentError(UserError, ValueError):
 
 class HubEndpointError(UserError):
     """The endpoint answered, but not like a Hugging Face Hub (HTML pages, 404 for every API route)."""
+
+
+# --- evaluation ----------------------------------------------------------------
+
+
+class EvalError(UserError, ValueError):
+    """An evaluation request is invalid (options, models, precomputed references)."""
+
+
+class EvalSetError(EvalError):
+    """An eval file (``--text``, ``--pairs``, ``--choices``) is unreadable or malformed; names file and line."""
+
+
+class GridError(EvalError):
+    """A sweep grid (``start:stop:step`` or a comma list) is empty or malformed."""
+
+
+class MissingDependencyError(PvregError):
+    """An optional dependency (e.g. matplotlib for plots, ``pip install 'pvreg[eval]'``) is not installed."""

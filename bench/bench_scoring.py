@@ -1,0 +1,151 @@
+"""Scoring overhead: pvreg's preference-pair scoring against a hand-written batched forward pass.
+
+Target (issue #15): scoring 200 preference pairs costs at most 1.3× a
+hand-written batched transformers forward pass over the same tokens, in the
+same process.  Both sides tokenise the same 400 (prompt, completion) items,
+group them into the same length-sorted, right-padded batches and run one
+forward per batch under ``torch.inference_mode()``; the hand-written side
+takes ``log_softmax`` over the full logits and gathers, pvreg does what
+``registry/evaluation/scoring.py`` does.  Runs alternate (after one warm-up
+each) and the medians are compared.  Without ``--model`` a tiny random Llama
+is built offline; ``--model DIR`` loads any causal LM directory.
+
+Run: python bench/bench_scoring.py [--model DIR] [--pairs 200] [--batch-size 16] [--repeats 5] [--device cpu]
+     [--dtype float32] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+#: Plain English words for prompts and completions when benchmarking a real model's tokenizer.
+ENGLISH = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use an each which she do how their if will up "
+    "other about out many then them these so some her would make like him into time has look two more write "
+    "go see number no way could people my than first water been call who oil its now find long down day did "
+    "get come made may part help answer question careful safe honest short clear model vector preference"
+).split()
+
+
+def make_pairs(vocab: list[str], n: int, seed: int):
+    from pvreg.registry.evaluation.evalsets import PreferencePair
+
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+
+    return [PreferencePair(text(20, 60), " " + text(10, 80), " " + text(10, 80)) for _ in range(n)]
+
+
+def hand_written(model, tok, pairs, batch_size: int, device) -> list[float]:
+    """The straightforward batched way: pad, one forward, log_softmax over the vocabulary, gather, masked sum."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    prompts = tok([p for p, _ in items])["input_ids"]
+    completions = tok([c for _, c in items], add_special_tokens=False)["input_ids"]
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out = [0.0] * len(seqs)
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            batch = order[s : s + batch_size]
+            ids = pad_sequence([torch.tensor(seqs[i]) for i in batch], batch_first=True).to(device)
+            lengths = torch.tensor([len(seqs[i]) for i in batch], device=device)[:, None]
+            starts = torch.tensor([len(prompts[i]) for i in batch], device=device)[:, None]
+            pos = torch.arange(ids.shape[1], device=device)[None, :]
+            attn = (pos < lengths).long()
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            lp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            scored = (pos[:, 1:] >= starts) & (pos[:, 1:] < lengths)
+            sums = (lp * scored).sum(dim=1).tolist()
+            for row, i in enumerate(batch):
+                out[i] = sums[row]
+    return out
+
+
+def pvreg_scores(model, tok, pairs, batch_size: int, device) -> list[float]:
+    from pvreg.registry.evaluation.metrics import score_pairs
+
+    chosen, rejected = score_pairs(model, tok, pairs, batch_size=batch_size, device=device, chat_template=False)
+    return [s.logprob for s in chosen + rejected]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="a causal LM directory (default: a tiny random Llama built here)")
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            from eval_factories import WORDS, save_tiny_lm
+
+            model_dir, vocab = save_tiny_lm(Path(tmp) / "tiny"), WORDS
+        else:
+            model_dir, vocab = args.model, list(ENGLISH)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype))
+    model.to(args.device).eval()
+    pairs = make_pairs(vocab, args.pairs, args.seed)
+    n_tokens = sum(
+        len(x) for x in tok([p.prompt for p in pairs] * 2)["input_ids"]
+        + tok([p.chosen for p in pairs] + [p.rejected for p in pairs], add_special_tokens=False)["input_ids"]
+    )
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        sync()
+        t0 = time.perf_counter()
+        result = fn(model, tok, pairs, args.batch_size, args.device)
+        sync()
+        return time.perf_counter() - t0, result
+
+    _, ref = timed(hand_written)  # warm-up, and the values to compare
+    _, ours = timed(pvreg_scores)
+    times = {"hand": [], "pvreg": []}
+    for _ in range(args.repeats):
+        times["hand"].append(timed(hand_written)[0])
+        times["pvreg"].append(timed(pvreg_scores)[0])
+    hand, mine = statistics.median(times["hand"]), statistics.median(times["pvreg"])
+    ratio = mine / hand
+    best = min(times["pvreg"]) / min(times["hand"])
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.model or 'tiny random Llama'} ({params / 1e6:.2f}M params, {args.dtype}, {args.device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(f"pairs: {args.pairs} ({2 * args.pairs} items, {n_tokens} tokens), batch size {args.batch_size}, "
+          f"median of {args.repeats}")
+    print(f"hand-written: {hand:.4f} s  runs: {', '.join(f'{t:.4f}' for t in times['hand'])}")
+    print(f"pvreg:        {mine:.4f} s  runs: {', '.join(f'{t:.4f}' for t in times['pvreg'])}")
+    print(f"ratio pvreg / hand-written: {ratio:.2f}x (target <= 1.30x: {'met' if ratio <= 1.3 else 'MISSED'})")
+    print(f"ratio of the fastest runs: {best:.2f}x")
+    print(f"max |pvreg - hand-written| log-prob: {max(abs(a - b) for a, b in zip(ours, ref)):.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
