@@ -8,6 +8,6 @@ and ``pvreg.cli`` (the command line).
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import PvregError
 
-__version__ = "0.1.0"
+from pvreg.registry.version import __version__
 
 __all__ = ["Registry", "PvregError", "__version__"]

@@ -21,10 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def build(home: Path, versions: int, names: int) -> None:
     import torch
-    from safetensors.torch import save_file
-
     from pvreg import Registry
-    from pvreg.registry.api import NewVersion
+    from pvreg.registry.storage.writes import NewVersion
+    from safetensors.torch import save_file
 
     base = home.parent / "base"
     base.mkdir(parents=True, exist_ok=True)
@@ -34,13 +33,13 @@ def build(home: Path, versions: int, names: int) -> None:
         first = reg.add("name-0", home.parent / "v.safetensors", base=base)
         resolved = reg.resolve_base(base)
         stats_meta = first
-        from pvreg.registry.ingest import BlobStats
+        from pvreg.registry.sources.ingest import BlobStats
 
         stats = BlobStats(sha256=stats_meta.sha256, size_bytes=stats_meta.size_bytes, norm=stats_meta.norm,
                           tensor_norms=stats_meta.tensor_norms, dtype=stats_meta.dtype,
                           num_tensors=stats_meta.num_tensors, num_params=stats_meta.num_params)
         for i in range(1, versions):
-            reg.commit_version(NewVersion(name=f"name-{i % names}", stats=stats, base=resolved,
+            reg.store.commit_version(NewVersion(name=f"name-{i % names}", stats=stats, base=resolved,
                                           dataset="bench", tags={"i": str(i)}))
 
 

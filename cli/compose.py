@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
@@ -41,7 +40,7 @@ def compose(
 ) -> None:
     """Merge vectors into a base model: θ = θ_base + Σ η·s·φ."""
     from pvreg.cli.progress import TensorProgress
-    from pvreg.registry.spec import load_spec_file
+    from pvreg.registry.merge.spec import load_spec_file
 
     if spec is not None and tokens:
         raise SpecError("give the terms either as tokens or with --spec FILE, not both")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-
 from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt

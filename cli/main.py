@@ -1,8 +1,8 @@
 """The ``pvreg`` command line: parse arguments, call the Python API, render results.
 
-No registry logic lives here.  Errors from the API are mapped to exit codes in
-one place (:class:`PvregGroup`), printed as one ``error: ...`` line on stderr,
-with a traceback only under ``--debug``.
+No registry logic lives here.  Every exception escaping a command is caught in
+one place (:class:`PvregGroup`) and printed as one ``error: ...`` line on
+stderr (:mod:`pvreg.cli.errors` spells it), with a traceback only under ``--debug``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 import typer.main
-from typer.core import TyperGroup
-
+from pvreg.cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, error_line
 from pvreg.cli.state import State
 from pvreg.registry.errors import PvregError
-
-# Exit codes by error family; PvregError subclasses carry their own (2 = bad input).
-EXIT_INTERNAL = 1
-EXIT_INTERRUPTED = 130
+from typer.core import TyperGroup
 
 # Every command, in help order: name -> (module under pvreg.cli, function or sub-app).
 # Commands are built from their signatures only when used (see PvregGroup.get_command).
@@ -92,7 +88,7 @@ class PvregGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PvregError as exc:
-            _report(ctx, f"error: {exc}")
+            _report(ctx, error_line(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _report(ctx, "error: interrupted")
@@ -144,7 +140,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from pvreg import __version__
+        from pvreg.registry.version import __version__
 
         print(f"pvreg {__version__}")
         raise typer.Exit()

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
@@ -83,8 +82,8 @@ db_app = typer.Typer(help="Inspect and upgrade the metadata database schema.", n
 @db_app.command("current")
 def db_current(ctx: typer.Context) -> None:
     """Print the schema revision of the database."""
-    from pvreg.registry.api import Registry
     from pvreg.cli.state import State
+    from pvreg.registry.api import Registry
 
     state = ctx.find_object(State) or State()
     with Registry.open(state.registry, upgrade=False) as reg:
@@ -100,8 +99,8 @@ def db_init(
              "(the database is lost for good; the blobs stay, unreferenced).")] = False,
 ) -> None:
     """Create the schema of an empty database (every command does this for a fresh registry)."""
-    from pvreg.registry.api import Registry
     from pvreg.cli.state import State
+    from pvreg.registry.api import Registry
 
     state = ctx.find_object(State) or State()
     with Registry.open(state.registry, upgrade=False) as reg:
@@ -120,8 +119,8 @@ def db_init(
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Upgrade the schema to this pvreg's head (backing up a SQLite file first)."""
-    from pvreg.registry.api import Registry
     from pvreg.cli.state import State
+    from pvreg.registry.api import Registry
 
     state = ctx.find_object(State) or State()
     with Registry.open(state.registry, upgrade=False) as reg:

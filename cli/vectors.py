@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
-from pvreg.registry.api import parse_tags
-from pvreg.schemas import VectorMeta
+from pvreg.registry.errors import UserError
+from pvreg.schemas.vector import VectorMeta
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 RefArg = Annotated[str, typer.Argument(help="NAME, NAME@N, NAME@ALIAS or sha256:HEX.", show_default=False)]
@@ -162,3 +162,14 @@ def export(
     with open_registry(ctx) as reg:
         out = reg.export(ref, file, force=force)
     say(f"wrote {out}")
+
+
+def parse_tags(pairs: Iterable[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (``--tag``) to a dict; a malformed pair is bad input."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or len(key) > 128:
+            raise UserError(f"invalid tag {pair!r}: expected KEY=VALUE with a key of 1-128 characters")
+        tags[key.strip()] = value
+    return tags

@@ -7,7 +7,7 @@ on SQLite.
 
 from alembic import context
 
-from pvreg.registry.tables import metadata
+from pvreg.registry.storage.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - pvreg always passes one

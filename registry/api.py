@@ -1,108 +1,43 @@
-"""The ``Registry`` service: every pvreg operation, for the CLI and for Python users.
+"""The ``Registry`` facade: every pvreg operation, for the CLI and for Python users.
 
-It takes and returns ``pvreg.schemas`` models, never ORM rows, and raises only
-``PvregError`` subclasses for expected failures.  Storage sits below it: the
-database (``db``/``models``), the blob store, and tensor I/O.  Heavy modules
-(torch, alembic, huggingface_hub) load inside the operations that need them,
-so read-only commands stay fast.
+It takes and returns ``pvreg.schemas`` models, never ORM rows, raises only
+``PvregError`` subclasses for expected failures, and delegates: storage
+(:mod:`pvreg.registry.storage`), vector sources (:mod:`pvreg.registry.sources`),
+merging (:mod:`pvreg.registry.merge`) and the Hub (:mod:`pvreg.registry.hub`)
+receive its :class:`~pvreg.registry.storage.store.Store`, never the facade.
+Heavy modules (torch, alembic, huggingface_hub) load inside the operations that
+need them, so read-only commands stay fast.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry import catalog, db, environment
-from pvreg.registry.blobstore import BlobStore
-from pvreg.registry.errors import (
-    AmbiguousReferenceError,
-    BaseMismatchError,
-    InvalidNameError,
-    InvalidVectorError,
-    NotFoundError,
-    OutputExistsError,
-    PvregError,
-    UserError,
-)
-from pvreg.registry.refs import HEX64_RE, check_alias, check_name
+from pvreg.registry.errors import InvalidNameError, InvalidOptionError, UserError, opt
+from pvreg.registry.refs import check_alias, check_name
 from pvreg.registry.settings import Settings
-from pvreg.schemas import (
-    BaseModelInfo,
-    GcReport,
-    ListEntry,
-    ParentRef,
-    VectorMeta,
-    VerifyReport,
-)
+from pvreg.registry.storage import catalog, db, environment, writes
+from pvreg.registry.storage.bases import ResolvedBase
+from pvreg.registry.storage.store import Store
+from pvreg.schemas.vector import BaseModelInfo, GcReport, ListEntry, VectorMeta, VerifyReport
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
+    from pvreg.registry.merge.apply import AppliedComposition
+    from pvreg.registry.merge.writer import ComposeProgress
+    from pvreg.registry.storage.blobstore import BlobStore
+    from pvreg.schemas.compose import ComposeResult, ComposeSpec, CompositionRecord
+    from pvreg.schemas.hub import PullResult, PushResult, RemoteListing
 
-    from pvreg.registry.models import Version
-    from pvreg.registry.compose import ComposeResult, CompositionRecord
-    from pvreg.registry.fingerprint import FingerprintCache
-    from pvreg.schemas.compose import ComposeSpec
-    from pvreg.registry.ingest import BlobStats, TensorSource
-    from pvreg.registry.tensorio import TensorInfo
-
-FP_PREFIX_RE = re.compile(r"[0-9a-f]{8,64}")
-
-
-@dataclass
-class ResolvedBase:
-    """A base model as given on the command line, resolved to a fingerprint."""
-
-    fingerprint: str
-    infos: "Mapping[str, TensorInfo] | None" = None
-    facts: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-
-@dataclass
-class NewVersion:
-    """Everything needed to insert a version once its blob is stored."""
-
-    name: str
-    stats: "BlobStats"
-    base: ResolvedBase
-    kind: str = "file"
-    dataset: str | None = None
-    sign: int = 1
-    description: str | None = None
-    message: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    parents: list[ParentRef] = field(default_factory=list)
-    dedupe: bool = False
-
-    def __post_init__(self) -> None:
-        # The one gate for a version's text, whatever its source (command line, Python API,
-        # an exported file, a Hub repo, compose --register): it runs before the blob is
-        # written and before any row, so a bad field leaves the registry untouched.
-        from pvreg.registry.text import check_version_text
-
-        check_version_text(self.name, dataset=self.dataset, tags=self.tags, description=self.description,
-                           message=self.message, parents=self.parents)
-
-
-def parse_tags(pairs: Iterable[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings to a dict; a malformed pair is a user error."""
-    tags: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip() or len(key) > 128:
-            raise UserError(f"invalid tag {pair!r}: expected KEY=VALUE with a key of 1-128 characters")
-        tags[key.strip()] = value
-    return tags
+SpecLike = "ComposeSpec | str | Sequence[str]"
 
 
 def _check_sign(sign: int) -> int:
     if sign not in (1, -1):
-        raise UserError(f"invalid sign {sign!r}: must be 1 or -1")
+        raise InvalidOptionError(f"invalid sign {sign!r}: must be 1 or -1", option="sign", value=sign)
     return sign
 
 
@@ -113,25 +48,23 @@ class Registry:
     Open one with :meth:`open`; it is a context manager that disposes of its
     database connections on exit.  Every public method reports a full disk,
     a read-only file or an unreachable database as a one-line
-    :class:`~pvreg.registry.errors.StorageError` (see :mod:`pvreg.registry.environment`).
+    :class:`~pvreg.registry.errors.StorageError` (see :mod:`pvreg.registry.storage.environment`).
     """
 
-    def __init__(self, settings: Settings, *, access: str = db.RW, read_only: bool = False) -> None:
-        self.settings = settings
-        # read_only: this process cannot write the registry (read-only mount or permissions);
-        # reads work, and writes fail naming the registry instead of the file that refused.
-        self.read_only = read_only or access != db.RW
-        self.engine = db.make_engine(settings.database_url, access=access)
-        self.blobs = BlobStore(settings.blob_dir)
-        self._session_factory: "sessionmaker[Session] | None" = None
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     @property
-    def _sessions(self) -> "sessionmaker[Session]":
-        """ORM sessions for writers, built on first use: readers go through
-        :mod:`pvreg.registry.catalog` and never import the ORM."""
-        if self._session_factory is None:
-            self._session_factory = db.sessions(self.engine)
-        return self._session_factory
+    def settings(self) -> Settings:
+        return self.store.settings
+
+    @property
+    def blobs(self) -> "BlobStore":
+        return self.store.blobs
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -170,20 +103,20 @@ class Registry:
             path = settings.sqlite_path
             access = db.sqlite_access(path) if path is not None else db.RW
             read_only = access != db.RW or not os.access(settings.home, os.W_OK)
-            reg = cls(settings, access=access, read_only=read_only)
+            store = Store(settings, access=access, read_only=read_only)
             try:
                 if not read_only:
-                    reg.blobs.ensure()
-                    (settings.home / "pending").mkdir(exist_ok=True)  # compose staging markers (compose.staging)
+                    store.blobs.ensure()
+                    settings.pending_dir.mkdir(exist_ok=True)
                 if upgrade:
-                    db.ensure_current(reg.engine, settings, adopt_blobs=adopt_blobs, read_only=read_only)
+                    db.ensure_current(store.engine, settings, adopt_blobs=adopt_blobs, read_only=read_only)
             except BaseException:
-                reg.close()
+                store.close()
                 raise
-        return reg
+        return cls(store)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.store.close()
 
     def __enter__(self) -> "Registry":
         return self
@@ -192,26 +125,28 @@ class Registry:
         self.close()
 
     def db_current(self) -> str | None:
-        """The schema revision the database is at."""
-        return db.current_revision(self.engine)
+        """The schema revision the database is at (None for an empty database)."""
+        return db.current_revision(self.store.engine)
 
     def db_upgrade(self) -> tuple[str | None, str | None, Path | None]:
-        """Upgrade the schema to this pvreg's head; returns (from, to, backup path)."""
-        return db.upgrade(self.engine, self.settings)
+        """Upgrade the schema to this pvreg's head; returns (from, to, backup path).
 
-    @property
-    def fingerprint_cache(self) -> "FingerprintCache":
-        from pvreg.registry.fingerprint import FingerprintCache
-
-        return FingerprintCache(self.settings.cache_dir / "fingerprints")
+        Raises:
+            DatabaseVersionError: the migration failed (the original database stays usable).
+        """
+        return db.upgrade(self.store.engine, self.settings)
 
     # --- bases ---------------------------------------------------------------
 
     def fingerprint(self, path: str | os.PathLike[str]) -> str:
-        """Canonical fingerprint of a model (directory, shards, file or ``.bin``)."""
-        from pvreg.registry.fingerprint import fingerprint_path
+        """Canonical fingerprint of a model (directory, shards, file or ``.bin``).
 
-        return fingerprint_path(path, self.fingerprint_cache)
+        Raises:
+            NotFoundError, InvalidTensorFileError: the path is missing or not a checkpoint.
+        """
+        from pvreg.registry.tensors.fingerprint import fingerprint_path
+
+        return fingerprint_path(path, self.store.fingerprint_cache)
 
     def resolve_base(self, base: str | os.PathLike[str]) -> ResolvedBase:
         """A base given as a path (fingerprinted, shapes known) or a fingerprint (prefix).
@@ -220,49 +155,16 @@ class Registry:
             NotFoundError: neither an existing path nor a known fingerprint.
             AmbiguousReferenceError: a fingerprint prefix matches several bases.
         """
-        from pvreg.registry.fingerprint import fingerprint_checkpoint
-        from pvreg.registry.ingest import base_config_facts
-        from pvreg.registry.tensorio import open_checkpoint
+        return self.store.resolve_base(base)
 
-        text = os.fspath(base)
-        path = Path(text).expanduser()
-        if path.exists():
-            with open_checkpoint(path) as ckpt:
-                fp = fingerprint_checkpoint(ckpt, self.fingerprint_cache)
-                directory = ckpt.directory
-                facts: dict[str, Any] = {
-                    "label": (directory or path).name,
-                    "num_tensors": len(ckpt.infos),
-                    "num_params": ckpt.num_params,
-                    "local_path": str(path.resolve()),
-                    **base_config_facts(directory),
-                }
-                return ResolvedBase(fp, dict(ckpt.infos), facts, path.resolve())
-        lowered = text.lower().removeprefix("sha256:")
-        if FP_PREFIX_RE.fullmatch(lowered):
-            with db.read_connection(self.engine) as conn:
-                rows = catalog.bases(conn, prefix=lowered)
-            if len(rows) > 1:
-                raise AmbiguousReferenceError(f"base fingerprint prefix {text!r} matches {len(rows)} bases")
-            if rows:
-                row = rows[0]
-                if row.local_path and Path(row.local_path).exists():
-                    resolved = self.resolve_base(row.local_path)
-                    if resolved.fingerprint == row.fingerprint:
-                        return resolved
-                return ResolvedBase(row.fingerprint)
-            if HEX64_RE.fullmatch(lowered):
-                return ResolvedBase(lowered)
-            raise NotFoundError(f"base {text!r}: no such path, and no known base fingerprint starts with it")
-        raise NotFoundError(f"base {text!r}: no such file or directory")
-
-    def bases(self) -> list[BaseModelInfo]:
-        with db.read_connection(self.engine) as conn:
+    def bases(self) -> builtins.list[BaseModelInfo]:
+        """Every base model the registry has seen."""
+        with self.store.read() as conn:
             return catalog.bases(conn)
 
     def base_info(self, fingerprint: str) -> BaseModelInfo | None:
-        with db.read_connection(self.engine) as conn:
-            return catalog.base_info(conn, fingerprint)
+        """What the registry knows of the base with this exact fingerprint."""
+        return self.store.base_info(fingerprint)
 
     # --- adding ----------------------------------------------------------------
 
@@ -292,20 +194,22 @@ class Registry:
         (φ = θft − θbase), or ``lora`` (a PEFT adapter's dense ΔW).
 
         Raises:
-            InvalidNameError, NotFoundError, InvalidTensorFileError,
-            InvalidVectorError, BaseMismatchError, UnsupportedAdapterError.
+            InvalidNameError, InvalidTextError, NotFoundError, InvalidTensorFileError,
+            InvalidVectorError, BaseMismatchError, UnsupportedAdapterError, InvalidOptionError.
         """
+        from pvreg.registry.sources.adding import add_checkpoints, add_file
+
         sources = {
-            "vector": vector is not None,
-            "positive/negative": positive is not None or negative is not None,
-            "finetuned": finetuned is not None,
-            "lora": lora is not None and positive is None,
+            opt("vector"): vector is not None,
+            f"{opt('positive')}/{opt('negative')}": positive is not None or negative is not None,
+            opt("finetuned"): finetuned is not None,
+            opt("lora"): lora is not None and positive is None,
         }
         chosen = [k for k, v in sources.items() if v]
         if len(chosen) != 1:
             raise UserError(
-                "give exactly one source: --vector FILE, --positive DIR --negative DIR, "
-                "--finetuned DIR or --lora DIR"
+                f"give exactly one source: {opt('vector')} FILE, {opt('positive')} DIR {opt('negative')} DIR, "
+                f"{opt('finetuned')} DIR or {opt('lora')} DIR"
                 + (f" (got {', '.join(chosen)})" if chosen else "")
             )
         if name is not None:
@@ -314,146 +218,15 @@ class Registry:
         if sign is not None:
             _check_sign(sign)
         if vector is not None:
-            return self._add_file(
-                name, Path(vector), base=base, dataset=dataset, sign=sign, description=description,
-                message=message, tags=tag_map, progress=progress,
-            )
-        from pvreg.registry import extract
-
+            return add_file(self.store, name, Path(vector), base=base, dataset=dataset, sign=sign,
+                            description=description, message=message, tags=tag_map, progress=progress)
         if name is None:
             raise InvalidNameError("a vector name is required")
         if base is None:
-            raise UserError("--base is required to build a vector from checkpoints")
-        resolved = self.resolve_base(base)
-        made = extract.build_source(
-            resolved, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
-            dtype=dtype, cache=self.fingerprint_cache,
-        )
-        return self._store(
-            made.source,
-            NewVersion(
-                name=name, stats=None, base=resolved, kind=made.kind,  # type: ignore[arg-type]
-                dataset=dataset, sign=sign or 1, description=description, message=message,
-                tags=tag_map, provenance=made.provenance,
-            ),
-            progress=progress,
-            after=made.finish,
-        )
-
-    def _add_file(
-        self,
-        name: str | None,
-        path: Path,
-        *,
-        base: str | os.PathLike[str] | None,
-        dataset: str | None,
-        sign: int | None,
-        description: str | None,
-        message: str | None,
-        tags: dict[str, str],
-        progress: Callable[[int], None] | None,
-    ) -> VectorMeta:
-        from pvreg.registry.ingest import CheckpointSource, check_plan
-        from pvreg.registry.tensorio import open_checkpoint
-
-        with open_checkpoint(path) as ckpt:
-            embedded = _embedded_meta(str(path), ckpt.metadata)
-            if name is None:
-                if embedded is None:
-                    raise InvalidNameError("a vector name is required (the file carries no pvreg metadata)")
-                name = embedded.name
-            if base is None:
-                if embedded is None:
-                    raise UserError("--base is required (the file carries no pvreg metadata)")
-                base = embedded.base_fingerprint
-            resolved = self.resolve_base(base)
-            if embedded is not None and embedded.base_fingerprint != resolved.fingerprint:
-                raise BaseMismatchError(
-                    f"{path}: was made for base {embedded.base_fingerprint[:16]} "
-                    f"but --base has fingerprint {resolved.fingerprint[:16]}"
-                )
-            source = CheckpointSource(ckpt, str(path))
-            check_plan(source.plan(), str(path), resolved.infos)
-            e = embedded
-            new = NewVersion(
-                name=name,
-                stats=None,  # type: ignore[arg-type]
-                base=resolved,
-                kind=e.kind if e else "file",
-                dataset=dataset if dataset is not None else (e.dataset if e else None),
-                sign=sign if sign is not None else (e.sign if e else 1),
-                description=description if description is not None else (e.description if e else None),
-                message=message if message is not None else (e.message if e else None),
-                tags={**(e.tags if e else {}), **tags},
-                provenance=(
-                    {**e.provenance, "restored_from": {"ref": e.ref, "path": str(path.resolve())}}
-                    if e
-                    else {"source": "file", "path": str(path.resolve())}
-                ),
-                parents=list(e.parents) if e else [],
-            )
-            return self._store(
-                source, new, progress=progress, expect_sha256=e.sha256 if e else None
-            )
-
-    def _store(
-        self,
-        source: "TensorSource",
-        new: NewVersion,
-        *,
-        progress: Callable[[int], None] | None = None,
-        expect_sha256: str | None = None,
-        after: Callable[["BlobStats"], None] | None = None,
-    ) -> VectorMeta:
-        """Write the blob and insert its version, holding gc off in between.
-
-        If anything fails after this call published a new blob (the version
-        insert hit a full disk, say), the blob is removed again when no version
-        references it, so a failed command leaves the store as it found it.
-        """
-        from pvreg.registry.ingest import write_blob
-
-        created: str | None = None
-        try:
-            with self.blobs.writer_lock():
-                new.stats = write_blob(source, self.blobs, progress=progress, expect_sha256=expect_sha256)
-                created = new.stats.sha256 if new.stats.created else None
-                if after is not None:
-                    after(new.stats)
-                return self.commit_version(new)
-        except BaseException:
-            if created is not None:
-                self._drop_if_unreferenced(created)
-            raise
-
-    def _drop_if_unreferenced(self, sha256: str) -> None:
-        """Delete a blob this command published if, after all, no version references it.
-
-        Same discipline as gc: the exclusive lock is taken only after our shared
-        one is released (flock would deadlock against our own shared lock), so
-        every concurrent writer has either committed — a writer that found our
-        blob already in place and reused it holds the shared lock until its row
-        is in, and then the blob is referenced and stays — or not yet looked for
-        the blob, and then it writes the blob afresh.  Best effort: when even
-        the check fails (the database is unreachable), the blob stays for gc.
-        """
-        try:
-            with self.blobs.gc_lock():
-                with db.read_connection(self.engine) as conn:
-                    if catalog.refs_by_blob(conn, [sha256]).get(sha256):
-                        return
-                self.blobs.delete(sha256)
-        except Exception:  # the original failure is what the user must see
-            pass
-
-    def commit_version(self, new: NewVersion) -> VectorMeta:
-        """Insert a version for a blob already in the store (one transaction, retried).
-
-        With ``new.dedupe`` an existing version of the same name with the same
-        sha256 is returned instead of creating another.
-        """
-        version_id, _ = db.run_transaction(self._sessions, lambda s: insert_version(s, new))
-        return self._meta_by_id(version_id)
+            raise UserError(f"{opt('base')} is required to build a vector from checkpoints")
+        return add_checkpoints(self.store, name, base=base, positive=positive, negative=negative,
+                               finetuned=finetuned, lora=lora, dtype=dtype, dataset=dataset, sign=sign or 1,
+                               description=description, message=message, tags=tag_map, progress=progress)
 
     # --- reading ---------------------------------------------------------------
 
@@ -463,108 +236,66 @@ class Registry:
         Raises:
             InvalidReferenceError, NotFoundError, AmbiguousReferenceError.
         """
-        with db.read_connection(self.engine) as conn:
-            return catalog.show(conn, ref)
+        return self.store.resolve(ref)
 
     show = resolve
 
-    def resolve_many(self, refs: Sequence[str]) -> "list[VectorMeta | PvregError]":
-        """Each reference's version, or the error resolving it raised, in order (one read transaction)."""
-        with db.read_connection(self.engine) as conn:
-            return catalog.resolve_many(conn, refs)
-
-    def _meta_by_id(self, version_id: int) -> VectorMeta:
-        with db.read_connection(self.engine) as conn:
-            return catalog.meta(conn, version_id)
-
-    def list(self) -> list[ListEntry]:
+    def list(self) -> builtins.list[ListEntry]:
         """The latest version of every name (latest active one when there is one), by name."""
-        with db.read_connection(self.engine) as conn:
+        with self.store.read() as conn:
             return catalog.latest(conn)
 
-    def log(self, name: str) -> list[VectorMeta]:
-        """All versions of ``name``, newest first."""
+    def log(self, name: str) -> builtins.list[VectorMeta]:
+        """All versions of ``name``, newest first.
+
+        Raises:
+            InvalidNameError, NotFoundError.
+        """
         check_name(name)
-        with db.read_connection(self.engine) as conn:
+        with self.store.read() as conn:
             return catalog.history(conn, name)
 
     def blob_path(self, ref: str) -> Path:
-        """Where the canonical blob of ``ref`` is stored (read-only!)."""
-        meta = self.resolve(ref)
-        path = self.blobs.path(meta.sha256)
-        if not path.is_file():
-            raise NotFoundError(f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing from the store (run pvreg verify)")
-        return path
+        """Where the canonical blob of ``ref`` is stored (read-only!).
+
+        Raises:
+            NotFoundError: unknown reference, or its blob is missing from the store.
+        """
+        return self.store.blob_path(ref)
 
     # --- changing metadata --------------------------------------------------------
 
     def tag(self, ref: str, alias: str) -> VectorMeta:
-        """Point ``alias`` of the referenced vector at this version (moving it if set)."""
-        from pvreg.registry.models import Alias
+        """Point ``alias`` of the referenced vector at this version (moving it if set).
 
+        Raises:
+            InvalidNameError: a bad alias; NotFoundError etc. for the reference.
+        """
         check_alias(alias)
-
-        def work(s: Session) -> int:
-            row = _resolve_row(s, ref)
-            existing = s.get(Alias, (row.vector_id, alias))
-            if existing is None:
-                s.add(Alias(vector_id=row.vector_id, alias=alias, version_id=row.id))
-            else:
-                existing.version_id = row.id
-            return row.id
-
-        return self._meta_by_id(db.run_transaction(self._sessions, work))
+        return self.store.meta_by_id(self.store.transaction(lambda s: writes.set_alias(s, ref, alias)))
 
     def untag(self, name: str, alias: str) -> None:
-        from sqlalchemy import select
+        """Remove ``alias`` from ``name``.
 
-        from pvreg.registry.models import Alias, Vector
-
+        Raises:
+            InvalidNameError, NotFoundError: the name has no such alias.
+        """
         check_name(name)
         check_name(alias, what="alias")
-
-        def work(s: Session) -> None:
-            vec = s.scalar(select(Vector).where(Vector.name == name))
-            row = s.get(Alias, (vec.id, alias)) if vec else None
-            if row is None:
-                raise NotFoundError(f"{name} has no alias {alias!r}")
-            s.delete(row)
-
-        db.run_transaction(self._sessions, work)
+        self.store.transaction(lambda s: writes.remove_alias(s, name, alias))
 
     def deprecate(self, ref: str) -> VectorMeta:
         """Mark a version deprecated: bare ``NAME`` no longer resolves to it."""
-
-        def work(s: Session) -> int:
-            row = _resolve_row(s, ref)
-            row.state = "deprecated"
-            return row.id
-
-        return self._meta_by_id(db.run_transaction(self._sessions, work))
+        return self.store.meta_by_id(self.store.transaction(lambda s: writes.deprecate(s, ref)))
 
     def rm(self, ref: str) -> VectorMeta:
         """Remove a version's metadata; its blob stays until ``gc`` finds it unreferenced."""
-        from sqlalchemy import func, select
-
-        from pvreg.registry.models import Vector, Version
-
-        def work(s: Session) -> VectorMeta:
-            row = _resolve_row(s, ref)
-            meta = catalog.meta(s.connection(), row.id)
-            vector_id = row.vector_id
-            s.delete(row)
-            s.flush()
-            remaining = s.scalar(select(func.count()).select_from(Version).where(Version.vector_id == vector_id))
-            if not remaining:
-                s.delete(s.get(Vector, vector_id))
-            return meta
-
-        return db.run_transaction(self._sessions, work)
+        return self.store.transaction(lambda s: writes.remove_version(s, ref))
 
     # --- maintenance ------------------------------------------------------------------
 
     def gc(self, *, dry_run: bool = False, all_unreferenced: bool = False) -> GcReport:
-        """Delete unreferenced blobs and the leftovers of dead writers (see :mod:`pvreg.registry.gc`).
+        """Delete unreferenced blobs and the leftovers of dead writers (see :mod:`pvreg.registry.storage.gc`).
 
         When the database lists no versions at all, deleting every blob is
         refused unless ``all_unreferenced`` (a lost or replaced database looks
@@ -573,195 +304,167 @@ class Registry:
         Raises:
             UnsafeGcError: no versions, blobs present, and neither flag given.
         """
-        from pvreg.registry.gc import collect
+        from pvreg.registry.storage.gc import collect
 
         def referenced() -> set[str]:
-            with db.read_connection(self.engine) as conn:
+            with self.store.read() as conn:
                 return catalog.referenced_blobs(conn)
 
-        return collect(self.blobs, self.settings.home / "pending", referenced, dry_run=dry_run,
-                       all_unreferenced=all_unreferenced, database=db.where(self.settings))
+        return collect(self.blobs, self.settings.pending_dir, referenced, dry_run=dry_run,
+                       all_unreferenced=all_unreferenced, database=db.where(self.settings),
+                       temp_dirs=[self.settings.cache_dir])
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""
-        from pvreg.registry.verify import verify_versions
+        from pvreg.registry.storage.verify import verify_versions
 
-        metas = [self.resolve(ref)] if ref is not None else self._all_versions()
+        metas = [self.resolve(ref)] if ref is not None else self.store.all_versions()
         return verify_versions(metas, self.blobs)
-
-    def _all_versions(self) -> list[VectorMeta]:
-        with db.read_connection(self.engine) as conn:
-            return catalog.everything(conn)
 
     def export(self, ref: str, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the blob with its ``VectorMeta`` embedded in ``__metadata__['pvreg']``.
 
         Raises:
-            OutputExistsError: ``path`` exists and ``force`` is false.
+            UnsafeOutputError: ``path`` is, contains or lies inside the registry.
+            OutputExistsError: ``path`` exists (or appears meanwhile) and ``force`` is false.
         """
-        from pvreg.registry.export import write_exported
+        from pvreg.registry.sources.exported import export
 
-        from pvreg.registry.outputs import check_output, registry_paths
+        return export(self.store, ref, Path(path), force=force)
 
-        meta = self.resolve(ref)
-        out = Path(path)
-        blob = self.blob_path(meta.ref)
-        check_output(out, registry_paths(self.settings))
-        if (out.exists() or out.is_symlink()) and not force:
-            raise OutputExistsError(f"{out}: already exists (use --force to overwrite)")
-        if out.is_dir():
-            raise OutputExistsError(f"{out}: is a directory")
-        try:
-            write_exported(blob, meta, out, overwrite=force)
-        except FileExistsError:
-            raise OutputExistsError(f"{out}: was created while the export was written; left alone "
-                                    "(use --force to overwrite)") from None
-        return out
+    # --- composing ---------------------------------------------------------------
 
-    # --- composing (implemented in compose.py / apply.py) --------------------------
+    def compose(
+        self,
+        spec: "ComposeSpec | str | Sequence[str]",
+        *,
+        base: str | os.PathLike[str] | None = None,
+        out: str | os.PathLike[str] | None = None,
+        method: str | None = None,
+        density: float | None = None,
+        seed: int | None = None,
+        normalize: bool | None = None,
+        accumulate: str | None = None,
+        dtype: str | None = None,
+        shard_size: str | int = "5GB",
+        force: bool = False,
+        vector_only: bool = False,
+        register: str | None = None,
+        progress: "ComposeProgress | None" = None,
+    ) -> "ComposeResult":
+        """Merge registered vectors into a base model directory, or into one vector file.
 
-    def compose(self, spec: "ComposeSpec | str | Sequence[str]", **options: Any) -> "ComposeResult":
-        """Merge registered vectors into a base model (or into one vector).
+        θ = θ_base + Σ η_i·s_i·φ_i (``method="linear"``) or a TIES/DARE variant.
+        Options left at ``None`` come from ``spec`` when it is a ``ComposeSpec``.
+        ``register`` (with ``vector_only``) stores the result as a new version;
+        ``out`` may then be None.
 
-        See :func:`pvreg.registry.compose.compose` for the options.
+        Raises:
+            SpecError, NotFoundError, BaseMismatchError, OutputExistsError,
+            UnsafeOutputError: before any tensor data is read, every problem in one
+            error (a ``ProblemsError`` that is also an instance of each problem's class).
+            OutputExistsError: something appeared at ``out`` while writing (without ``force``).
+            SpecError: an output tensor would hold Inf/NaN in its dtype.
         """
-        from pvreg.registry.compose import compose
+        from pvreg.registry.merge.compose import compose
 
-        return compose(self, spec, **options)
+        return compose(self.store, spec, base=base, out=out, method=method, density=density, seed=seed,
+                       normalize=normalize, accumulate=accumulate, dtype=dtype, shard_size=shard_size,
+                       force=force, vector_only=vector_only, register=register, progress=progress)
 
-    def compositions(self) -> "list[CompositionRecord]":
+    def compositions(self) -> "builtins.list[CompositionRecord]":
         """Every recorded compose run, oldest first."""
-        from pvreg.registry.compose import list_compositions
+        with self.store.read() as conn:
+            return catalog.compositions(conn)
 
-        return list_compositions(self)
-
-    def apply(self, model: Any, spec: "ComposeSpec | str | Sequence[str]", **options: Any) -> Any:
+    def apply(
+        self,
+        model: Any,
+        spec: "ComposeSpec | str | Sequence[str]",
+        *,
+        method: str | None = None,
+        density: float | None = None,
+        seed: int | None = None,
+        normalize: bool | None = None,
+        accumulate: str | None = None,
+    ) -> "AppliedComposition":
         """Add a composed delta into a loaded ``torch.nn.Module`` in place.
 
         The return value is also a context manager that restores the original
-        parameters bit-exactly on exit.  See :mod:`pvreg.registry.apply`.
+        parameters bit-exactly on exit.  See :mod:`pvreg.registry.merge.apply`.
+
+        Raises:
+            SpecError, NotFoundError, BaseMismatchError: before any parameter changes.
         """
-        from pvreg.registry.apply import apply
+        from pvreg.registry.merge.apply import apply
 
-        return apply(self, model, spec, **options)
+        return apply(self.store, model, spec, method=method, density=density, seed=seed, normalize=normalize,
+                     accumulate=accumulate)
 
-    # --- Hub (implemented in hub.py) ------------------------------------------------
+    # --- Hub ---------------------------------------------------------------------
 
-    def push(self, refs: Sequence[str], repo: str, **options: Any) -> Any:
-        """Publish versions to a Hugging Face Hub model repo in one commit."""
-        from pvreg.registry.hub import push
+    def push(
+        self,
+        refs: Sequence[str],
+        repo: str,
+        *,
+        revision: str | None = None,
+        private: bool = False,
+        create: bool = False,
+        message: str | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
+    ) -> "PushResult":
+        """Publish versions and the regenerated card to a Hub model repo in one commit.
 
-        return push(self, refs, repo, **options)
+        Raises:
+            HubNotFoundError, HubAuthError, HubEndpointError, HubContentError (exit 2);
+            HubError for an unreachable Hub or rate limiting.
+        """
+        from pvreg.registry.hub.push import push
 
-    def pull(self, repo: str, **options: Any) -> Any:
-        """Download vectors from a Hub repo, verify them, and register them."""
-        from pvreg.registry.hub import pull
+        return push(self.store, refs, repo, revision=revision, private=private, create=create, message=message,
+                    endpoint=endpoint, token=token)
 
-        return pull(self, repo, **options)
+    def pull(
+        self,
+        repo: str,
+        *,
+        revision: str | None = None,
+        names: Sequence[str] | None = None,
+        as_name: str | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
+    ) -> "PullResult":
+        """Download vectors from a Hub repo, verify every one, and register them all or none.
 
-    def remote_ls(self, repo: str, **options: Any) -> Any:
-        """List the vectors in a Hub repo without downloading blobs."""
-        from pvreg.registry.hub import remote_ls
+        Raises:
+            HubNotFoundError, HubAuthError, HubEndpointError; IntegrityError for a
+            tampered or inconsistent file; InvalidNameError/InvalidTextError for bad text.
+        """
+        from pvreg.registry.hub.pull import pull
 
-        return remote_ls(self, repo, **options)
+        return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint,
+                    token=token)
 
+    def remote_ls(
+        self,
+        repo: str,
+        *,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
+    ) -> "RemoteListing":
+        """List the vectors in a Hub repo without downloading blobs.
 
-def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
-    """Insert ``new`` inside the caller's transaction: (version id, whether a row was created).
+        Raises:
+            HubNotFoundError, HubAuthError, HubEndpointError.
+        """
+        from pvreg.registry.hub.pull import remote_ls
 
-    With ``new.dedupe`` an existing version of the same name with the same sha256 is
-    returned (created False).  :meth:`Registry.commit_version` runs it in a transaction of
-    its own; ``pull`` runs one per vector in a single transaction (all or nothing).
-    """
-    from sqlalchemy import func, select
+        return remote_ls(self.store, repo, revision=revision, endpoint=endpoint, token=token)
 
-    from pvreg.registry.models import BaseModelRow, Vector, Version, VersionParent, VersionTag
-
-    stats = new.stats
-    vec = s.scalar(select(Vector).where(Vector.name == new.name))
-    if vec is None:
-        vec = Vector(name=new.name, description=new.description)
-        s.add(vec)
-        s.flush()
-    elif new.description is not None:
-        vec.description = new.description
-    if new.dedupe:
-        existing = s.scalar(
-            select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256)
-        )
-        if existing is not None:
-            return existing, False
-    base_row = s.get(BaseModelRow, new.base.fingerprint)
-    if base_row is None:
-        base_row = BaseModelRow(fingerprint=new.base.fingerprint)
-        s.add(base_row)
-    for key in ("label", "hub_id", "architecture", "num_tensors", "num_params", "local_path"):
-        value = new.base.facts.get(key)
-        if value is not None and (key in ("local_path", "num_tensors", "num_params") or getattr(base_row, key) is None):
-            setattr(base_row, key, value)
-    last = s.scalar(select(func.max(Version.version)).where(Version.vector_id == vec.id)) or 0
-    row = Version(
-        vector_id=vec.id,
-        version=last + 1,
-        sha256=stats.sha256,
-        size_bytes=stats.size_bytes,
-        base_fingerprint=new.base.fingerprint,
-        dataset=new.dataset,
-        sign=new.sign,
-        norm=stats.norm,
-        tensor_norms=stats.tensor_norms,
-        dtype=stats.dtype,
-        num_tensors=stats.num_tensors,
-        num_params=stats.num_params,
-        kind=new.kind,
-        provenance={**new.provenance, **stats.extra},
-        message=new.message,
-        state="active",
-    )
-    s.add(row)
-    s.flush()
-    for pos, p in enumerate(new.parents):
-        s.add(VersionParent(version_id=row.id, position=pos, parent_ref=p.ref,
-                            parent_sha256=p.sha256, coefficient=p.coefficient))
-    for k, v in sorted(new.tags.items()):
-        s.add(VersionTag(version_id=row.id, key=k, value=v))
-    return row.id, True
-
-
-def _resolve_row(s: Session, ref: str) -> Version:
-    """The ORM row ``ref`` names, resolved inside the writer's own transaction."""
-    from pvreg.registry.models import Version
-
-    row = s.get(Version, catalog.resolve_id(s.connection(), ref))
-    if row is None:  # pragma: no cover - same transaction as the resolve
-        raise NotFoundError(f"unknown reference {ref!r}")
-    return row
-
-
-def _embedded_meta(label: str, metadata: Mapping[str, str]) -> VectorMeta | None:
-    """The ``VectorMeta`` a pvreg export carries in its header, or None for a plain file.
-
-    It comes from outside (a file anyone can forge), so besides the schema every text
-    field is held to the same rules as local input before any of it is used; errors
-    name ``label`` (the file, or the Hub path it was downloaded from).
-    """
-    raw = metadata.get("pvreg")
-    if raw is None:
-        return None
-    from pydantic import ValidationError
-
-    from pvreg.registry.errors import PvregError
-    from pvreg.registry.text import check_version_text
-
-    try:
-        meta = VectorMeta.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidVectorError(f"{label}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}") from None
-    try:
-        check_version_text(meta.name, dataset=meta.dataset, tags=meta.tags, description=meta.description,
-                           message=meta.message, parents=meta.parents, aliases=meta.aliases)
-    except PvregError as exc:
-        raise type(exc)(f"{label}: embedded pvreg metadata: {exc}") from None
-    return meta
+    def hub_records(self, ref: str) -> builtins.list[dict[str, Any]]:
+        """Every push/pull recorded for the version ``ref`` points at, oldest first."""
+        with self.store.read() as conn:
+            return catalog.hub_records(conn, catalog.resolve_id(conn, ref))

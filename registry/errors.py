@@ -108,6 +108,10 @@ class UserError(PvregError):
     exit_code = 2
 
 
+class InvalidOptionError(UserError, ValueError):
+    """An option's value is not one pvreg accepts (a dtype, a size, a sign, ...)."""
+
+
 class InvalidNameError(UserError, ValueError):
     """A vector name or alias breaks the slug rules."""
 

@@ -10,10 +10,18 @@ source of a name: the command line, exported files and Hub repos.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from pvreg.registry.errors import InvalidNameError, InvalidReferenceError
+from pvreg.registry.errors import (
+    InvalidNameError,
+    InvalidReferenceError,
+    InvalidTextError,
+)
+from pvreg.registry.text import check_dataset, check_tags, check_text, printable
 from pvreg.registry.text import printable as _printable
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")
@@ -82,3 +90,44 @@ def parse_ref(text: str) -> Ref:
     except InvalidNameError as exc:
         raise InvalidReferenceError(f"invalid reference {_printable(text)}: {exc}") from None
     return Ref(text=text, name=name, alias=selector)
+
+
+def check_parent(ref: object, sha256: object, coefficient: object) -> None:
+    """A lineage edge: ``name@version``, a full sha256, a finite coefficient or None."""
+    try:
+        parsed = parse_ref(ref) if isinstance(ref, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version is None:
+        raise InvalidTextError(f"invalid parent reference {printable(ref)}: expected NAME@VERSION")
+    if not isinstance(sha256, str) or not HEX64_RE.fullmatch(sha256):
+        raise InvalidTextError(f"invalid sha256 {printable(sha256)} of parent {ref}: expected 64 hex digits")
+    if coefficient is not None and (not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)):
+        raise InvalidTextError(f"invalid coefficient {printable(coefficient)} of parent {ref}: must be finite")
+
+
+
+def check_version_text(
+    name: str,
+    *,
+    dataset: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    description: str | None = None,
+    message: str | None = None,
+    parents: Iterable[Any] = (),
+    aliases: Iterable[str] = (),
+) -> None:
+    """Every text field of a version, by the rules above; the first bad one raises.
+
+    ``parents`` are :class:`~pvreg.schemas.ParentRef` (or anything with ``ref``,
+    ``sha256`` and ``coefficient``).
+    """
+    check_name(name)
+    check_dataset(dataset)
+    check_tags(tags or {})
+    check_text(description, "description")
+    check_text(message, "message")
+    for p in parents:
+        check_parent(p.ref, p.sha256, p.coefficient)
+    for a in aliases:
+        check_alias(a)

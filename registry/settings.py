@@ -25,6 +25,10 @@ def default_home() -> Path:
     return base / "pvreg"
 
 
+#: The SQLite database of a registry that has no ``PVREG_DATABASE_URL``.
+DATABASE_FILE = "registry.db"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations of one registry."""
@@ -32,13 +36,31 @@ class Settings:
     home: Path
     database_url: str
 
+    # The on-disk layout of a registry, spelled here and nowhere else.
+
     @property
     def blob_dir(self) -> Path:
+        """Canonical blobs: ``blob_dir/<2 hex>/<62 hex>.safetensors``."""
         return self.home / "blobs" / "sha256"
+
+    @property
+    def gc_lock(self) -> Path:
+        """Writers hold it shared from a blob's write to its commit; gc holds it exclusively."""
+        return self.home / "blobs" / ".gc.lock"
 
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def pending_dir(self) -> Path:
+        """Markers of outputs being staged (see :mod:`pvreg.registry.storage.staging`)."""
+        return self.home / "pending"
+
+    @property
+    def migrate_lock(self) -> Path:
+        """Held while a schema upgrade runs, so two processes never migrate at once."""
+        return self.home / ".migrate.lock"
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -90,5 +112,5 @@ class Settings:
         else:
             home = default_home()
         home = home.expanduser().absolute()
-        url = url_override or f"sqlite:///{home / 'registry.db'}"
+        url = url_override or f"sqlite:///{home / DATABASE_FILE}"
         return cls(home=home, database_url=url)

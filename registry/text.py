@@ -15,10 +15,8 @@ escaped (``json.dumps`` already writes every such character as ``\\uNNNN``).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from pvreg.registry.errors import InvalidTextError
 
@@ -125,45 +123,3 @@ def check_label(value: str | None, what: str) -> str | None:
     return None if value is None else check_line(value, what, max_len=LABEL_MAX)
 
 
-def check_parent(ref: object, sha256: object, coefficient: object) -> None:
-    """A lineage edge: ``name@version``, a full sha256, a finite coefficient or None."""
-    from pvreg.registry.refs import HEX64_RE, parse_ref  # refs imports this module: import it late
-
-    try:
-        parsed = parse_ref(ref) if isinstance(ref, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.version is None:
-        raise InvalidTextError(f"invalid parent reference {printable(ref)}: expected NAME@VERSION")
-    if not isinstance(sha256, str) or not HEX64_RE.fullmatch(sha256):
-        raise InvalidTextError(f"invalid sha256 {printable(sha256)} of parent {ref}: expected 64 hex digits")
-    if coefficient is not None and (not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)):
-        raise InvalidTextError(f"invalid coefficient {printable(coefficient)} of parent {ref}: must be finite")
-
-
-def check_version_text(
-    name: str,
-    *,
-    dataset: str | None = None,
-    tags: Mapping[str, str] | None = None,
-    description: str | None = None,
-    message: str | None = None,
-    parents: Iterable[Any] = (),
-    aliases: Iterable[str] = (),
-) -> None:
-    """Every text field of a version, by the rules above; the first bad one raises.
-
-    ``parents`` are :class:`~pvreg.schemas.ParentRef` (or anything with ``ref``,
-    ``sha256`` and ``coefficient``).
-    """
-    from pvreg.registry.refs import check_alias, check_name
-
-    check_name(name)
-    check_dataset(dataset)
-    check_tags(tags or {})
-    check_text(description, "description")
-    check_text(message, "message")
-    for p in parents:
-        check_parent(p.ref, p.sha256, p.coefficient)
-    for a in aliases:
-        check_alias(a)

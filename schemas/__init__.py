@@ -37,7 +37,12 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:
-    from pvreg.schemas.compose import ComposeResult, ComposeSpec, ComposeTerm, CompositionRecord
+    from pvreg.schemas.compose import (
+        ComposeResult,
+        ComposeSpec,
+        ComposeTerm,
+        CompositionRecord,
+    )
     from pvreg.schemas.hub import (
         HubBaseInfo,
         HubVectorFile,

@@ -11,9 +11,8 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from pvreg.schemas.vector import VectorMeta
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Accumulate = Literal["float32", "float64"]
 
@@ -49,19 +48,6 @@ class ComposeSpec(BaseModel):
     normalize: bool = False
     accumulate: Accumulate = "float32"
     dtype: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _string_terms(cls, data: Any) -> Any:
-        """Let a file list terms as ``"helpful:0.5"`` strings as well as mappings."""
-        if isinstance(data, dict) and isinstance(data.get("terms"), list):
-            from pvreg.registry.spec import parse_token
-
-            data = {
-                **data,
-                "terms": [parse_token(t).model_dump() if isinstance(t, str) else t for t in data["terms"]],
-            }
-        return data
 
 
 class ComposeResult(BaseModel):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from pvreg.schemas.vector import VectorMeta
+from pydantic import BaseModel, ConfigDict, Field
 
 HUB_FORMAT = 1
 

@@ -111,9 +111,8 @@ def registry_snapshot(home: Path) -> dict[str, object]:
     SQLite's -wal/-shm files and lock files are excluded (they change on any
     read); the rows come from a fresh connection, so uncommitted work would show.
     """
-    from sqlalchemy import MetaData, create_engine, select
-
     from pvreg.registry.settings import Settings
+    from sqlalchemy import MetaData, create_engine, select
 
     settings = Settings.resolve()
     db_bytes = None

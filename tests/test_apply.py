@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from pvreg.registry.api import Registry
-from pvreg.registry.apply import map_names
 from pvreg.registry.errors import BaseMismatchError
+from pvreg.registry.merge.apply import map_names
+from safetensors.torch import load_file, save_file
 
 CFG = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)

@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from factories import make_base, make_vector
+from safetensors.torch import save_file
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -243,15 +242,16 @@ def export_tampered(env: Env) -> None:
 def fake_ambiguous(env: Env) -> None:
     """Two versions whose sha256 share 8 hex digits (cannot be made on purpose; insert rows directly)."""
     from pvreg import Registry
-    from pvreg.registry.api import NewVersion, ResolvedBase
-    from pvreg.registry.ingest import BlobStats
+    from pvreg.registry.storage.bases import ResolvedBase
+    from pvreg.registry.sources.ingest import BlobStats
+    from pvreg.registry.storage.writes import NewVersion
 
     with Registry.open() as reg:
         fp = reg.resolve("helpful").base_fingerprint
         for name, digit in (("fake-a", "1"), ("fake-b", "2")):
             stats = BlobStats(sha256="abcdef01" + digit * 56, size_bytes=1, norm=1.0, tensor_norms={},
                               dtype="float32", num_tensors=1, num_params=1)
-            reg.commit_version(NewVersion(name=name, stats=stats, base=ResolvedBase(fp)))
+            reg.store.commit_version(NewVersion(name=name, stats=stats, base=ResolvedBase(fp)))
 
 
 def same_blob_twice(env: Env) -> None:
@@ -326,19 +326,19 @@ def side_registry(env: Env, vector_seed: int, **base_kw) -> Path:
 def published(env: Env, name: str, registry: Path | None = None) -> tuple[bytes, dict]:
     """(exported blob bytes, pvreg.json as a dict) exactly as ``pvreg push`` would publish ``name``."""
     from pvreg import Registry
-    from pvreg.registry.export import write_exported
-    from pvreg.registry.hub import _json_bytes, _published
+    from pvreg.registry.hub.layout import json_bytes, published
+    from pvreg.registry.sources.exported import write_exported
 
     out = env.p(f"pub-{name}.safetensors")
     where = f"sqlite:///{registry / 'registry.db'}" if registry is not None else None
     if registry is not None:
         env.monkeypatch.setenv("PVREG_HOME", str(registry))  # blobs of a URL-opened registry live in PVREG_HOME
     with Registry.open(where) as reg:
-        public, doc = _published(reg, reg.resolve(name))
+        public, doc = published(reg, reg.resolve(name))
         write_exported(reg.blob_path(name), public, out)
     if registry is not None:
         env.monkeypatch.setenv("PVREG_HOME", str(env.home))
-    return out.read_bytes(), json.loads(_json_bytes(doc))
+    return out.read_bytes(), json.loads(json_bytes(doc))
 
 
 def j(doc: dict) -> bytes:
@@ -366,8 +366,8 @@ def hub_wrong_shapes(env: Env) -> dict[str, bytes]:
     """Consistent metadata claiming our base, over tensors of another architecture."""
     other = side_registry(env, 3, cfg={"hidden_size": 32, "intermediate_size": 64})
     from pvreg import Registry
-    from pvreg.registry.export import write_exported
-    from pvreg.registry.hub import _json_bytes, _published
+    from pvreg.registry.hub.layout import json_bytes, published
+    from pvreg.registry.sources.exported import write_exported
 
     with Registry.open() as reg:
         ours = reg.resolve("helpful").base_fingerprint
@@ -375,12 +375,12 @@ def hub_wrong_shapes(env: Env) -> dict[str, bytes]:
     env.monkeypatch.setenv("PVREG_HOME", str(other))
     with Registry.open(f"sqlite:///{other / 'registry.db'}") as reg:
         meta = reg.resolve("helpful")
-        public, doc = _published(reg, meta)
+        public, doc = published(reg, meta)
         public = public.model_copy(update={"base_fingerprint": ours, "name": "shapes"})
         doc = doc.model_copy(update={"base_fingerprint": ours, "name": "shapes", "base": None})
         write_exported(reg.blob_path("helpful"), public, out)
     env.monkeypatch.setenv("PVREG_HOME", str(env.home))
-    return {"shapes/vector.safetensors": out.read_bytes(), "shapes/pvreg.json": _json_bytes(doc)}
+    return {"shapes/vector.safetensors": out.read_bytes(), "shapes/pvreg.json": json_bytes(doc)}
 
 
 def hub_missing_blob(env: Env) -> dict[str, bytes]:
@@ -454,11 +454,10 @@ def hub_raw_card(repo: str, card: bytes) -> Callable[[Env], None]:
 def legacy_name(old: str, new: str) -> Callable[[Env], None]:
     """Rename vector ``old`` to ``new`` with SQL (as an older pvreg let a forged name in); ``{tail}`` = its sha ref."""
     def make(env: Env) -> None:
-        from sqlalchemy import create_engine, update
-
         from pvreg import Registry
-        from pvreg.registry import tables
         from pvreg.registry.settings import Settings
+        from pvreg.registry.storage import tables
+        from sqlalchemy import create_engine, update
 
         with Registry.open() as reg:
             sha = reg.resolve(old).sha256

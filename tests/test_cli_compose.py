@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from factories import make_base, make_vector
-
-from pvreg.registry.fsutil import TEMP_PREFIX
+from pvreg.registry.files import TEMP_PREFIX
 
 
 @pytest.fixture

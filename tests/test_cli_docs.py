@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import typer
-
 from pvreg.cli.main import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from factories import llama_shapes, random_tensors, save_checkpoint
+from pvreg.registry.api import Registry
 from safetensors.torch import load_file, save_file
 from test_extract import assert_one_line_error
-
-from pvreg.registry.api import Registry
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -248,4 +247,4 @@ def test_finetuned_mismatch_is_one_line(tmp_path: Path, base_dir: Path, cli) -> 
 def test_bad_dtype_is_one_line(base_dir: Path, tmp_path: Path, cli) -> None:
     save_checkpoint(tmp_path / "ft", random_tensors(SHAPES, seed=3))
     res = cli("add", "x", "--finetuned", tmp_path / "ft", "--base", base_dir, "--dtype", "int8")
-    assert_one_line_error(res, 2, "'int8'", "float32, bfloat16 or float16")
+    assert_one_line_error(res, 2, "'int8'", "float32, bfloat16, float16 or float64")

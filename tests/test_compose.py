@@ -11,11 +11,15 @@ import pytest
 import torch
 import yaml
 from factories import make_base, make_vector
-from safetensors.torch import load_file, save_file
-
 from pvreg.registry.api import Registry
-from pvreg.registry.errors import BaseMismatchError, OutputExistsError, SpecError, UnsafeOutputError
-from pvreg.registry.fsutil import TEMP_PREFIX
+from pvreg.registry.errors import (
+    BaseMismatchError,
+    OutputExistsError,
+    SpecError,
+    UnsafeOutputError,
+)
+from pvreg.registry.files import TEMP_PREFIX
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture
@@ -210,7 +214,7 @@ def test_output_directory_contents(reg: Registry, tmp_path: Path) -> None:
     assert (out / "extra" / "notes.txt").read_text() == "hi"
     assert not (out / "model.safetensors").exists()
     for f in out.glob("*.safetensors"):
-        from pvreg.registry.tensorio import SafetensorsFile
+        from pvreg.registry.tensors.safetensors import SafetensorsFile
 
         assert SafetensorsFile(f).metadata == {"format": "pt"}
     card = (out / "README.md").read_text()
@@ -251,7 +255,7 @@ def test_existing_output_refused_then_forced(reg: Registry, tmp_path: Path, base
 
 def test_failure_midway_leaves_nothing(reg: Registry, tmp_path: Path, base_dir: Path, vector_file: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry import compose as compose_mod
+    from pvreg.registry.merge import engine as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     calls = {"n": 0}
@@ -323,7 +327,7 @@ def test_compositions_recorded(reg: Registry, tmp_path: Path, base_dir: Path, ve
 
 def test_validation_happens_before_reading_tensors(reg: Registry, tmp_path: Path, base_dir: Path,
                                                    vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry import compose as compose_mod
+    from pvreg.registry.merge import engine as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     other = tmp_path / "other"
@@ -394,7 +398,7 @@ def test_dtype_override_updates_config(reg: Registry, tmp_path: Path, base_dir: 
 
 def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: Path, base_dir: Path,
                                                       vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry import compose as compose_mod
+    from pvreg.registry.merge import engine as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     real = compose_mod.combined_delta

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from factories import make_vector
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -79,7 +78,7 @@ def test_compose_gc_and_add_running_together(tmp_path, base_dir, base_tensors, c
     Writers hold the store's shared lock from blob write to commit and compose announces its staging
     directory with a locked marker, so gc (exclusive lock) never removes anything a live writer needs.
     """
-    from pvreg.registry.fsutil import TEMP_PREFIX
+    from pvreg.registry.files import TEMP_PREFIX
 
     assert cli("fingerprint", base_dir).exit_code == 0
     for name, seed in (("a", 1), ("b", 2)):
@@ -123,9 +122,8 @@ def test_compose_gc_and_add_running_together(tmp_path, base_dir, base_tensors, c
 
 def test_readers_do_not_wait_for_an_open_write_transaction(home, cli, vector_file, base_dir) -> None:
     """list/show/log read a snapshot: a writer mid-transaction (held open here) neither blocks nor leaks into them."""
-    from sqlalchemy import create_engine, text
-
     from pvreg.registry.settings import Settings
+    from sqlalchemy import create_engine, text
 
     assert cli("add", "helpful", "--vector", vector_file, "--base", base_dir).exit_code == 0
     engine = create_engine(Settings.resolve().database_url)

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import run_cli
 from factories import insert_legacy_rows, make_base, make_vector
 from pvreg import Registry
 from pvreg.migrations import HEAD
-from pvreg.registry.fsutil import TEMP_PREFIX
+from pvreg.registry.files import TEMP_PREFIX
+from safetensors.torch import load_file, save_file
 
 SEED = 20240607
 TOKEN = "hf_dummy_crash_token"
@@ -48,7 +47,10 @@ ZYGOTE = r"""
 import json, os, signal, sys, time
 import torch  # noqa: F401  (the expensive import, paid once)
 import pvreg.cli.main  # noqa: F401
-from pvreg.registry import api, compose, ingest, tensorio  # noqa: F401
+from pvreg.registry import api  # noqa: F401
+from pvreg.registry.merge import compose
+from pvreg.registry.sources import ingest
+from pvreg.registry.tensors import safetensors
 assert "huggingface_hub" not in sys.modules  # children must read their own HF_* environment
 out = sys.stdout
 out.write(json.dumps({"ready": os.getpid()}) + "\n"); out.flush()
@@ -173,7 +175,7 @@ def check_sound(home: Path, *, out_dirs: tuple[Path, ...] = ()) -> tuple[list, i
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     with Registry.open(home) as reg:
-        metas = reg._all_versions()
+        metas = reg.store.all_versions()
         for m in metas:
             blob = reg.blobs.path(m.sha256)
             assert blob.is_file(), f"{m.ref} points at a missing blob"
@@ -211,7 +213,7 @@ def test_add_killed_at_random_moments(zygote, tmp_path) -> None:
 
     def reset() -> None:  # remove the version and its blob, so every run writes the blob afresh
         with Registry.open(home) as reg:
-            for m in reg._all_versions():
+            for m in reg.store.all_versions():
                 reg.rm(m.ref)
             reg.gc(all_unreferenced=True)
 
@@ -291,13 +293,13 @@ def _check_vector_file(path: Path, expected: dict[str, torch.Tensor]) -> None:
 
 
 def _check_model_dir(path: Path, base: dict, expected: dict[str, torch.Tensor]) -> None:
-    from pvreg.registry.fingerprint import fingerprint_path
+    from pvreg.registry.tensors.fingerprint import fingerprint_path
 
     names = {p.name for p in path.iterdir()}
     assert {"config.json", "README.md", "pvreg-composition.json"} <= names, names
     record = json.loads((path / "pvreg-composition.json").read_text())
     assert fingerprint_path(path) == record["output_fingerprint"]
-    from pvreg.registry.tensorio import open_checkpoint
+    from pvreg.registry.tensors.checkpoint import open_checkpoint
 
     with open_checkpoint(path) as ckpt:
         assert sorted(ckpt.infos) == sorted(base)
@@ -401,7 +403,7 @@ def test_pull_killed_at_random_moments(zygote, tmp_path, hub) -> None:
 
     def reset() -> None:
         with Registry.open(home) as reg:
-            for m in reg._all_versions():
+            for m in reg.store.all_versions():
                 reg.rm(m.ref)
             reg.gc(all_unreferenced=True)
 
@@ -427,9 +429,8 @@ def test_pull_killed_at_random_moments(zygote, tmp_path, hub) -> None:
 def _old_registry(home: Path) -> None:
     """A registry at revision 0001 holding one vector, one version and an alias."""
     from alembic import command
+    from pvreg.registry.storage import db
     from sqlalchemy import text
-
-    from pvreg.registry import db
 
     home.mkdir(parents=True)
     engine = db.make_engine(f"sqlite:///{home / 'registry.db'}")
@@ -507,7 +508,7 @@ def test_db_upgrade_killed_at_random_moments(zygote, tmp_path) -> None:
 BACKUP_SCRIPT = r"""
 import sys
 from pathlib import Path
-from pvreg.registry.db import backup_sqlite
+from pvreg.registry.storage.db import backup_sqlite
 print("go", flush=True)
 backup_sqlite(Path(sys.argv[1]), "0001")
 print("done", flush=True)
@@ -518,7 +519,7 @@ def test_backup_killed_midway_leaves_no_false_backup(tmp_path) -> None:
     """The pre-migration backup is the one file a user restores from: it must be complete or absent."""
     import time
 
-    from pvreg.registry.db import backup_sqlite
+    from pvreg.registry.storage.db import backup_sqlite
 
     home = tmp_path / "reg"
     _old_registry(home)
@@ -577,12 +578,11 @@ def downgrade() -> None:
 @pytest.mark.usefixtures("backend")
 def test_failed_migration_keeps_backup_and_leaves_database_usable(tmp_path, home, monkeypatch, cli,
                                                                   vector_file, base_dir) -> None:
-    from sqlalchemy import create_engine, inspect, text
-
     from pvreg.migrations import SCRIPT_LOCATION
-    from pvreg.registry import db
     from pvreg.registry.errors import DatabaseVersionError
     from pvreg.registry.settings import Settings
+    from pvreg.registry.storage import db
+    from sqlalchemy import create_engine, inspect, text
 
     assert cli("add", "keep", "--vector", vector_file, "--base", base_dir).exit_code == 0
     assert cli("tag", "keep@1", "prod").exit_code == 0

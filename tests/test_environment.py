@@ -26,10 +26,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from conftest import POSTGRES_URL, run_cli
 from factories import make_vector
+from safetensors.torch import load_file
 
 ROOT = os.geteuid() == 0
 
@@ -406,8 +404,8 @@ def test_failed_commit_removes_its_blob_unless_a_concurrent_writer_reused_it(tmp
     holds the writers' shared lock throughout, finds A's blob in place, reuses it and commits after A failed.
     A's clean-up waits for gc's exclusive lock, so it sees B's row and keeps the blob; without B it removes it."""
     from pvreg import Registry
-    from pvreg.registry import db
     from pvreg.registry.errors import ReadOnlyRegistryError
+    from pvreg.registry.storage import db
 
     vec = tmp_path / "same.safetensors"
     make_vector(vec, base_tensors, seed=77)
@@ -647,7 +645,7 @@ def opened(backend, home):
 
 
 def _attempts(reg, work) -> tuple[int, float, BaseException | None]:
-    from pvreg.registry import db
+    from pvreg.registry.storage import db
 
     calls = 0
 
@@ -658,7 +656,7 @@ def _attempts(reg, work) -> tuple[int, float, BaseException | None]:
 
     start = time.monotonic()
     try:
-        db.run_transaction(reg._sessions, counted)
+        db.run_transaction(reg.store.sessions, counted)
         err = None
     except Exception as exc:  # noqa: BLE001
         err = exc
@@ -666,10 +664,9 @@ def _attempts(reg, work) -> tuple[int, float, BaseException | None]:
 
 
 def test_a_non_race_integrity_error_is_not_retried(opened) -> None:
+    from pvreg.registry.storage.tables import vectors, version_tags
     from sqlalchemy import insert
     from sqlalchemy.exc import IntegrityError
-
-    from pvreg.registry.tables import vectors, version_tags
 
     def fk_violation(s):
         s.execute(insert(version_tags).values(version_id=987654, key="k", value="v"))
@@ -677,10 +674,10 @@ def test_a_non_race_integrity_error_is_not_retried(opened) -> None:
     def not_null(s):
         s.execute(insert(vectors).values(name=None))
 
-    from pvreg.registry import db
-    from pvreg.registry.tables import utcnow
+    from pvreg.registry.storage import db
+    from pvreg.registry.storage.tables import utcnow
 
-    existing = db.run_transaction(opened._sessions, lambda s: s.execute(
+    existing = db.run_transaction(opened.store.sessions, lambda s: s.execute(
         insert(vectors).values(name="taken", created_at=utcnow())).inserted_primary_key[0])
 
     def duplicate_primary_key(s):  # a unique violation, but not on a constraint writers race for
@@ -696,9 +693,8 @@ def test_a_unique_race_is_retried_on_postgres(opened, backend) -> None:
     """Two writers create the same name: the loser's insert violates uq_vectors_name and its retry finds the row."""
     if backend != "postgres":
         pytest.skip("SQLite serialises writers with BEGIN IMMEDIATE: the race cannot happen there")
+    from pvreg.registry.storage.tables import utcnow, vectors
     from sqlalchemy import create_engine, insert, select
-
-    from pvreg.registry.tables import utcnow, vectors
 
     other = create_engine(os.environ["PVREG_DATABASE_URL"])
     calls = 0
@@ -714,20 +710,19 @@ def test_a_unique_race_is_retried_on_postgres(opened, backend) -> None:
         s.execute(insert(vectors).values(name="raced", created_at=utcnow()))
         return "inserted"
 
-    from pvreg.registry import db
+    from pvreg.registry.storage import db
 
     try:
-        assert db.run_transaction(opened._sessions, work) == "found"
+        assert db.run_transaction(opened.store.sessions, work) == "found"
     finally:
         other.dispose()
     assert calls == 2
 
 
 def test_sqlite_lock_held_past_every_attempt_is_one_line(home, cli) -> None:
-    from sqlalchemy import text
-
-    from pvreg.registry import db
     from pvreg.registry.errors import StorageError
+    from pvreg.registry.storage import db
+    from sqlalchemy import text
 
     assert cli("list").exit_code == 0  # creates the registry
     path = home / "registry.db"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from pvreg.registry.errors import GridError, UserError
 from pvreg.registry.evaluation import grid as g
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pvreg.registry.errors import EvalError
 from pvreg.registry.evaluation.plots import plot_heatmap, plot_line
 from pvreg.schemas.evaluation import MetricValue

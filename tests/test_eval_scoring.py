@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from eval_factories import CHAT_TEMPLATE, build_gpt2, build_llama, build_tokenizer, words
+from eval_factories import (
+    CHAT_TEMPLATE,
+    build_gpt2,
+    build_llama,
+    build_tokenizer,
+    words,
+)
 from pvreg.registry.errors import EvalError, EvalSetError
 from pvreg.registry.evaluation.scoring import score_completions
 

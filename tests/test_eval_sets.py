@@ -6,9 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pvreg.registry.errors import EvalSetError, NotFoundError, UserError
-from pvreg.registry.evaluation.evalsets import ChoiceItem, PreferencePair, read_choices, read_pairs, read_texts
+from pvreg.registry.evaluation.evalsets import (
+    ChoiceItem,
+    PreferencePair,
+    read_choices,
+    read_pairs,
+    read_texts,
+)
 
 
 def jsonl(path: Path, rows: list, *, raw: str = "") -> Path:

@@ -1,4 +1,4 @@
-"""Vectors made from checkpoints (pvreg.registry.extract): θ+ − θ− and θft − θbase.
+"""Vectors made from checkpoints (pvreg.registry.sources.extract): θ+ − θ− and θft − θbase.
 
 Expected values are computed independently here from the same files
 (``safetensors.torch.load_file`` / ``torch.load`` and a plain subtraction).
@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from factories import llama_shapes, make_base, random_tensors, save_checkpoint
-from safetensors.torch import load_file
-
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import BaseMismatchError, InvalidVectorError, UserError
+from safetensors.torch import load_file
 
 SHAPES = llama_shapes()
 NAMES = sorted(SHAPES)
@@ -313,7 +312,7 @@ def test_incomplete_pair_refused(pair, base_dir: Path, cli) -> None:
 
 def test_mismatch_reported_before_hashing(tmp_path: Path, pair, base_dir: Path, monkeypatch) -> None:
     """Structural errors come before any tensor data is hashed or read."""
-    import pvreg.registry.fingerprint as fp
+    import pvreg.registry.tensors.fingerprint as fp
 
     pos_dir, _ = pair
     bad = random_tensors({**SHAPES, "model.norm.weight": (17,)}, seed=5)
@@ -323,7 +322,7 @@ def test_mismatch_reported_before_hashing(tmp_path: Path, pair, base_dir: Path, 
     calls: list[str] = []
     real = fp.checkpoint_entries
     monkeypatch.setattr(fp, "checkpoint_entries", lambda c, cache=None: calls.append(str(c.source)) or real(c, cache))
-    from pvreg.registry import extract
+    from pvreg.registry.sources import extract
 
     with pytest.raises(BaseMismatchError, match=r"'model.norm.weight' has shape \[17\] but the base has \[16\]"):
         extract.build_source(resolved, positive=pos_dir, negative=tmp_path / "bad", finetuned=None, lora=None,
@@ -332,7 +331,7 @@ def test_mismatch_reported_before_hashing(tmp_path: Path, pair, base_dir: Path, 
 
 
 def test_inputs_released_tensor_by_tensor(pair, base_dir: Path, monkeypatch) -> None:
-    from pvreg.registry.tensorio import Checkpoint
+    from pvreg.registry.tensors.checkpoint import Checkpoint
 
     released: list[tuple[str, str]] = []
     real = Checkpoint.release

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from factories import llama_shapes, random_tensors, save_checkpoint
 from pvreg import Registry
-from pvreg.registry import fingerprint as fp_module
+from pvreg.registry.tensors import fingerprint as fp_module
+from safetensors.torch import save_file
 
 
 def independent_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -12,17 +12,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from factories import make_base, make_vector
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
-from factories import make_base, make_vector
-
 try:
-    from hubserver import HubServer
     from hubserver import HubError as ServerHubError
-    from hubserver import _Handler, isolate_hf_client
+    from hubserver import HubServer, _Handler, isolate_hf_client
 except ImportError:  # pragma: no cover
-    from .hubserver import HubServer, _Handler, isolate_hf_client
     from .hubserver import HubError as ServerHubError
+    from .hubserver import HubServer, _Handler, isolate_hf_client
 
 TOKEN = "hf_dummy_token_123"
 REPO = "alice/prefs"
@@ -89,7 +87,7 @@ def local_shas(registry=None):
     from pvreg.registry.api import Registry
 
     with Registry.open(registry) as reg:
-        return {m.ref: m.sha256 for m in reg._all_versions()}
+        return {m.ref: m.sha256 for m in reg.store.all_versions()}
 
 
 def one_error_line(r):
@@ -129,16 +127,15 @@ def test_push_three_then_pull_into_fresh_registry(server, src, cli):
                     "path": "a/vector.safetensors", "remote_ref": "a@1"}
 
     from pvreg.registry.api import Registry
-    from pvreg.registry.hub import hub_records
 
     with Registry.open(src.root) as reg:
-        recs = hub_records(reg, "a@1")
+        recs = reg.hub_records("a@1")
         assert [(x["direction"], x["repo"], x["revision"], x["commit_sha"], x["path"]) for x in recs] == [
             ("push", REPO, "main", head, "a/vector.safetensors")]
         assert reg.db_current() == "0003"
         assert reg.base_info(src.metas["a"]["base_fingerprint"]).hub_id == HUB_ID
     with Registry.open() as reg:
-        assert [x["direction"] for x in hub_records(reg, "b")] == ["pull"]
+        assert [x["direction"] for x in reg.hub_records("b")] == ["pull"]
         # the pulled base keeps its public facts, not the publisher's local path
         base = reg.base_info(src.metas["a"]["base_fingerprint"])
         assert base.hub_id == HUB_ID and base.local_path is None
@@ -153,7 +150,7 @@ def test_push_three_then_pull_into_fresh_registry(server, src, cli):
 
 
 def test_compose_identical_in_both_registries(server, src, cli, tmp_path):
-    pytest.importorskip("pvreg.registry.compose")
+    pytest.importorskip("pvreg.registry.merge.compose")
     assert push(cli, server, src, "a", "b", "c", extra=["--create"]).exit_code == 0
     assert pull(cli, server).exit_code == 0
     outs = []
@@ -283,13 +280,13 @@ def test_pvreg_json_disagreeing_with_blob_refused(server, src, cli, snapshot, fi
 def test_blob_re_signed_with_matching_pvreg_json_still_refused(server, src, cli, snapshot, tmp_path):
     """A consistent lie (a's metadata, pvreg.json and embedded, over b's tensors) fails the canonical sha256."""
     from pvreg.registry.api import Registry
-    from pvreg.registry.export import write_exported
-    from pvreg.registry.hub import _published
+    from pvreg.registry.hub.layout import published
+    from pvreg.registry.sources.exported import write_exported
 
     assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
     out = tmp_path / "fake.safetensors"
     with Registry.open(src.root) as reg:
-        public, _ = _published(reg, reg.resolve("a"))
+        public, _ = published(reg, reg.resolve("a"))
         write_exported(reg.blob_path("b"), public, out)
     assert out.stat().st_size == len(server.file_bytes(REPO, "a/vector.safetensors"))  # same size: LFS check passes
     server.tamper(REPO, "a/vector.safetensors", out.read_bytes())
@@ -453,13 +450,12 @@ def test_migration_matches_models(tmp_path):
     """Alembic autogenerate sees no difference between the models and the migrated schema (hub_records too)."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-
     from pvreg.registry.api import Registry
-    from pvreg.registry.models import Base
+    from pvreg.registry.storage.models import Base
 
     with Registry.open(tmp_path / "r") as reg:
         assert reg.db_current() == "0003"
-        with reg.engine.connect() as conn:
+        with reg.store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -474,12 +470,11 @@ REPO_IDS = ["alice/prefs", "a/b", "Alice_1/x.y-z", "_a/_b", "alice/a--b", "alice
 
 def test_repo_ids_follow_the_hub_clients_own_rules():
     """pvreg accepts exactly the OWNER/NAME ids huggingface_hub's validate_repo_id accepts."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     from hypothesis import given, settings
     from hypothesis import strategies as st
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     from pvreg.registry.errors import UserError
-    from pvreg.registry.hub import parse_repo
+    from pvreg.registry.hub.client import parse_repo
 
     def agree(repo_id: str) -> None:
         try:
@@ -593,17 +588,16 @@ def test_non_utf8_card_refuses_push_and_is_left_alone(server, src, cli):
     _raw_commit(server, {"README.md": latin1})  # the client itself refuses to upload a non-UTF-8 README
     n = len(server.commits(REPO))
     from pvreg.registry.api import Registry
-    from pvreg.registry.hub import hub_records
 
     with Registry.open(src.root) as reg:
-        records = len(hub_records(reg, "b"))
+        records = len(reg.hub_records("b"))
     r = push(cli, server, src, "b")
     assert r.exit_code == 2
     line = one_error_line(r)
     assert "README.md" in line and "not UTF-8" in line and "0xe8" in line, line
     assert len(server.commits(REPO)) == n and server.file_bytes(REPO, "README.md") == latin1
     with Registry.open(src.root) as reg:
-        assert len(hub_records(reg, "b")) == records
+        assert len(reg.hub_records("b")) == records
 
 
 # --- names and text from a Hub repo ------------------------------------------------------------------------------------
@@ -646,9 +640,8 @@ def test_hostile_remote_entries_are_listed_escaped_and_never_pulled(server, src,
 
 def test_vector_with_a_stored_name_that_is_not_valid_is_not_pushed(server, src, cli, tmp_path):
     """A name an older pvreg let in (from a forged export) cannot become a path outside the work dir."""
+    from pvreg.registry.storage import tables
     from sqlalchemy import create_engine, update
-
-    from pvreg.registry import tables
 
     engine = create_engine(f"sqlite:///{src.root / 'registry.db'}")
     with engine.begin() as conn:
@@ -667,9 +660,8 @@ def test_vector_with_a_stored_name_that_is_not_valid_is_not_pushed(server, src, 
 
 def _fail_inserts_of(name: str) -> None:
     """A real database failure: a trigger that makes inserting vector ``name`` fail (SQLite or PostgreSQL)."""
-    from sqlalchemy import create_engine, text
-
     from pvreg.registry.settings import Settings
+    from sqlalchemy import create_engine, text
 
     url = Settings.resolve().database_url
     engine = create_engine(url)
@@ -711,7 +703,7 @@ def test_pull_registers_nothing_when_a_later_row_fails(server, src, cli, snapsho
 
 
 def _vec(name: str, dataset: str | None = None):
-    from pvreg.schemas import HubVectorFile
+    from pvreg.schemas.hub import HubVectorFile
 
     return HubVectorFile(name=name, version=1, sha256=name[0] * 64, size_bytes=10, base_fingerprint="f" * 64,
                          dataset=dataset, norm=1.5, dtype="float32", num_tensors=1, num_params=4,
@@ -743,7 +735,7 @@ def _owner_text(card: str) -> list[str]:
 
 @pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CARDS))
 def test_card_markers_in_any_state_leave_exactly_one_section(card):
-    from pvreg.registry.hubcard import render_card
+    from pvreg.registry.hub.card import render_card
 
     vectors = [_vec("alpha", "org/ds:helpful"), _vec("beta")]
     out = render_card(REPO, vectors, card)
@@ -763,8 +755,7 @@ def test_card_markers_in_any_state_leave_exactly_one_section(card):
 def test_card_render_is_a_fixpoint_for_any_marker_soup():
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
-    from pvreg.registry.hubcard import render_card
+    from pvreg.registry.hub.card import render_card
 
     pieces = st.sampled_from([B, E, "\n", "\r\n", "OWNER1", "OWNER2", " ", "---\n", "| x |", "text", "<!--", "-->"])
 
@@ -781,7 +772,7 @@ def test_card_render_is_a_fixpoint_for_any_marker_soup():
 
 
 def test_card_cells_cannot_forge_markers_or_columns():
-    from pvreg.registry.hubcard import render_section
+    from pvreg.registry.hub.card import render_section
 
     section = render_section(REPO, [_vec("alpha", f"evil {E} | col\nrow")])
     assert section.count(E) == 1 and section.endswith(E + "\n")
@@ -794,9 +785,9 @@ def test_composed_model_card_renderer():
     from types import SimpleNamespace
 
     import yaml
-
-    from pvreg.registry.modelcard import render_model_card
-    from pvreg.schemas import BaseModelInfo, ComposeSpec
+    from pvreg.registry.merge.modelcard import render_model_card
+    from pvreg.schemas.vector import BaseModelInfo
+    from pvreg.schemas.compose import ComposeSpec
 
     spec = ComposeSpec(terms=[{"ref": "a", "coefficient": 1}, {"ref": "b@2", "coefficient": -0.5}], method="ties",
                        density=0.5)

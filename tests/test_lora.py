@@ -1,4 +1,4 @@
-"""Dense deltas from PEFT LoRA adapters (pvreg.registry.lora).
+"""Dense deltas from PEFT LoRA adapters (pvreg.registry.sources.lora).
 
 Expected deltas are computed independently by peft: ``merge_and_unload()`` on a fresh
 base+adapter, minus the base weights.
@@ -19,13 +19,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
-
 from pvreg.registry.errors import (  # noqa: E402
     BaseMismatchError,
     InvalidTensorFileError,
@@ -33,7 +26,13 @@ from pvreg.registry.errors import (  # noqa: E402
     UnsafeCheckpointError,
     UnsupportedAdapterError,
 )
-from pvreg.registry.lora import LoraAdapter  # noqa: E402
+from pvreg.registry.sources.lora import LoraAdapter  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]

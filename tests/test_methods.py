@@ -1,4 +1,4 @@
-"""Merge methods (pvreg.registry.methods): hand-computed expectations.
+"""Merge methods (pvreg.registry.merge.methods): hand-computed expectations.
 
 Expected tensors are written out literally; the DARE checks use properties
 (kept entries equal δ/density, dropped ones are 0, determinism, order
@@ -14,9 +14,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pvreg.registry.errors import SpecError
-from pvreg.registry.methods import (
+from pvreg.registry.merge.methods import (
     METHODS,
     DareLinear,
     DareTies,

@@ -6,14 +6,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from factories import insert_legacy_rows
 from pvreg import Registry
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
-from pvreg.registry import db
 from pvreg.registry.errors import DatabaseVersionError
 from pvreg.registry.settings import Settings
+from pvreg.registry.storage import db
+from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -38,11 +37,10 @@ def test_head_constant_matches_scripts() -> None:
 def test_models_match_migrations(home: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-
-    from pvreg.registry.models import Base
+    from pvreg.registry.storage.models import Base
 
     with Registry.open() as reg:
-        with reg.engine.connect() as conn:
+        with reg.store.engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
@@ -85,7 +83,7 @@ def test_db_upgrade_command(home: Path, cli) -> None:
 
 def test_newer_database_is_refused(home: Path, cli) -> None:
     with Registry.open() as reg:
-        with reg.engine.begin() as conn:
+        with reg.store.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     r = cli("list")
     assert r.exit_code == 1

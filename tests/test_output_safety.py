@@ -14,12 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from pvreg import Registry
-from pvreg.registry.errors import NotFoundError, OutputExistsError, SpecError, UnsafeOutputError
-from pvreg.registry.fsutil import TEMP_PREFIX, rename_noreplace
-from pvreg.registry.outputs import Protected, output_problems, registry_paths
+from pvreg.registry.errors import (
+    NotFoundError,
+    OutputExistsError,
+    SpecError,
+    UnsafeOutputError,
+)
+from pvreg.registry.files import TEMP_PREFIX, rename_noreplace
+from pvreg.registry.storage.outputs import Protected, output_problems, registry_paths
+from safetensors.torch import load_file
 
 
 @pytest.fixture
@@ -179,7 +183,7 @@ def test_export_cannot_overwrite_the_sqlite_database(reg: Registry, home: Path) 
 
 def test_export_does_not_replace_a_file_that_appears(reg: Registry, tmp_path: Path, monkeypatch) -> None:
     """The existence check and the rename are one step: a file created in between is left alone."""
-    from pvreg.registry import export
+    from pvreg.registry.sources import exported as export
 
     out = tmp_path / "e.safetensors"
     real = export.write_exported

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from factories import make_vector
 from pvreg import Registry
 from pvreg.registry.errors import (
@@ -22,6 +19,8 @@ from pvreg.registry.errors import (
     NotFoundError,
     OutputExistsError,
 )
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -87,13 +86,14 @@ def test_references(reg, tmp_path, base_tensors, base_dir) -> None:
 
 def test_ambiguous_sha_prefix(reg) -> None:
     """Two blobs sharing an 8-digit prefix cannot be made on purpose; insert such rows directly."""
-    from pvreg.registry.api import NewVersion, ResolvedBase
-    from pvreg.registry.ingest import BlobStats
+    from pvreg.registry.storage.bases import ResolvedBase
+    from pvreg.registry.sources.ingest import BlobStats
+    from pvreg.registry.storage.writes import NewVersion
 
     for name, tail in (("a", "1"), ("b", "2")):
         stats = BlobStats(sha256="abcdef01" + tail * 56, size_bytes=1, norm=1.0, tensor_norms={}, dtype="float32",
                           num_tensors=1, num_params=1)
-        reg.commit_version(NewVersion(name=name, stats=stats, base=ResolvedBase("f" * 64)))
+        reg.store.commit_version(NewVersion(name=name, stats=stats, base=ResolvedBase("f" * 64)))
     with pytest.raises(AmbiguousReferenceError, match="matches 2 blobs"):
         reg.resolve("sha256:abcdef01")
     assert reg.resolve("sha256:abcdef012").name == "b"
@@ -117,8 +117,8 @@ def test_list_log_show(reg, cli, tmp_path, base_tensors, base_dir) -> None:
 
 def test_read_paths_report_state_lineage_tags_and_aliases(reg, cli, tmp_path, base_tensors, base_dir) -> None:
     """list/show/log (Core queries) against facts set up through the write paths (ORM)."""
-    from pvreg.registry.api import NewVersion
-    from pvreg.schemas import ParentRef
+    from pvreg.registry.storage.writes import NewVersion
+    from pvreg.schemas.vector import ParentRef
 
     def add(name: str, seed: int, **kw):
         make_vector(tmp_path / f"{name}{seed}.safetensors", base_tensors, seed=seed)
@@ -130,7 +130,7 @@ def test_read_paths_report_state_lineage_tags_and_aliases(reg, cli, tmp_path, ba
     reg.deprecate("b")  # nothing active: list falls back to the latest
     c1 = add("c", 4, tags={"z": "1", "a": "2"})
     parents = [ParentRef(ref=a1.ref, sha256=a1.sha256, coefficient=0.5), ParentRef(ref=c1.ref, sha256=c1.sha256)]
-    c2 = reg.commit_version(NewVersion(name="c", stats=_stats(c1), base=reg.resolve_base(base_dir), kind="compose",
+    c2 = reg.store.commit_version(NewVersion(name="c", stats=_stats(c1), base=reg.resolve_base(base_dir), kind="compose",
                                        parents=parents, tags={"m": "x"}))
     reg.tag("c@1", "stable")
     reg.tag("c@2", "prod")
@@ -157,7 +157,7 @@ def test_read_paths_report_state_lineage_tags_and_aliases(reg, cli, tmp_path, ba
 
 
 def _stats(meta):
-    from pvreg.registry.ingest import BlobStats
+    from pvreg.registry.sources.ingest import BlobStats
 
     return BlobStats(sha256=meta.sha256, size_bytes=meta.size_bytes, norm=meta.norm, tensor_norms=meta.tensor_norms,
                      dtype=meta.dtype, num_tensors=meta.num_tensors, num_params=meta.num_params)
@@ -251,7 +251,7 @@ def test_rm_and_gc(reg, cli, tmp_path, base_tensors, base_dir, home) -> None:
 def test_gc_removes_only_stale_temporaries(reg, home) -> None:
     import fcntl
 
-    from pvreg.registry.fsutil import TEMP_PREFIX
+    from pvreg.registry.files import TEMP_PREFIX
 
     store = home / "blobs" / "sha256"
     stale = store / f"{TEMP_PREFIX}dead.part"

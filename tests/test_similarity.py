@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from factories import llama_shapes
 from pvreg.registry.errors import (
     BaseMismatchError,
@@ -17,7 +15,13 @@ from pvreg.registry.errors import (
     InvalidVectorError,
     NotFoundError,
 )
-from pvreg.registry.evaluation.similarity import diff, layer_of, module_type_of, similarity
+from pvreg.registry.evaluation.similarity import (
+    diff,
+    layer_of,
+    module_type_of,
+    similarity,
+)
+from safetensors.torch import save_file
 
 SHAPES = llama_shapes()
 

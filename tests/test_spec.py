@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-from pvreg.registry.compose import parse_size
 from pvreg.registry.errors import NotFoundError, SpecError
-from pvreg.registry.spec import build_spec, load_spec_file, parse_token, parse_tokens
-from pvreg.schemas import ComposeSpec, ComposeTerm
+from pvreg.registry.merge.compose import parse_size
+from pvreg.registry.merge.spec import (
+    build_spec,
+    load_spec_file,
+    parse_token,
+    parse_tokens,
+)
+from pvreg.schemas.compose import ComposeSpec, ComposeTerm
 
 
 @pytest.mark.parametrize(

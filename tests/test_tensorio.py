@@ -25,20 +25,18 @@ import torch
 from factories import make_vector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from pvreg.registry.errors import InvalidTensorFileError, NotFoundError, SpecError
-from pvreg.registry.inputfile import read_capped
-from pvreg.registry.tensorio import (
-    StreamingWriter,
-    checkpoint_files,
-    open_checkpoint,
-    parse_header,
+from pvreg.registry.tensors.checkpoint import checkpoint_files, open_checkpoint
+from pvreg.registry.tensors.inputfile import read_capped
+from pvreg.registry.tensors.safetensors import (
     SafetensorsFile,
+    StreamingWriter,
+    parse_header,
     tensor_bytes,
 )
-from pvreg.registry.torchfile import load_torch_weights_only
+from pvreg.registry.tensors.torchfile import load_torch_weights_only
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
               torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32,
@@ -140,7 +138,7 @@ def test_reference_reads_exactly_what_the_writer_writes(tmp_path: Path) -> None:
 
 
 def _code(t: torch.Tensor) -> str:
-    from pvreg.registry.tensorio import dtype_code
+    from pvreg.registry.tensors.dtypes import dtype_code
 
     return dtype_code(t.dtype)
 
@@ -191,7 +189,8 @@ def test_writer_overwrite_false_keeps_the_existing_file(tmp_path: Path) -> None:
     target.write_bytes(b"keep me")
     with StreamingWriter(target, [("a", "F32", (1,))], overwrite=False) as w:
         w.write("a", torch.ones(1))
-        w.commit()
+        with pytest.raises(FileExistsError):  # the rename cannot replace anything (renameat2 NOREPLACE)
+            w.commit()
     assert target.read_bytes() == b"keep me"
     assert _dir_listing(tmp_path) == ["x.safetensors"]
 
@@ -408,7 +407,7 @@ def test_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
 
 
 def test_fifo_in_a_model_directory_is_refused(tmp_path: Path) -> None:
-    from pvreg.registry.fingerprint import fingerprint_path
+    from pvreg.registry.tensors.fingerprint import fingerprint_path
 
     model = tmp_path / "model"
     model.mkdir()
@@ -430,7 +429,7 @@ def test_unused_fifo_and_directories_named_like_weights_are_not_opened(tmp_path:
 
 def test_file_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path: Path, monkeypatch) -> None:
     """The open itself never blocks: O_NONBLOCK, then fstat on the descriptor."""
-    import pvreg.registry.inputfile as inputfile
+    import pvreg.registry.tensors.inputfile as inputfile
 
     fifo = tmp_path / "swap"
     os.mkfifo(fifo)
@@ -450,7 +449,7 @@ def test_read_cap_applies_to_what_is_read_not_to_st_size() -> None:
 
 
 def test_spec_file_reading_is_bounded(tmp_path: Path) -> None:
-    from pvreg.registry.spec import MAX_SPEC_BYTES, load_spec_file
+    from pvreg.registry.merge.spec import MAX_SPEC_BYTES, load_spec_file
 
     with pytest.raises(SpecError, match="/dev/zero: is a character device, not a regular file"):
         finishes(lambda: load_spec_file("/dev/zero"))

@@ -22,9 +22,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file, save_file
-
 from factories import make_base, make_vector
+from safetensors.torch import load_file, save_file
 
 BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
 HOSTILE = "ev\x1b]0;pwned\x07il\x1b[2J\r\x9b31m\u202egnp.exe\u2028x"
@@ -147,8 +146,9 @@ def test_multiline_messages_and_long_labels_within_limits_are_accepted(tmp_path,
 
 def test_limits_fit_the_database_columns():
     """The text limits are no larger than the columns they end up in (PostgreSQL enforces VARCHAR lengths)."""
-    from pvreg.registry import tables, text
+    from pvreg.registry import text
     from pvreg.registry.refs import NAME_RE
+    from pvreg.registry.storage import tables
 
     assert tables.version_tags.c.key.type.length >= text.TAG_KEY_MAX
     longest_name = NAME_RE.pattern.rsplit(",", 1)[1].rstrip("}")
@@ -159,7 +159,6 @@ def test_limits_fit_the_database_columns():
 def test_names_are_valid_hub_paths_and_hidden_names_are_refused():
     """Every name check_name accepts is a path component the Hub client accepts (and that a pull finds again)."""
     from huggingface_hub._commit_api import _validate_path_in_repo
-
     from pvreg.registry.errors import InvalidNameError
     from pvreg.registry.refs import check_name
 
@@ -178,10 +177,9 @@ def test_names_are_valid_hub_paths_and_hidden_names_are_refused():
 
 def _legacy_rows(name: str, hostile: str, *, rename: bool = True) -> None:
     """Put hostile text into an existing version's rows with SQL, as an older pvreg could have stored it."""
-    from sqlalchemy import create_engine, insert, update
-
-    from pvreg.registry import tables
     from pvreg.registry.settings import Settings
+    from pvreg.registry.storage import tables
+    from sqlalchemy import create_engine, insert, update
 
     engine = create_engine(Settings.resolve().database_url)
     try:

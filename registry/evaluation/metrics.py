@@ -29,7 +29,6 @@ from pvreg.registry.evaluation.scoring import (
 
 if TYPE_CHECKING:
     import numpy as np
-
     from pvreg.schemas.evaluation import MetricValue
 
 #: With a base model given to :func:`text_metrics`, its distributions are kept for this many batches of texts at once.
@@ -76,7 +75,6 @@ def bootstrap_ci(
     with it.  Deterministic for a given ``seed``.
     """
     import numpy as np
-
     from pvreg.schemas.evaluation import MetricValue
 
     v = np.asarray(values, dtype=np.float64).reshape(-1)

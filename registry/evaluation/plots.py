@@ -43,7 +43,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, out: str | os.PathLike[str]) -> Path:
-    from pvreg.registry.fsutil import write_bytes_atomic
+    from pvreg.registry.files import write_bytes_atomic
 
     path = Path(out)
     fmt = _FORMATS.get(path.suffix.lower())

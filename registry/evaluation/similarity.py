@@ -39,7 +39,6 @@ from pvreg.registry.errors import (
 
 if TYPE_CHECKING:
     import torch
-
     from pvreg.schemas.evaluation import DiffReport, GroupStats, SimilarityReport
 
 #: Default number of entries read from one tensor at once.
@@ -210,7 +209,6 @@ def similarity(
 ) -> "SimilarityReport":
     """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
     import torch
-
     from pvreg.schemas.evaluation import SimilarityReport
 
     if not paths:
@@ -265,7 +263,12 @@ def diff(
     tensor whose shape changed cannot be compared entry-wise and counts as
     removed from ``a`` and added in ``b``.
     """
-    from pvreg.schemas.evaluation import DiffReport, DiffSummary, ShapeChange, TensorDiff
+    from pvreg.schemas.evaluation import (
+        DiffReport,
+        DiffSummary,
+        ShapeChange,
+        TensorDiff,
+    )
 
     _check_chunk(chunk_elements)
     tensors: list[TensorDiff] = []

@@ -1,0 +1,1 @@
+"""Sharing through the Hugging Face Hub: the client and its error mapping, repo layout, card, push and pull."""

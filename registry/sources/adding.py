@@ -1,0 +1,109 @@
+"""``add``: a vector file, θ+/θ− checkpoints, a fine-tune or a LoRA adapter, stored as the next version.
+
+A delta file is checked against the base and canonicalised; an exported pvreg
+file restores its embedded metadata (name, base, dataset, tags, lineage) and
+must still hash to its recorded sha256.  Checkpoint sources are turned into a
+streaming difference by :mod:`pvreg.registry.sources.extract`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from pvreg.registry.errors import BaseMismatchError, InvalidNameError, UserError, opt
+from pvreg.registry.sources.exported import embedded_meta
+from pvreg.registry.storage.store import Store
+from pvreg.registry.storage.writes import NewVersion
+from pvreg.schemas.vector import VectorMeta
+
+
+def add_file(
+    store: Store,
+    name: str | None,
+    path: Path,
+    *,
+    base: str | os.PathLike[str] | None,
+    dataset: str | None,
+    sign: int | None,
+    description: str | None,
+    message: str | None,
+    tags: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> VectorMeta:
+    """Store a delta file (safetensors or ``.bin``) as the next version of ``name``."""
+    from pvreg.registry.sources.ingest import CheckpointSource, check_plan
+    from pvreg.registry.tensors.checkpoint import open_checkpoint
+
+    with open_checkpoint(path) as ckpt:
+        e = embedded_meta(str(path), ckpt.metadata)
+        if name is None:
+            if e is None:
+                raise InvalidNameError("a vector name is required (the file carries no pvreg metadata)")
+            name = e.name
+        if base is None:
+            if e is None:
+                raise UserError(f"{opt('base')} is required (the file carries no pvreg metadata)")
+            base = e.base_fingerprint
+        resolved = store.resolve_base(base)
+        if e is not None and e.base_fingerprint != resolved.fingerprint:
+            raise BaseMismatchError(
+                f"{path}: was made for base {e.base_fingerprint[:16]} "
+                f"but {opt('base')} has fingerprint {resolved.fingerprint[:16]}",
+                expected=e.base_fingerprint, actual=resolved.fingerprint,
+            )
+        source = CheckpointSource(ckpt, str(path))
+        check_plan(source.plan(), str(path), resolved.infos)
+        new = NewVersion(
+            name=name,
+            stats=None,
+            base=resolved,
+            kind=e.kind if e else "file",
+            dataset=dataset if dataset is not None else (e.dataset if e else None),
+            sign=sign if sign is not None else (e.sign if e else 1),
+            description=description if description is not None else (e.description if e else None),
+            message=message if message is not None else (e.message if e else None),
+            tags={**(e.tags if e else {}), **tags},
+            provenance=(
+                {**e.provenance, "restored_from": {"ref": e.ref, "path": str(path.resolve())}}
+                if e
+                else {"source": "file", "path": str(path.resolve())}
+            ),
+            parents=list(e.parents) if e else [],
+        )
+        return store.store_blob(source, new, progress=progress, expect_sha256=e.sha256 if e else None)
+
+
+def add_checkpoints(
+    store: Store,
+    name: str,
+    *,
+    base: str | os.PathLike[str],
+    positive: str | os.PathLike[str] | None,
+    negative: str | os.PathLike[str] | None,
+    finetuned: str | os.PathLike[str] | None,
+    lora: str | os.PathLike[str] | None,
+    dtype: str | None,
+    dataset: str | None,
+    sign: int,
+    description: str | None,
+    message: str | None,
+    tags: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> VectorMeta:
+    """Build φ from checkpoints (θ+ − θ−, θft − θbase, or LoRA ΔW) and store it."""
+    from pvreg.registry.sources import extract
+
+    resolved = store.resolve_base(base)
+    made = extract.build_source(
+        resolved, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
+        dtype=dtype, cache=store.fingerprint_cache,
+    )
+    return store.store_blob(
+        made.source,
+        NewVersion(name=name, stats=None, base=resolved, kind=made.kind, dataset=dataset, sign=sign,
+                   description=description, message=message, tags=tags, provenance=made.provenance),
+        progress=progress,
+        after=made.finish,
+    )
