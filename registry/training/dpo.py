@@ -1,0 +1,485 @@
+"""Train θ+ and θ− for one preference with TRL's DPOTrainer.
+
+θ+ is trained on the pairs, θ− on the same pairs with chosen and rejected swapped,
+both from the same base with the same options, seed and data order; the frozen
+reference is the base (for LoRA: the base with the adapter disabled). φ = θ+ − θ−
+is then extracted by pvreg's pair path (not here).
+
+Why things are set the way they are:
+
+- The data order is pvreg's, not the trainer's: a seeded sequence of permutations
+  of the training rows fed through a fixed sampler, so both runs consume identical
+  batches (θ−'s rows are θ+'s, swapped) and the order is recorded (``data_sha256``).
+- CPU runs are deterministic: seeds, ``torch.use_deterministic_algorithms``, no
+  dataloader workers, no dropout (TRL disables it; LoRA dropout is 0). The same base,
+  data, options and seed give byte-identical weights. Global RNG and determinism
+  settings are restored afterwards.
+- Speed defaults: no gradient checkpointing, float32 weights (no bf16 autocast on
+  CPU), reference log-probs computed once up front, evaluation only once at the end,
+  no checkpoints, no reporting integrations, no progress bars or log printing (the
+  caller's ``progress`` gets every step's loss instead).
+- Everything heavy (torch, transformers, trl, peft, datasets) is imported inside
+  :func:`train_pair`, after the ``pvreg[train]`` extra has been checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pvreg.registry.errors import (
+    DeviceUnavailableError,
+    NotFoundError,
+    OutputExistsError,
+    PreferenceDataError,
+    TrainingDivergedError,
+    TrainOptionsError,
+)
+from pvreg.registry.training.data import PreferenceData, PreferencePair, Side, split_pairs
+from pvreg.registry.training.extra import require_training
+
+if TYPE_CHECKING:
+    from pvreg.schemas.training import PairResult, RunMetrics, TrainOptions
+
+__all__ = ["TrainProgress", "train_pair", "training_order", "RUNS"]
+
+#: (run name, swap chosen/rejected) for the two runs, in the order they are trained.
+RUNS = (("positive", False), ("negative", True))
+_VERSIONED = ("trl", "transformers", "torch", "peft", "datasets", "accelerate")
+
+
+class TrainProgress(Protocol):
+    """Progress sink: ``start`` once with the steps of both runs together, then ``step`` per optimizer step.
+
+    ``n`` counts 1..total across the two runs (θ+'s steps first, then θ−'s).
+    """
+
+    def start(self, total_steps: int) -> None: ...
+
+    def step(self, n: int, loss: float) -> None: ...
+
+
+def training_order(n_train: int, options: "TrainOptions") -> list[int]:
+    """Row positions (0..n_train-1) in the order both runs consume them: whole optimizer steps of
+    ``batch_size * grad_accum`` rows, taken from successive permutations seeded by ``options.seed``."""
+    per_step = options.batch_size * options.grad_accum
+    if options.steps is not None:
+        n_rows = options.steps * per_step
+    else:
+        epochs = options.epochs if options.epochs is not None else 1.0
+        n_rows = max(1, math.ceil(epochs * n_train / per_step - 1e-9)) * per_step
+    rng = random.Random(f"pvreg-order:{options.seed}")
+    order: list[int] = []
+    while len(order) < n_rows:
+        perm = list(range(n_train))
+        rng.shuffle(perm)
+        order.extend(perm)
+    return order[:n_rows]
+
+
+def train_pair(
+    base_dir: str | os.PathLike[str],
+    data: PreferenceData,
+    options: "TrainOptions",
+    work_dir: str | os.PathLike[str],
+    progress: TrainProgress | None = None,
+    *,
+    on_trainer: Callable[[str, Any], None] | None = None,
+) -> "PairResult":
+    """Train θ+ into ``work_dir/positive`` and θ− into ``work_dir/negative``; return metrics and versions.
+
+    ``method="full"`` writes Hugging Face model directories (safetensors weights,
+    config, tokenizer); ``method="lora"`` writes PEFT adapter directories as
+    ``save_pretrained`` does. Each directory appears (by rename) only once complete.
+    ``on_trainer(run, trainer)`` is called with each configured ``DPOTrainer`` just
+    before it trains — for tests and diagnostics (its ``train_dataset`` holds the
+    tokenized rows, ``_get_train_sampler()`` the order).
+
+    Raises:
+        MissingExtraError: trl/datasets/peft missing or too old (checked before anything heavy loads).
+        NotFoundError / TrainOptionsError: the base is not a model directory with a tokenizer, or the
+            options do not fit it (chat data without a chat template, ...).
+        PreferenceDataError: a prompt leaves no room for its completion within ``max_length``.
+        OutputExistsError: ``work_dir/positive`` or ``work_dir/negative`` already exists.
+        DeviceUnavailableError: ``device="cuda"`` without a usable GPU.
+        TrainingDivergedError: a run produced a non-finite loss or weights.
+    """
+    started = time.perf_counter()
+    options = options.resolved()
+    require_training(options.method)
+    base = _check_base(Path(base_dir))
+    work = Path(work_dir)
+    outputs = {run: work / run for run, _ in RUNS}
+    for out in outputs.values():
+        if out.exists() or out.is_symlink():
+            raise OutputExistsError(f"{out}: already exists; train_pair writes a fresh θ+/θ− pair")
+    train_idx, eval_idx = split_pairs(data, options.eval_fraction, options.seed)
+    order = training_order(len(train_idx), options)
+    steps = len(order) // (options.batch_size * options.grad_accum)
+
+    with _quiet(), _deterministic(options.device):
+        tokenizer = _load_tokenizer(base)
+        use_chat = _use_chat_template(tokenizer, data, base, options)
+        train_pairs = [data.pairs[i] for i in train_idx]
+        eval_pairs = [data.pairs[i] for i in eval_idx]
+        _check_prompt_lengths(tokenizer, data, train_pairs + eval_pairs, use_chat, options.max_length)
+        work.mkdir(parents=True, exist_ok=True)
+        if progress is not None:
+            progress.start(2 * steps)
+        metrics: dict[str, RunMetrics] = {}
+        for number, (run, swap) in enumerate(RUNS):
+            metrics[run] = _train_run(
+                _RunPlan(run=run, swap=swap, base=base, train=train_pairs, eval=eval_pairs, order=order,
+                         steps=steps, chat=use_chat, options=options, out=outputs[run], work=work),
+                progress, number * steps, on_trainer,
+            )
+
+    from pvreg.schemas.training import PairResult
+
+    return PairResult(
+        method=options.method, artifact="lora" if options.method == "lora" else "model",
+        positive_dir=str(outputs["positive"]), negative_dir=str(outputs["negative"]), base=str(base),
+        options=options, data=data.info(), chat_template=use_chat,
+        positive=metrics["positive"], negative=metrics["negative"], versions=_versions(),
+        device=options.device, wall_seconds=time.perf_counter() - started,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunPlan:
+    run: str
+    swap: bool
+    base: Path
+    train: list[PreferencePair]
+    eval: list[PreferencePair]
+    order: list[int]
+    steps: int
+    chat: bool
+    options: "TrainOptions"
+    out: Path
+    work: Path
+
+
+def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
+               on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
+    """One DPO run from the base; writes ``plan.out`` and returns its metrics."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from pvreg.schemas.training import RunMetrics
+
+    started = time.perf_counter()
+    options = plan.options
+    rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.train]
+    eval_rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.eval]
+    scratch = plan.work / f".trainer-{plan.run}"
+    partial = plan.work / f".{plan.run}.partial"
+    for leftover in (scratch, partial):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tokenizer = _load_tokenizer(plan.base)  # fresh per run: TRL sets a pad token on the one it gets
+    model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
+    trainer = _trainer_class()(
+        order=plan.order,
+        model=model,
+        args=_dpo_config(options, plan.steps, scratch),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=_lora_config(options) if options.method == "lora" else None,
+        callbacks=[_progress_callback(progress, offset)] if progress is not None else None,
+    )
+    _silence_printing(trainer)
+    if len(trainer.train_dataset) != len(rows):  # pragma: no cover - guarded by _check_prompt_lengths
+        raise TrainOptionsError(f"the trainer dropped {len(rows) - len(trainer.train_dataset)} pair(s) as too long")
+    if on_trainer is not None:
+        on_trainer(plan.run, trainer)
+    output = trainer.train()
+    evaluated = trainer.evaluate() if eval_rows else {}
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    _check_finite(plan.run, trainer.model, losses)
+    trained = trainer.model
+    trained.save_pretrained(partial)
+    if options.method == "full":
+        _load_tokenizer(plan.base).save_pretrained(partial)
+    os.replace(partial, plan.out)
+    shutil.rmtree(scratch, ignore_errors=True)
+    train_seconds = float(output.metrics.get("train_runtime", 0.0))
+    metrics = RunMetrics(
+        run=plan.run,  # type: ignore[arg-type]
+        steps=int(trainer.state.global_step),
+        train_loss=losses[-1],
+        mean_train_loss=float(output.training_loss),
+        eval_loss=_maybe(evaluated, "eval_loss"),
+        eval_reward_accuracy=_maybe(evaluated, "eval_rewards/accuracies"),
+        eval_reward_margin=_maybe(evaluated, "eval_rewards/margins"),
+        train_rows=len(rows),
+        eval_rows=len(eval_rows),
+        data_sha256=_rows_sha256(rows[i] for i in plan.order),
+        train_seconds=train_seconds,
+        seconds_per_step=train_seconds / max(1, int(trainer.state.global_step)),
+        wall_seconds=time.perf_counter() - started,
+    )
+    del trainer, trained, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics
+
+
+def _trainer_class() -> type:
+    """DPOTrainer whose training batches follow pvreg's order (the same for θ+ and θ−)."""
+    from torch.utils.data import Sampler
+    from trl import DPOTrainer
+
+    class _FixedOrder(Sampler[int]):
+        def __init__(self, order: Sequence[int]) -> None:
+            self.order = list(order)
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(self.order)
+
+        def __len__(self) -> int:
+            return len(self.order)
+
+    class PvregDPOTrainer(DPOTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, order: Sequence[int], **kwargs: Any) -> None:
+            self.pvreg_order = list(order)
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return _FixedOrder(self.pvreg_order)
+
+    return PvregDPOTrainer
+
+
+def _dpo_config(options: "TrainOptions", steps: int, scratch: Path) -> Any:
+    from trl import DPOConfig
+
+    wanted: dict[str, Any] = dict(
+        output_dir=str(scratch), max_steps=steps, num_train_epochs=1,
+        learning_rate=options.effective_lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
+        beta=options.beta, max_length=options.max_length,
+        per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        seed=options.seed, data_seed=options.seed, use_cpu=options.device == "cpu",
+        bf16=False, fp16=False, gradient_checkpointing=False, activation_checkpointing=False,
+        precompute_ref_log_probs=options.precompute_ref,
+        logging_strategy="steps", logging_steps=1, eval_strategy="no", save_strategy="no",
+        report_to="none", push_to_hub=False, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False, dataset_num_proc=None,
+    )
+    known = {f.name for f in dataclasses.fields(DPOConfig)}
+    return DPOConfig(**{k: v for k, v in wanted.items() if k in known})
+
+
+def _lora_config(options: "TrainOptions") -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=0.0, bias="none",
+        target_modules=list(options.lora_targets) if options.lora_targets else "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _progress_callback(progress: TrainProgress, offset: int) -> Any:
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                progress.step(offset + int(state.global_step), float(logs["loss"]))
+
+    return _Progress()
+
+
+def _silence_printing(trainer: Any) -> None:
+    """Drop transformers' stdout log printer and tqdm bar: the caller's progress protocol replaces them."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cls in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cls)
+
+
+def _trainer_row(pair: PreferencePair, *, swap: bool, chat: bool) -> dict[str, Side]:
+    """The row TRL gets; plain strings become one user and one assistant turn when a chat template is used."""
+    row = pair.as_row(swap=swap)
+    if chat and isinstance(pair.prompt, str):
+        return {
+            "prompt": [{"role": "user", "content": str(row["prompt"]).strip()}],
+            "chosen": [{"role": "assistant", "content": str(row["chosen"]).strip()}],
+            "rejected": [{"role": "assistant", "content": str(row["rejected"]).strip()}],
+        }
+    return row
+
+
+def _rows_sha256(rows: Any) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _check_base(base: Path) -> Path:
+    base = base.expanduser().resolve()
+    if not base.is_dir():
+        raise NotFoundError(f"{base}: no such base model directory")
+    if not (base / "config.json").is_file():
+        raise TrainOptionsError(f"{base}: not a Hugging Face model directory (no config.json)")
+    return base
+
+
+def _load_tokenizer(base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainOptionsError(f"{base}: cannot load a tokenizer from the base directory ({_first_line(exc)})") from None
+
+
+def _use_chat_template(tokenizer: Any, data: PreferenceData, base: Path, options: "TrainOptions") -> bool:
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if data.conversational:
+        if options.chat_template == "off":
+            raise TrainOptionsError(f"{data.path} holds chat messages, which need a chat template; chat_template=off")
+        if not has:
+            raise TrainOptionsError(f"{data.path} holds chat messages but the tokenizer of {base} has no chat template")
+        return True
+    if options.chat_template == "on" and not has:
+        raise TrainOptionsError(f"chat_template=on but the tokenizer of {base} has no chat template")
+    return has if options.chat_template == "auto" else options.chat_template == "on"
+
+
+def _check_prompt_lengths(tokenizer: Any, data: PreferenceData, pairs: list[PreferencePair], chat: bool,
+                          max_length: int) -> None:
+    """Refuse pairs TRL would silently drop: a prompt that fills ``max_length`` leaves no completion."""
+    for pair in pairs:
+        prompt = _trainer_row(pair, swap=False, chat=chat)["prompt"]
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+            n = len(ids["input_ids"])
+        else:
+            n = len(tokenizer(text=prompt)["input_ids"])
+        if n >= max_length:
+            raise PreferenceDataError(
+                f"{data.path}: row {pair.row}: the prompt is {n} tokens, which leaves no room for the completion "
+                f"within max_length {max_length}; raise max_length or shorten the prompt"
+            )
+
+
+def _check_finite(run: str, model: Any, losses: list[float]) -> None:
+    import torch
+
+    bad_step = next((i for i, loss in enumerate(losses, start=1) if not math.isfinite(loss)), None)
+    if bad_step is not None:
+        raise TrainingDivergedError(f"{run} run: the DPO loss became {losses[bad_step - 1]} at step {bad_step}; lower lr")
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            raise TrainingDivergedError(f"{run} run: parameter {name} holds NaN/Inf after training; lower lr")
+    if not losses:  # pragma: no cover - max_steps >= 1 always logs
+        raise TrainingDivergedError(f"{run} run: no training step was logged")
+
+
+def _maybe(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in _VERSIONED:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars, info logs or deprecation chatter from the libraries; restored on exit."""
+    import datasets
+    import datasets.utils as ds_tqdm
+    import transformers
+
+    tlog = transformers.utils.logging
+    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    ds_verbosity, ds_bars_off = datasets.logging.get_verbosity(), ds_tqdm.are_progress_bars_disabled()
+    loggers = {name: logging.getLogger(name).level for name in ("trl", "accelerate", "peft")}
+    tqdm_env = os.environ.get("TQDM_DISABLE")
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    ds_tqdm.disable_progress_bars()
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ["TQDM_DISABLE"] = "1"  # trl's reference-log-prob pass reads it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        if bars:
+            tlog.enable_progress_bar()
+        datasets.logging.set_verbosity(ds_verbosity)
+        if not ds_bars_off:
+            ds_tqdm.enable_progress_bars()
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
+
+
+@contextlib.contextmanager
+def _deterministic(device: str) -> Iterator[None]:
+    """Deterministic kernels and a clean RNG slate for the runs; the caller's settings and RNG state come back."""
+    import numpy as np
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("device=cuda was asked for, but torch sees no usable CUDA GPU here")
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if device == "cuda" and cublas is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+        if device == "cuda" and cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
