@@ -44,6 +44,11 @@ class TrainOptions(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of pairs held out for eval metrics")
     device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="torch CPU threads during training (None: torch's default); 1 is fastest for tiny models "
+        "and on a machine whose cores are busy",
+    )
     chat_template: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="auto: use the tokenizer's chat template when it has one; plain-string pairs are then "

@@ -131,7 +131,7 @@ def train_pair(
     order = training_order(len(train_idx), options)
     steps = len(order) // (options.batch_size * options.grad_accum)
 
-    with _quiet(), _deterministic(options.device):
+    with _quiet(), _deterministic(options.device, options.threads):
         tokenizer = _load_tokenizer(base)
         use_chat = _use_chat_template(tokenizer, data, base, options)
         train_pairs = [data.pairs[i] for i in train_idx]
@@ -458,8 +458,9 @@ def _quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _deterministic(device: str) -> Iterator[None]:
-    """Deterministic kernels and a clean RNG slate for the runs; the caller's settings and RNG state come back."""
+def _deterministic(device: str, threads: int | None) -> Iterator[None]:
+    """Deterministic kernels, the thread count asked for, and a clean RNG slate for the runs;
+    the caller's settings and RNG state come back."""
     import numpy as np
     import torch
 
@@ -472,9 +473,13 @@ def _deterministic(device: str) -> Iterator[None]:
     if device == "cuda" and cublas is None:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
     torch.use_deterministic_algorithms(True, warn_only=True)
+    num_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
+        torch.set_num_threads(num_threads)
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         random.setstate(states[0])
         np.random.set_state(states[1])
