@@ -43,6 +43,10 @@ class TrainOptions(BaseModel):
     max_length: int = Field(default=512, ge=4, description="Tokens of prompt + completion; longer completions are cut")
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of pairs held out for eval metrics")
+    max_eval_pairs: int | None = Field(
+        default=256, ge=1,
+        description="Evaluate on at most this many of the held-out pairs (None: all); the rest stay unseen",
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(
         default=None, ge=1,
@@ -128,8 +132,9 @@ class RunMetrics(BaseModel):
         default=None, description="Share of held-out pairs whose implicit reward prefers this run's chosen side"
     )
     eval_reward_margin: float | None = None
-    train_rows: int
-    eval_rows: int
+    train_rows: int = Field(description="Pairs in the training split")
+    seen_rows: int = Field(description="Distinct training pairs the steps consumed (all of them after an epoch)")
+    eval_rows: int = Field(description="Held-out pairs evaluated")
     data_sha256: str = Field(
         description="sha256 of the (prompt, chosen, rejected) rows in the order the trainer consumed them"
     )

@@ -163,7 +163,7 @@ def test_metrics_versions_and_outputs(trained: dict[str, Any], data: Any) -> Non
     train_idx, eval_idx = split_pairs(data, 0.1, 0)
     for run in (result.positive, result.negative):
         assert run.steps == LEARN[method]["steps"]
-        assert (run.train_rows, run.eval_rows) == (len(train_idx), len(eval_idx)) == (36, 4)
+        assert (run.train_rows, run.seen_rows, run.eval_rows) == (len(train_idx), 36, len(eval_idx)) == (36, 36, 4)
         assert math.isfinite(run.train_loss) and run.train_loss < math.log(2)  # DPO loss starts at ln 2
         assert run.eval_loss is not None and run.eval_loss < math.log(2)
         assert run.eval_reward_accuracy == 1.0  # every held-out pair prefers this run's chosen side
@@ -204,6 +204,19 @@ def test_negative_run_got_the_swapped_pairs_in_the_same_order(trained: dict[str,
     for a, b in zip(pos["batches"], neg["batches"]):
         half = a.shape[0] // 2
         assert a[:half].tolist() == b[half:].tolist() and a[half:].tolist() == b[:half].tolist()
+
+
+def test_only_the_pairs_the_steps_consume_are_prepared(tmp_path: Path, base: Path, data: Any) -> None:
+    seen: dict[str, Any] = {}
+    opts = build_options(method="lora", steps=2, batch_size=3, eval_fraction=0.25, max_eval_pairs=2)
+    result = train_pair(base, data, opts, tmp_path / "w", on_trainer=_capture(seen))
+    train_idx, _ = split_pairs(data, 0.25, 0)
+    expected = [data.pairs[train_idx[p]].prompt for p in training_order(len(train_idx), opts)]
+    for run in ("positive", "negative"):
+        got = seen[run]
+        assert len(got["prompt_ids"]) == 6  # 2 steps x 3 pairs, not the 30 of the split
+        assert [got["tokenizer"].decode(got["prompt_ids"][i]) for i in got["order"]] == expected
+    assert (result.positive.train_rows, result.positive.seen_rows, result.positive.eval_rows) == (30, 6, 2)
 
 
 def test_registers_through_the_pair_path(trained: dict[str, Any], base: Path) -> None:
@@ -266,12 +279,13 @@ def test_plain_pairs_with_a_chat_template_tokenizer_become_one_user_and_one_assi
     result = train_pair(chat_base, data, opts, tmp_path / "w", on_trainer=_capture(seen))
     assert result.chat_template
     tok = seen["positive"]["tokenizer"]
-    pair = data.pairs[0]
+    pair = data.pairs[training_order(data.rows, opts)[0]]  # the first pair trained on (no eval split)
+    first = seen["positive"]["order"][0]
     expected = tok.apply_chat_template([{"role": "user", "content": pair.prompt}], add_generation_prompt=True,
                                        tokenize=False)
-    assert tok.decode(seen["positive"]["prompt_ids"][0]) == expected.strip()
-    assert tok.decode(seen["positive"]["chosen_ids"][0]) == "yes <|end|>"
-    assert tok.decode(seen["negative"]["chosen_ids"][0]) == "no <|end|>"
+    assert tok.decode(seen["positive"]["prompt_ids"][first]) == expected.strip()
+    assert tok.decode(seen["positive"]["chosen_ids"][first]) == "yes <|end|>"
+    assert tok.decode(seen["negative"]["chosen_ids"][first]) == "no <|end|>"
 
     plain = train_pair(chat_base, data, opts.model_copy(update={"chat_template": "off"}), tmp_path / "w2")
     assert not plain.chat_template

@@ -130,11 +130,18 @@ def train_pair(
     train_idx, eval_idx = split_pairs(data, options.eval_fraction, options.seed)
     order = training_order(len(train_idx), options)
     steps = len(order) // (options.batch_size * options.grad_accum)
+    # The trainer gets only the pairs the steps consume (TRL tokenizes and, with precompute_ref, scores
+    # every row it is given), and the order re-indexed onto them.
+    used = sorted(set(order))
+    local = {position: i for i, position in enumerate(used)}
+    order = [local[position] for position in order]
+    if options.max_eval_pairs is not None:
+        eval_idx = eval_idx[: options.max_eval_pairs]
 
     with _quiet(), _deterministic(options.device, options.threads):
         tokenizer = _load_tokenizer(base)
         use_chat = _use_chat_template(tokenizer, data, base, options)
-        train_pairs = [data.pairs[i] for i in train_idx]
+        train_pairs = [data.pairs[train_idx[position]] for position in used]
         eval_pairs = [data.pairs[i] for i in eval_idx]
         _check_prompt_lengths(tokenizer, data, train_pairs + eval_pairs, use_chat, options.max_length)
         work.mkdir(parents=True, exist_ok=True)
@@ -144,7 +151,8 @@ def train_pair(
         for number, (run, swap) in enumerate(RUNS):
             metrics[run] = _train_run(
                 _RunPlan(run=run, swap=swap, base=base, train=train_pairs, eval=eval_pairs, order=order,
-                         steps=steps, chat=use_chat, options=options, out=outputs[run], work=work),
+                         steps=steps, split_rows=len(train_idx), chat=use_chat, options=options,
+                         out=outputs[run], work=work),
                 progress, number * steps, on_trainer,
             )
 
@@ -168,6 +176,7 @@ class _RunPlan:
     eval: list[PreferencePair]
     order: list[int]
     steps: int
+    split_rows: int
     chat: bool
     options: "TrainOptions"
     out: Path
@@ -227,7 +236,8 @@ def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
         eval_loss=_maybe(evaluated, "eval_loss"),
         eval_reward_accuracy=_maybe(evaluated, "eval_rewards/accuracies"),
         eval_reward_margin=_maybe(evaluated, "eval_rewards/margins"),
-        train_rows=len(rows),
+        train_rows=plan.split_rows,
+        seen_rows=len(rows),
         eval_rows=len(eval_rows),
         data_sha256=_rows_sha256(rows[i] for i in plan.order),
         train_seconds=train_seconds,
