@@ -295,7 +295,8 @@ def test_chat_message_pairs_train_with_the_template(tmp_path: Path, chat_base: P
     rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": "yes"}],
              "rejected": [{"role": "assistant", "content": "no"}]} for p in random_prompts(6, seed=5)]
     chat = load_pairs(write_jsonl(tmp_path / "chat.jsonl", rows))
-    result = train_pair(chat_base, chat, build_options(method="full", steps=2, batch_size=2), tmp_path / "w")
+    opts = build_options(method="full", steps=2, batch_size=2, precompute_ref=False)  # TRL's live reference model
+    result = train_pair(chat_base, chat, opts, tmp_path / "w")
     assert result.chat_template and result.data.conversational
     assert (tmp_path / "w" / "positive" / "model.safetensors").is_file()
 
@@ -350,10 +351,20 @@ def test_cuda_without_a_gpu(tmp_path: Path, base: Path, data: Any) -> None:
         train_pair(base, data, build_options(steps=1, device="cuda"), tmp_path / "w")
 
 
-def test_training_prints_nothing(tmp_path: Path, base: Path, data: Any, capfd: pytest.CaptureFixture[str]) -> None:
-    train_pair(base, data, build_options(method="full", steps=1, batch_size=2), tmp_path / "w")
+def test_one_epoch_by_default_and_nothing_printed(tmp_path: Path, base: Path, data: Any,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    result = train_pair(base, data, build_options(method="full", batch_size=8), tmp_path / "w")
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+    assert result.options.epochs == 1.0 and result.positive.steps == result.negative.steps == 5  # ceil(36 / 8)
+
+
+def test_divergence_is_refused_and_leaves_no_output(tmp_path: Path, base: Path, data: Any) -> None:
+    from pvreg.registry.errors import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError, match="positive run: .*NaN/Inf after training; lower lr"):
+        train_pair(base, data, build_options(method="full", steps=2, lr=1e30), tmp_path / "w")
+    assert list((tmp_path / "w").iterdir()) == []
 
 
 # --- options ----------------------------------------------------------------------------------

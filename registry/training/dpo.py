@@ -185,7 +185,23 @@ class _RunPlan:
 
 def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
                on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
-    """One DPO run from the base; writes ``plan.out`` and returns its metrics."""
+    """One DPO run from the base; writes ``plan.out`` and returns its metrics. Scratch goes, whatever happens."""
+    import torch
+
+    scratch = plan.work / f".trainer-{plan.run}"
+    partial = plan.work / f".{plan.run}.partial"
+    try:
+        return _fit(plan, scratch, partial, progress, offset, on_trainer)
+    finally:
+        for leftover in (scratch, partial):
+            shutil.rmtree(leftover, ignore_errors=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress | None, offset: int,
+         on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -196,12 +212,11 @@ def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
     options = plan.options
     rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.train]
     eval_rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.eval]
-    scratch = plan.work / f".trainer-{plan.run}"
-    partial = plan.work / f".{plan.run}.partial"
-    for leftover in (scratch, partial):
-        shutil.rmtree(leftover, ignore_errors=True)
     tokenizer = _load_tokenizer(plan.base)  # fresh per run: TRL sets a pad token on the one it gets
-    model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainOptionsError(f"{plan.base}: cannot load the base model ({_first_line(exc)})") from None
     trainer = _trainer_class()(
         order=plan.order,
         model=model,
@@ -221,16 +236,15 @@ def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
     evaluated = trainer.evaluate() if eval_rows else {}
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     _check_finite(plan.run, trainer.model, losses)
-    trained = trainer.model
-    trained.save_pretrained(partial)
+    trainer.model.save_pretrained(partial)
     if options.method == "full":
         _load_tokenizer(plan.base).save_pretrained(partial)
-    os.replace(partial, plan.out)
-    shutil.rmtree(scratch, ignore_errors=True)
+    os.replace(partial, plan.out)  # the output appears complete or not at all
+    steps = int(trainer.state.global_step)
     train_seconds = float(output.metrics.get("train_runtime", 0.0))
-    metrics = RunMetrics(
+    return RunMetrics(
         run=plan.run,  # type: ignore[arg-type]
-        steps=int(trainer.state.global_step),
+        steps=steps,
         train_loss=losses[-1],
         mean_train_loss=float(output.training_loss),
         eval_loss=_maybe(evaluated, "eval_loss"),
@@ -241,14 +255,9 @@ def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
         eval_rows=len(eval_rows),
         data_sha256=_rows_sha256(rows[i] for i in plan.order),
         train_seconds=train_seconds,
-        seconds_per_step=train_seconds / max(1, int(trainer.state.global_step)),
+        seconds_per_step=train_seconds / max(1, steps),
         wall_seconds=time.perf_counter() - started,
     )
-    del trainer, trained, model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return metrics
 
 
 def _trainer_class() -> type:
