@@ -367,6 +367,17 @@ def test_divergence_is_refused_and_leaves_no_output(tmp_path: Path, base: Path, 
     assert list((tmp_path / "w").iterdir()) == []
 
 
+def test_a_failed_negative_run_takes_the_positive_output_with_it(tmp_path: Path, base: Path, data: Any) -> None:
+    def fail_on_negative(run: str, trainer: Any) -> None:
+        assert (tmp_path / "w" / "positive").is_dir() == (run == "negative")
+        if run == "negative":
+            raise KeyboardInterrupt  # what an interrupted pvreg train meets
+
+    with pytest.raises(KeyboardInterrupt):
+        train_pair(base, data, build_options(method="lora", steps=1), tmp_path / "w", on_trainer=fail_on_negative)
+    assert list((tmp_path / "w").iterdir()) == []
+
+
 # --- options ----------------------------------------------------------------------------------
 
 

@@ -24,33 +24,29 @@ Why things are set the way they are:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
-import hashlib
-import importlib.metadata
-import json
-import logging
 import math
 import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pvreg.registry.errors import (
-    DeviceUnavailableError,
-    NotFoundError,
-    OutputExistsError,
-    PreferenceDataError,
-    TrainingDivergedError,
-    TrainOptionsError,
-)
-from pvreg.registry.training.data import PreferenceData, PreferencePair, Side, split_pairs
+from pvreg.registry.errors import OutputExistsError, TrainingDivergedError, TrainOptionsError
+from pvreg.registry.training.data import PreferenceData, PreferencePair, split_pairs
 from pvreg.registry.training.extra import require_training
+from pvreg.registry.training.inputs import (
+    check_base,
+    check_prompt_lengths,
+    load_tokenizer,
+    rows_sha256,
+    trainer_row,
+    use_chat_template,
+)
+from pvreg.registry.training.runtime import deterministic, first_line, quiet, versions
 
 if TYPE_CHECKING:
     from pvreg.schemas.training import PairResult, RunMetrics, TrainOptions
@@ -59,7 +55,6 @@ __all__ = ["TrainProgress", "train_pair", "training_order", "RUNS"]
 
 #: (run name, swap chosen/rejected) for the two runs, in the order they are trained.
 RUNS = (("positive", False), ("negative", True))
-_VERSIONED = ("trl", "transformers", "torch", "peft", "datasets", "accelerate")
 
 
 class TrainProgress(Protocol):
@@ -121,7 +116,7 @@ def train_pair(
     started = time.perf_counter()
     options = options.resolved()
     require_training(options.method)
-    base = _check_base(Path(base_dir))
+    base = check_base(Path(base_dir))
     work = Path(work_dir)
     outputs = {run: work / run for run, _ in RUNS}
     for out in outputs.values():
@@ -138,23 +133,28 @@ def train_pair(
     if options.max_eval_pairs is not None:
         eval_idx = eval_idx[: options.max_eval_pairs]
 
-    with _quiet(), _deterministic(options.device, options.threads):
-        tokenizer = _load_tokenizer(base)
-        use_chat = _use_chat_template(tokenizer, data, base, options)
+    with quiet(), deterministic(options.device, options.threads):
+        tokenizer = load_tokenizer(base)
+        use_chat = use_chat_template(tokenizer, data, base, options)
         train_pairs = [data.pairs[train_idx[position]] for position in used]
         eval_pairs = [data.pairs[i] for i in eval_idx]
-        _check_prompt_lengths(tokenizer, data, train_pairs + eval_pairs, use_chat, options.max_length)
+        check_prompt_lengths(tokenizer, data, train_pairs + eval_pairs, use_chat, options.max_length)
         work.mkdir(parents=True, exist_ok=True)
         if progress is not None:
             progress.start(2 * steps)
         metrics: dict[str, RunMetrics] = {}
-        for number, (run, swap) in enumerate(RUNS):
-            metrics[run] = _train_run(
-                _RunPlan(run=run, swap=swap, base=base, train=train_pairs, eval=eval_pairs, order=order,
-                         steps=steps, split_rows=len(train_idx), chat=use_chat, options=options,
-                         out=outputs[run], work=work),
-                progress, number * steps, on_trainer,
-            )
+        try:
+            for number, (run, swap) in enumerate(RUNS):
+                metrics[run] = _train_run(
+                    _RunPlan(run=run, swap=swap, base=base, train=train_pairs, eval=eval_pairs, order=order,
+                             steps=steps, split_rows=len(train_idx), chat=use_chat, options=options,
+                             out=outputs[run], work=work),
+                    progress, number * steps, on_trainer,
+                )
+        except BaseException:
+            for run in metrics:  # a θ+ without its θ− is no result: leave neither
+                shutil.rmtree(outputs[run], ignore_errors=True)
+            raise
 
     from pvreg.schemas.training import PairResult
 
@@ -162,7 +162,7 @@ def train_pair(
         method=options.method, artifact="lora" if options.method == "lora" else "model",
         positive_dir=str(outputs["positive"]), negative_dir=str(outputs["negative"]), base=str(base),
         options=options, data=data.info(), chat_template=use_chat,
-        positive=metrics["positive"], negative=metrics["negative"], versions=_versions(),
+        positive=metrics["positive"], negative=metrics["negative"], versions=versions(),
         device=options.device, wall_seconds=time.perf_counter() - started,
     )
 
@@ -210,13 +210,13 @@ def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress |
 
     started = time.perf_counter()
     options = plan.options
-    rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.train]
-    eval_rows = [_trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.eval]
-    tokenizer = _load_tokenizer(plan.base)  # fresh per run: TRL sets a pad token on the one it gets
+    rows = [trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.train]
+    eval_rows = [trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.eval]
+    tokenizer = load_tokenizer(plan.base)  # fresh per run: TRL sets a pad token on the one it gets
     try:
         model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise TrainOptionsError(f"{plan.base}: cannot load the base model ({_first_line(exc)})") from None
+        raise TrainOptionsError(f"{plan.base}: cannot load the base model ({first_line(exc)})") from None
     trainer = _trainer_class()(
         order=plan.order,
         model=model,
@@ -238,7 +238,7 @@ def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress |
     _check_finite(plan.run, trainer.model, losses)
     trainer.model.save_pretrained(partial)
     if options.method == "full":
-        _load_tokenizer(plan.base).save_pretrained(partial)
+        load_tokenizer(plan.base).save_pretrained(partial)
     os.replace(partial, plan.out)  # the output appears complete or not at all
     steps = int(trainer.state.global_step)
     train_seconds = float(output.metrics.get("train_runtime", 0.0))
@@ -253,7 +253,7 @@ def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress |
         train_rows=plan.split_rows,
         seen_rows=len(rows),
         eval_rows=len(eval_rows),
-        data_sha256=_rows_sha256(rows[i] for i in plan.order),
+        data_sha256=rows_sha256(rows[i] for i in plan.order),
         train_seconds=train_seconds,
         seconds_per_step=train_seconds / max(1, steps),
         wall_seconds=time.perf_counter() - started,
@@ -336,74 +336,6 @@ def _silence_printing(trainer: Any) -> None:
         trainer.remove_callback(cls)
 
 
-def _trainer_row(pair: PreferencePair, *, swap: bool, chat: bool) -> dict[str, Side]:
-    """The row TRL gets; plain strings become one user and one assistant turn when a chat template is used."""
-    row = pair.as_row(swap=swap)
-    if chat and isinstance(pair.prompt, str):
-        return {
-            "prompt": [{"role": "user", "content": str(row["prompt"]).strip()}],
-            "chosen": [{"role": "assistant", "content": str(row["chosen"]).strip()}],
-            "rejected": [{"role": "assistant", "content": str(row["rejected"]).strip()}],
-        }
-    return row
-
-
-def _rows_sha256(rows: Any) -> str:
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def _check_base(base: Path) -> Path:
-    base = base.expanduser().resolve()
-    if not base.is_dir():
-        raise NotFoundError(f"{base}: no such base model directory")
-    if not (base / "config.json").is_file():
-        raise TrainOptionsError(f"{base}: not a Hugging Face model directory (no config.json)")
-    return base
-
-
-def _load_tokenizer(base: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(base, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise TrainOptionsError(f"{base}: cannot load a tokenizer from the base directory ({_first_line(exc)})") from None
-
-
-def _use_chat_template(tokenizer: Any, data: PreferenceData, base: Path, options: "TrainOptions") -> bool:
-    has = bool(getattr(tokenizer, "chat_template", None))
-    if data.conversational:
-        if options.chat_template == "off":
-            raise TrainOptionsError(f"{data.path} holds chat messages, which need a chat template; chat_template=off")
-        if not has:
-            raise TrainOptionsError(f"{data.path} holds chat messages but the tokenizer of {base} has no chat template")
-        return True
-    if options.chat_template == "on" and not has:
-        raise TrainOptionsError(f"chat_template=on but the tokenizer of {base} has no chat template")
-    return has if options.chat_template == "auto" else options.chat_template == "on"
-
-
-def _check_prompt_lengths(tokenizer: Any, data: PreferenceData, pairs: list[PreferencePair], chat: bool,
-                          max_length: int) -> None:
-    """Refuse pairs TRL would silently drop: a prompt that fills ``max_length`` leaves no completion."""
-    for pair in pairs:
-        prompt = _trainer_row(pair, swap=False, chat=chat)["prompt"]
-        if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-            n = len(ids["input_ids"])
-        else:
-            n = len(tokenizer(text=prompt)["input_ids"])
-        if n >= max_length:
-            raise PreferenceDataError(
-                f"{data.path}: row {pair.row}: the prompt is {n} tokens, which leaves no room for the completion "
-                f"within max_length {max_length}; raise max_length or shorten the prompt"
-            )
-
-
 def _check_finite(run: str, model: Any, losses: list[float]) -> None:
     import torch
 
@@ -420,90 +352,3 @@ def _check_finite(run: str, model: Any, losses: list[float]) -> None:
 def _maybe(metrics: dict[str, Any], key: str) -> float | None:
     value = metrics.get(key)
     return None if value is None else float(value)
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for dist in _VERSIONED:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No progress bars, info logs or deprecation chatter from the libraries; restored on exit."""
-    import datasets
-    import datasets.utils as ds_tqdm
-    import transformers
-
-    tlog = transformers.utils.logging
-    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    ds_verbosity, ds_bars_off = datasets.logging.get_verbosity(), ds_tqdm.are_progress_bars_disabled()
-    loggers = {name: logging.getLogger(name).level for name in ("trl", "accelerate", "peft")}
-    tqdm_env = os.environ.get("TQDM_DISABLE")
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    datasets.logging.set_verbosity_error()
-    ds_tqdm.disable_progress_bars()
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ["TQDM_DISABLE"] = "1"  # trl's reference-log-prob pass reads it
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        tlog.set_verbosity(verbosity)
-        if bars:
-            tlog.enable_progress_bar()
-        datasets.logging.set_verbosity(ds_verbosity)
-        if not ds_bars_off:
-            ds_tqdm.enable_progress_bars()
-        for name, level in loggers.items():
-            logging.getLogger(name).setLevel(level)
-        if tqdm_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_env
-
-
-@contextlib.contextmanager
-def _deterministic(device: str, threads: int | None) -> Iterator[None]:
-    """Deterministic kernels, the thread count asked for, and a clean RNG slate for the runs;
-    the caller's settings and RNG state come back."""
-    import numpy as np
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError("device=cuda was asked for, but torch sees no usable CUDA GPU here")
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    if device == "cuda" and cublas is None:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    num_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(num_threads)
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if states[3] is not None:
-            torch.cuda.set_rng_state_all(states[3])
-        if device == "cuda" and cublas is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
