@@ -347,3 +347,29 @@ def test_loading_data_imports_no_model_library(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[0] == "3 []"
+
+
+def test_parquet_and_datasets_dirs_without_the_extra_name_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = write_parquet(tmp_path / "p.parquet", ROWS[:1])
+    d = write_datasets_dir(tmp_path / "ds", [{k: ROWS[0][k] for k in ("prompt", "chosen", "rejected")}])
+    code = f"""
+import sys, json
+sys.modules["pyarrow"] = None; sys.modules["datasets"] = None  # as if neither were installed
+from pvreg.registry.errors import MissingExtraError
+from pvreg.registry.training import load_pairs
+out = []
+for path in ({str(f)!r}, {str(d)!r}):
+    try:
+        load_pairs(path)
+    except MissingExtraError as exc:
+        out.append(str(exc))
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    parquet, dsdir = json.loads(res.stdout)
+    assert "reading parquet preference data needs the 'pyarrow' package" in parquet
+    assert "reading a datasets directory needs the 'datasets' package" in dsdir
+    assert all("pip install 'pvreg[train]'" in m for m in (parquet, dsdir))
