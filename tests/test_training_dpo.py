@@ -325,6 +325,22 @@ def test_a_prompt_that_fills_max_length_names_its_row(tmp_path: Path, base: Path
     assert str(info.value).startswith(f"{f.resolve()}: row 2: the prompt is 8 tokens")
 
 
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [(["nope_proj"], "cannot set up DPO training: Target modules {'nope_proj'} not found"),
+     (["embed_tokens", "q_proj"], "LoRA on model.embed_tokens (Embedding) cannot be registered"),
+     (["lm_head"], "cannot set up DPO training: Applying a PEFT adapter to `lm_head` is not supported")],
+)
+def test_lora_targets_pvreg_cannot_register_are_refused_before_training(
+    tmp_path: Path, base: Path, data: Any, targets: list[str], message: str
+) -> None:
+    progress = Recorder()
+    with pytest.raises(TrainOptionsError) as info:
+        train_pair(base, data, build_options(steps=1, lora_targets=targets), tmp_path / "w", progress)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert progress.steps == [] and list((tmp_path / "w").iterdir()) == []
+
+
 def test_existing_outputs_are_refused(tmp_path: Path, base: Path, data: Any) -> None:
     (tmp_path / "w" / "negative").mkdir(parents=True)
     with pytest.raises(OutputExistsError, match="negative: already exists"):

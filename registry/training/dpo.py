@@ -217,18 +217,23 @@ def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress |
         model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise TrainOptionsError(f"{plan.base}: cannot load the base model ({first_line(exc)})") from None
-    trainer = _trainer_class()(
-        order=plan.order,
-        model=model,
-        args=_dpo_config(options, plan.steps, scratch),
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=_lora_config(options) if options.method == "lora" else None,
-        callbacks=[_progress_callback(progress, offset)] if progress is not None else None,
-    )
+    try:
+        trainer = _trainer_class()(
+            order=plan.order,
+            model=model,
+            args=_dpo_config(options, plan.steps, scratch),
+            train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+            processing_class=tokenizer,
+            peft_config=_lora_config(options) if options.method == "lora" else None,
+            callbacks=[_progress_callback(progress, offset)] if progress is not None else None,
+        )
+    except ValueError as exc:  # peft/trl refusing the set-up: unknown LoRA targets, an adapter on lm_head, ...
+        raise TrainOptionsError(f"{plan.base}: cannot set up DPO training: {first_line(exc)}") from None
+    if options.method == "lora":
+        _check_lora_layers(trainer.model, plan.base)
     _silence_printing(trainer)
-    if len(trainer.train_dataset) != len(rows):  # pragma: no cover - guarded by _check_prompt_lengths
+    if len(trainer.train_dataset) != len(rows):  # pragma: no cover - guarded by check_prompt_lengths
         raise TrainOptionsError(f"the trainer dropped {len(rows) - len(trainer.train_dataset)} pair(s) as too long")
     if on_trainer is not None:
         on_trainer(plan.run, trainer)
@@ -314,6 +319,19 @@ def _lora_config(options: "TrainOptions") -> Any:
         target_modules=list(options.lora_targets) if options.lora_targets else "all-linear",
         task_type="CAUSAL_LM",
     )
+
+
+def _check_lora_layers(model: Any, base: Path) -> None:
+    """Refuse, before training, LoRA layers whose delta pvreg cannot register exactly (embeddings, convolutions)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) and not isinstance(module, LoraLinear):
+            raise TrainOptionsError(
+                f"{base}: LoRA on {name.removeprefix('base_model.model.')} ({type(module).__name__}) cannot be "
+                "registered as a preference vector; target linear layers only (lora_targets)"
+            )
 
 
 def _progress_callback(progress: TrainProgress, offset: int) -> Any:
