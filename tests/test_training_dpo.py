@@ -369,10 +369,13 @@ def test_cuda_without_a_gpu(tmp_path: Path, base: Path, data: Any) -> None:
 
 def test_one_epoch_by_default_and_nothing_printed(tmp_path: Path, base: Path, data: Any,
                                                    capfd: pytest.CaptureFixture[str]) -> None:
-    result = train_pair(base, data, build_options(method="full", batch_size=8), tmp_path / "w")
+    progress = Recorder()
+    result = train_pair(base, data, build_options(method="full", batch_size=4, grad_accum=2), tmp_path / "w", progress)
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
-    assert result.options.epochs == 1.0 and result.positive.steps == result.negative.steps == 5  # ceil(36 / 8)
+    # One epoch of 36 training pairs in optimizer steps of 4 x 2 pairs: ceil(36 / 8) = 5 steps per run.
+    assert result.options.epochs == 1.0 and result.positive.steps == result.negative.steps == 5
+    assert progress.total == 10 and [n for n, _ in progress.steps] == list(range(1, 11))
 
 
 def test_divergence_is_refused_and_leaves_no_output(tmp_path: Path, base: Path, data: Any) -> None:
