@@ -3,7 +3,7 @@
 It takes and returns ``pvreg.schemas`` models, never ORM rows, raises only
 ``PvregError`` subclasses for expected failures, and delegates: storage
 (:mod:`pvreg.registry.storage`), vector sources (:mod:`pvreg.registry.sources`),
-merging (:mod:`pvreg.registry.merge`) and the Hub (:mod:`pvreg.registry.hub`)
+merging (:mod:`pvreg.registry.merge`) and the Hub (:mod:`pvreg.registry.hub.client`)
 receive its :class:`~pvreg.registry.storage.store.Store`, never the facade.
 Heavy modules (torch, alembic, huggingface_hub) load inside the operations that
 need them, so read-only commands stay fast.
@@ -421,7 +421,7 @@ class Registry:
             HubNotFoundError, HubAuthError, HubEndpointError, HubContentError (exit 2);
             HubError for an unreachable Hub or rate limiting.
         """
-        from pvreg.registry.hub.push import push
+        from pvreg.registry.hub.client.push import push
 
         return push(self.store, refs, repo, revision=revision, private=private, create=create, message=message,
                     endpoint=endpoint, token=token)
@@ -442,7 +442,7 @@ class Registry:
             HubNotFoundError, HubAuthError, HubEndpointError; IntegrityError for a
             tampered or inconsistent file; InvalidNameError/InvalidTextError for bad text.
         """
-        from pvreg.registry.hub.pull import pull
+        from pvreg.registry.hub.client.pull import pull
 
         return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint,
                     token=token)
@@ -460,7 +460,7 @@ class Registry:
         Raises:
             HubNotFoundError, HubAuthError, HubEndpointError.
         """
-        from pvreg.registry.hub.pull import remote_ls
+        from pvreg.registry.hub.client.pull import remote_ls
 
         return remote_ls(self.store, repo, revision=revision, endpoint=endpoint, token=token)
 

@@ -241,3 +241,31 @@ class GridError(EvalError):
 
 class MissingDependencyError(PvregError):
     """An optional dependency (e.g. matplotlib for plots, ``pip install 'pvreg[eval]'``) is not installed."""
+
+
+# --- training ------------------------------------------------------------------
+
+
+class MissingExtraError(PvregError, ImportError):
+    """An optional dependency group is not installed (e.g. ``pip install 'pvreg[train]'``).
+
+    Exit code 2: the command cannot run as asked until the user installs the extra.
+    """
+
+    exit_code = 2
+
+
+class PreferenceDataError(UserError, ValueError):
+    """A preference-pair file is unreadable or a row is malformed (names the file and the 1-based row)."""
+
+
+class TrainOptionsError(UserError, ValueError):
+    """Training options, or a base model, cannot be trained as asked (no tokenizer, no chat template, ...)."""
+
+
+class TrainingDivergedError(UserError, ArithmeticError):
+    """A training run produced a non-finite loss or weights; usually the learning rate is too high."""
+
+
+class DeviceUnavailableError(PvregError, RuntimeError):
+    """The requested training device (e.g. ``cuda``) is not available on this machine; exit code 1."""
