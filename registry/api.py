@@ -23,7 +23,13 @@ from pvreg.registry.settings import Settings
 from pvreg.registry.storage import catalog, db, environment, writes
 from pvreg.registry.storage.bases import ResolvedBase
 from pvreg.registry.storage.store import Store
-from pvreg.schemas.vector import BaseModelInfo, GcReport, ListEntry, VectorMeta, VerifyReport
+from pvreg.schemas.vector import (
+    BaseModelInfo,
+    GcReport,
+    ListEntry,
+    VectorMeta,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from pvreg.registry.merge.apply import AppliedComposition

@@ -25,7 +25,7 @@ from pvreg.registry.evaluation.metrics import (
     score_pairs,
     text_metrics,
 )
-from pvreg.registry.evaluation.scoring import reference_logprobs, score_texts
+from pvreg.registry.evaluation.texts import reference_logprobs, score_texts
 from pvreg.schemas.evaluation import MetricValue
 
 ATOL = 2e-4

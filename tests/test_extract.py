@@ -284,9 +284,9 @@ def test_nan_in_input_is_one_line(tmp_path: Path, base_dir: Path, base_tensors, 
 
 def test_base_known_only_by_fingerprint_is_refused(pair, base_dir: Path, tmp_path: Path) -> None:
     pos_dir, neg_dir = pair
-    with pytest.raises(UserError, match="give --base as a path"):
+    with pytest.raises(UserError, match="give base as a path"):
         _add(positive=pos_dir, negative=neg_dir, base="ab" * 32)
-    with pytest.raises(UserError, match="give --base as a path"):
+    with pytest.raises(UserError, match="give base as a path"):
         _add(finetuned=pos_dir, base="ab" * 32)
 
 

@@ -1,6 +1,7 @@
 """The evaluation core of ``pvreg eval`` / ``pvreg sweep`` (issue #15).
 
-- :mod:`.scoring` — batched log-likelihood scoring of completions and texts;
+- :mod:`.scoring` — batched log-likelihood scoring of completions;
+- :mod:`.texts` — perplexity and the reference distributions for KL;
 - :mod:`.metrics` — preference, text (perplexity, KL from the base) and
   multiple-choice metrics with bootstrap confidence intervals;
 - :mod:`.evalsets` — reading ``--text``, ``--pairs`` and ``--choices`` files;
@@ -23,9 +24,9 @@ _WHERE = {
     "TextScore": "scoring",
     "ReferenceLogprobs": "scoring",
     "score_completions": "scoring",
-    "score_texts": "scoring",
-    "reference_logprobs": "scoring",
-    "text_windows": "scoring",
+    "score_texts": "texts",
+    "reference_logprobs": "texts",
+    "text_windows": "texts",
     "tokenize_items": "scoring",
     "bootstrap_ci": "metrics",
     "score_pairs": "metrics",

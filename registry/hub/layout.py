@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pvreg.registry.errors import IntegrityError
-from pvreg.schemas.vector import VectorMeta
 from pvreg.schemas.hub import HubBaseInfo, HubVectorFile
+from pvreg.schemas.vector import VectorMeta
 
 if TYPE_CHECKING:
     from pvreg.registry.storage.store import Store

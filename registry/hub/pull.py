@@ -51,7 +51,6 @@ from pvreg.registry.sources.ingest import BlobStats
 from pvreg.registry.storage import catalog, writes
 from pvreg.registry.storage.bases import ResolvedBase
 from pvreg.registry.storage.blobstore import BlobStore
-from pvreg.schemas.vector import VectorMeta
 from pvreg.schemas.hub import (
     HubBaseInfo,
     HubVectorFile,
@@ -60,6 +59,7 @@ from pvreg.schemas.hub import (
     RemoteListing,
     RemoteVector,
 )
+from pvreg.schemas.vector import VectorMeta
 
 if TYPE_CHECKING:
     from pvreg.registry.storage.store import Store

@@ -36,8 +36,8 @@ from pvreg.registry.hub.client.layout import (
 from pvreg.registry.hub.client.pull import work_dir
 from pvreg.registry.refs import check_name
 from pvreg.registry.storage import catalog, writes
-from pvreg.schemas.vector import VectorMeta
 from pvreg.schemas.hub import HubVectorFile, PushedVector, PushResult
+from pvreg.schemas.vector import VectorMeta
 
 if TYPE_CHECKING:
     from pvreg.registry.storage.store import Store

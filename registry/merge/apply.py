@@ -26,8 +26,7 @@ from pvreg.registry.merge.compose import Plan, prepare
 from pvreg.registry.merge.engine import combined_delta
 from pvreg.registry.merge.plan import Input, Problems
 from pvreg.registry.merge.spec import build_spec
-from pvreg.registry.tensors.hfnames import PEFT_PREFIX
-from pvreg.registry.tensors.hfnames import MODEL_PREFIX
+from pvreg.registry.tensors.hfnames import MODEL_PREFIX, PEFT_PREFIX
 
 if TYPE_CHECKING:
     import torch

@@ -39,8 +39,8 @@ from pvreg.registry.storage.staging import publish_dir, publish_file, staging
 from pvreg.registry.storage.store import Store
 from pvreg.registry.tensors.hfnames import COMPOSITION_RECORD, MODEL_CARD
 from pvreg.registry.version import __version__
-from pvreg.schemas.vector import ParentRef, VectorMeta
 from pvreg.schemas.compose import ComposeResult, ComposeSpec
+from pvreg.schemas.vector import ParentRef, VectorMeta
 
 #: The staged file name of a vector that is only registered (no ``out``).
 _UNNAMED_VECTOR = "vector.safetensors"

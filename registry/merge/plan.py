@@ -31,8 +31,8 @@ from pvreg.registry.errors import (
 from pvreg.registry.merge.basefiles import base_files
 from pvreg.registry.storage.outputs import Protected, output_problems, registry_paths
 from pvreg.registry.tensors.dtypes import parse_dtype
-from pvreg.schemas.vector import VectorMeta
 from pvreg.schemas.compose import ComposeSpec, ComposeTerm
+from pvreg.schemas.vector import VectorMeta
 
 if TYPE_CHECKING:
     from pvreg.registry.merge.methods import MergeMethod

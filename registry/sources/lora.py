@@ -36,13 +36,15 @@ from pvreg.registry.errors import (
     UnsafeCheckpointError,
     UnsupportedAdapterError,
 )
-from pvreg.registry.tensors.hfnames import ADAPTER_BIN, ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX
-from pvreg.registry.tensors.dtypes import DTYPES
-from pvreg.registry.tensors.dtypes import FLOAT_DTYPES
-from pvreg.registry.tensors.safetensors import SafetensorsFile
-from pvreg.registry.tensors.dtypes import dtype_code
-from pvreg.registry.tensors.dtypes import dtype_name
+from pvreg.registry.tensors.dtypes import DTYPES, FLOAT_DTYPES, dtype_code, dtype_name
+from pvreg.registry.tensors.hfnames import (
+    ADAPTER_BIN,
+    ADAPTER_CONFIG,
+    ADAPTER_SAFETENSORS,
+    PEFT_PREFIX,
+)
 from pvreg.registry.tensors.inputfile import read_capped
+from pvreg.registry.tensors.safetensors import SafetensorsFile
 
 __all__ = ["LoraAdapter"]
 

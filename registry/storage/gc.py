@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pvreg.registry.errors import UnsafeGcError
-from pvreg.registry.files import TEMP_NAME_RE, TEMP_PREFIX, remove_path, rename_noreplace
+from pvreg.registry.files import (
+    TEMP_NAME_RE,
+    TEMP_PREFIX,
+    remove_path,
+    rename_noreplace,
+)
 from pvreg.registry.storage.blobstore import BlobStore
 from pvreg.schemas.vector import GcReport
 

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.training.data import PreferenceData, PreferencePair, load_pairs, split_contrastive, split_pairs
+from pvreg.registry.training.data import (
+    PreferenceData,
+    PreferencePair,
+    load_pairs,
+    split_contrastive,
+    split_pairs,
+)
 from pvreg.registry.training.dpo import TrainProgress, train_pair, training_order
 from pvreg.registry.training.extra import require_training
 
@@ -44,10 +50,9 @@ def build_options(**values: Any) -> "TrainOptions":
     Raises:
         TrainOptionsError: one line naming the first invalid option and why.
     """
-    from pydantic import ValidationError
-
     from pvreg.registry.errors import TrainOptionsError
     from pvreg.schemas.training import TrainOptions
+    from pydantic import ValidationError
 
     try:
         return TrainOptions.model_validate({k: v for k, v in values.items() if v is not None})

@@ -35,7 +35,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pvreg.registry.errors import OutputExistsError, TrainingDivergedError, TrainOptionsError
+from pvreg.registry.errors import (
+    OutputExistsError,
+    TrainingDivergedError,
+    TrainOptionsError,
+)
 from pvreg.registry.training.data import PreferenceData, PreferencePair, split_pairs
 from pvreg.registry.training.extra import require_training
 from pvreg.registry.training.inputs import (
@@ -204,9 +208,8 @@ def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress |
          on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-
     from pvreg.schemas.training import RunMetrics
+    from transformers import AutoModelForCausalLM
 
     started = time.perf_counter()
     options = plan.options

@@ -1,0 +1,186 @@
+"""What every checkpoint source shares: the result shape, layout checks, input facts and the storage-error meter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pvreg.registry.errors import BaseMismatchError, InvalidVectorError, UserError, opt
+from pvreg.registry.sources.ingest import BlobStats, TensorSource
+from pvreg.registry.tensors.checkpoint import Checkpoint
+from pvreg.registry.tensors.dtypes import FLOAT_DTYPES, dtype_name, torch_dtype
+from pvreg.registry.tensors.safetensors import TensorInfo, iter_chunks
+
+if TYPE_CHECKING:
+    import torch
+    from pvreg.registry.storage.bases import ResolvedBase
+    from pvreg.registry.tensors.fingerprint import FingerprintCache
+
+
+
+#: How many omitted (zero-delta) tensor names the provenance lists.
+OMITTED_NAMES_CAP = 50
+
+
+@dataclass
+class Made:
+    """A vector ready to be written, and what to record about how it was made."""
+
+    source: TensorSource
+    kind: str  # "pair" | "finetuned" | "lora"
+    provenance: dict[str, Any]
+    finish: Callable[[BlobStats], None]
+
+
+def _default_dtype(input_codes: set[str]) -> str:
+    """float32 when every input is float32 (or float64), else bfloat16."""
+    return "F32" if input_codes <= {"F32", "F64"} else "BF16"
+
+
+def _abs(path: Path) -> str:
+    return str(path.expanduser().resolve())
+
+
+def _require_infos(resolved: "ResolvedBase", what: str) -> Mapping[str, TensorInfo]:
+    if resolved.infos is None:
+        raise UserError(
+            f"{what} needs the base model's weights to check tensor names and shapes, but base "
+            f"{resolved.fingerprint[:16]} is only known by its fingerprint; give {opt('base')} as a path"
+        )
+    return resolved.infos
+
+
+def _shape(info: TensorInfo) -> list[int]:
+    return list(info.shape)
+
+
+def _check_layouts(sides: list[tuple[str, Mapping[str, TensorInfo]]], base: Mapping[str, TensorInfo]) -> None:
+    """Every side must have exactly the base's names and shapes; report the first offence by name."""
+    names = set(base)
+    for _, infos in sides:
+        names.update(infos)
+    for name in sorted(names):
+        b = base.get(name)
+        for label, infos in sides:
+            t = infos.get(name)
+            if t is None:
+                raise BaseMismatchError(
+                    f"{label}: lacks tensor {name!r} (shape {_shape(b)} in the base)"  # type: ignore[arg-type]
+                )
+            if b is None:
+                raise BaseMismatchError(
+                    f"{label}: tensor {name!r} (shape {_shape(t)}) does not exist in the base"
+                )
+            if t.shape != b.shape:
+                raise BaseMismatchError(
+                    f"{label}: tensor {name!r} has shape {_shape(t)} but the base has {_shape(b)}"
+                )
+
+
+def _check_floating(sides: list[tuple[str, Mapping[str, TensorInfo]]]) -> None:
+    for label, infos in sides:
+        for name in sorted(infos):
+            code = infos[name].dtype
+            if code not in FLOAT_DTYPES:
+                raise InvalidVectorError(
+                    f"{label}: tensor {name!r} has dtype {dtype_name(code)}; a vector can only be made "
+                    "from floating-point tensors (float32, float16, bfloat16, float64)"
+                )
+
+
+def _hash(ckpt: Checkpoint, cache: "FingerprintCache") -> tuple[str, dict[str, str]]:
+    """(fingerprint, per-tensor digests) in one cached pass (pages are dropped as hashed)."""
+    from pvreg.registry.tensors.fingerprint import checkpoint_entries, combine
+
+    entries = checkpoint_entries(ckpt, cache)
+    return combine(entries), {name: digest for name, _, _, digest in entries}
+
+
+def _checkpoint_facts(path: Path, ckpt: Checkpoint, fingerprint: str) -> dict[str, Any]:
+    formats = sorted({"safetensors" if f.suffix == ".safetensors" else "pytorch" for f in ckpt.files})
+    return {
+        "path": _abs(path),
+        "fingerprint": fingerprint,
+        "format": formats[0] if len(formats) == 1 else "mixed",
+        "files": len(ckpt.files),
+        "dtypes": sorted({dtype_name(i.dtype) for i in ckpt.infos.values()}),
+    }
+
+
+def _omitted(names: list[str]) -> dict[str, Any]:
+    names = sorted(names)
+    return {
+        "count": len(names),
+        "names": names[:OMITTED_NAMES_CAP],
+        "truncated": len(names) > OMITTED_NAMES_CAP,
+    }
+
+
+def _all_zero(label: str, total: int) -> InvalidVectorError:
+    return InvalidVectorError(
+        f"{label}: all deltas are zero ({total} tensors are bit-identical); there is no vector to store"
+    )
+
+
+@dataclass
+class _Meter:
+    """Accumulates ‖stored − exact‖² and ‖exact‖² in float64; notices all-zero output."""
+
+    label: str
+    stored_code: str
+    expected: int
+    exact_sq: float = 0.0
+    error_sq: float = 0.0
+    produced: int = 0
+    any_nonzero: bool = False
+
+    def store(self, name: str, exact: "torch.Tensor") -> "torch.Tensor":
+        """Cast the exact delta to the stored dtype, account for it, and return the stored tensor."""
+        target = torch_dtype(self.stored_code)
+        stored = exact if exact.dtype == target else exact.to(target)
+        self.add(name, exact, stored)
+        return stored
+
+    def add(self, name: str, exact: "torch.Tensor", stored: "torch.Tensor") -> None:
+        import torch
+
+        if stored.dtype != exact.dtype:
+            for e, s in zip(iter_chunks(exact), iter_chunks(stored)):
+                e64 = e.to(torch.float64)
+                d = s.to(torch.float64)
+                d.sub_(e64)
+                esq, dsq = float(torch.dot(e64, e64)), float(torch.dot(d, d))
+                del e64, d
+                if not math.isfinite(esq):
+                    break  # NaN/Inf in the inputs: write_blob reports it
+                if not math.isfinite(dsq):
+                    limit = torch.finfo(stored.dtype).max
+                    raise InvalidVectorError(
+                        f"{self.label}: tensor {name!r} has delta values beyond the range of "
+                        f"{dtype_name(self.stored_code)} (max {limit:g}); store it as float32 or bfloat16"
+                    )
+                self.exact_sq += esq
+                self.error_sq += dsq
+        if not self.any_nonzero and stored.numel() and bool(stored.any()):
+            self.any_nonzero = True
+        self.produced += 1
+        if self.produced == self.expected and not self.any_nonzero:
+            raise InvalidVectorError(
+                f"{self.label}: all deltas are zero after casting to {dtype_name(self.stored_code)}; "
+                "there is no vector to store"
+            )
+
+    @property
+    def relative(self) -> float:
+        return math.sqrt(self.error_sq / self.exact_sq) if self.exact_sq > 0 else 0.0
+
+
+def _finish(meter: _Meter, close: Callable[[], None]) -> Callable[[BlobStats], None]:
+    def finish(stats: BlobStats) -> None:
+        close()
+        stats.extra["storage_relative_error"] = meter.relative
+
+    return finish
