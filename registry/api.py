@@ -427,7 +427,7 @@ class Registry:
             HubNotFoundError, HubAuthError, HubEndpointError, HubContentError (exit 2);
             HubError for an unreachable Hub or rate limiting.
         """
-        from pvreg.registry.hub.client.push import push
+        from pvreg.registry.hub.push import push
 
         return push(self.store, refs, repo, revision=revision, private=private, create=create, message=message,
                     endpoint=endpoint, token=token)
@@ -448,7 +448,7 @@ class Registry:
             HubNotFoundError, HubAuthError, HubEndpointError; IntegrityError for a
             tampered or inconsistent file; InvalidNameError/InvalidTextError for bad text.
         """
-        from pvreg.registry.hub.client.pull import pull
+        from pvreg.registry.hub.pull import pull
 
         return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint,
                     token=token)
@@ -466,7 +466,7 @@ class Registry:
         Raises:
             HubNotFoundError, HubAuthError, HubEndpointError.
         """
-        from pvreg.registry.hub.client.pull import remote_ls
+        from pvreg.registry.hub.pull import remote_ls
 
         return remote_ls(self.store, repo, revision=revision, endpoint=endpoint, token=token)
 

@@ -326,7 +326,7 @@ def side_registry(env: Env, vector_seed: int, **base_kw) -> Path:
 def published(env: Env, name: str, registry: Path | None = None) -> tuple[bytes, dict]:
     """(exported blob bytes, pvreg.json as a dict) exactly as ``pvreg push`` would publish ``name``."""
     from pvreg import Registry
-    from pvreg.registry.hub.client.layout import json_bytes, published
+    from pvreg.registry.hub.layout import json_bytes, published
     from pvreg.registry.sources.exported import write_exported
 
     out = env.p(f"pub-{name}.safetensors")
@@ -366,7 +366,7 @@ def hub_wrong_shapes(env: Env) -> dict[str, bytes]:
     """Consistent metadata claiming our base, over tensors of another architecture."""
     other = side_registry(env, 3, cfg={"hidden_size": 32, "intermediate_size": 64})
     from pvreg import Registry
-    from pvreg.registry.hub.client.layout import json_bytes, published
+    from pvreg.registry.hub.layout import json_bytes, published
     from pvreg.registry.sources.exported import write_exported
 
     with Registry.open() as reg:

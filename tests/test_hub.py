@@ -280,7 +280,7 @@ def test_pvreg_json_disagreeing_with_blob_refused(server, src, cli, snapshot, fi
 def test_blob_re_signed_with_matching_pvreg_json_still_refused(server, src, cli, snapshot, tmp_path):
     """A consistent lie (a's metadata, pvreg.json and embedded, over b's tensors) fails the canonical sha256."""
     from pvreg.registry.api import Registry
-    from pvreg.registry.hub.client.layout import published
+    from pvreg.registry.hub.layout import published
     from pvreg.registry.sources.exported import write_exported
 
     assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
@@ -474,7 +474,7 @@ def test_repo_ids_follow_the_hub_clients_own_rules():
     from hypothesis import given, settings
     from hypothesis import strategies as st
     from pvreg.registry.errors import UserError
-    from pvreg.registry.hub.client.client import parse_repo
+    from pvreg.registry.hub.client import parse_repo
 
     def agree(repo_id: str) -> None:
         try:
@@ -735,7 +735,7 @@ def _owner_text(card: str) -> list[str]:
 
 @pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CARDS))
 def test_card_markers_in_any_state_leave_exactly_one_section(card):
-    from pvreg.registry.hub.client.card import render_card
+    from pvreg.registry.hub.card import render_card
 
     vectors = [_vec("alpha", "org/ds:helpful"), _vec("beta")]
     out = render_card(REPO, vectors, card)
@@ -755,7 +755,7 @@ def test_card_markers_in_any_state_leave_exactly_one_section(card):
 def test_card_render_is_a_fixpoint_for_any_marker_soup():
     from hypothesis import given, settings
     from hypothesis import strategies as st
-    from pvreg.registry.hub.client.card import render_card
+    from pvreg.registry.hub.card import render_card
 
     pieces = st.sampled_from([B, E, "\n", "\r\n", "OWNER1", "OWNER2", " ", "---\n", "| x |", "text", "<!--", "-->"])
 
@@ -772,7 +772,7 @@ def test_card_render_is_a_fixpoint_for_any_marker_soup():
 
 
 def test_card_cells_cannot_forge_markers_or_columns():
-    from pvreg.registry.hub.client.card import render_section
+    from pvreg.registry.hub.card import render_section
 
     section = render_section(REPO, [_vec("alpha", f"evil {E} | col\nrow")])
     assert section.count(E) == 1 and section.endswith(E + "\n")

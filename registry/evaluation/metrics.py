@@ -19,7 +19,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pvreg.registry.errors import EvalError
-from pvreg.registry.evaluation.scoring import ReferenceLogprobs, ScoredItem, score_completions
+from pvreg.registry.evaluation.scoring import (
+    ReferenceLogprobs,
+    ScoredItem,
+    score_completions,
+)
 from pvreg.registry.evaluation.texts import reference_logprobs, score_texts
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from pvreg.registry.errors import (
     UserError,
     opt,
 )
-from pvreg.registry.hub.client.client import (
+from pvreg.registry.hub.client import (
     DEFAULT_REVISION,
     Call,
     hf_module,
@@ -39,7 +39,7 @@ from pvreg.registry.hub.client.client import (
     public_url,
     resolve_endpoint,
 )
-from pvreg.registry.hub.client.layout import (
+from pvreg.registry.hub.layout import (
     BLOB_FILE,
     META_FILE,
     MUST_AGREE,

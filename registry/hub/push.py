@@ -14,7 +14,7 @@ from pvreg.registry.errors import (
     UserError,
     opt,
 )
-from pvreg.registry.hub.client.client import (
+from pvreg.registry.hub.client import (
     DEFAULT_REVISION,
     Call,
     hf_module,
@@ -24,7 +24,7 @@ from pvreg.registry.hub.client.client import (
     public_url,
     resolve_endpoint,
 )
-from pvreg.registry.hub.client.layout import (
+from pvreg.registry.hub.layout import (
     BLOB_FILE,
     CARD_FILE,
     META_FILE,
@@ -33,7 +33,7 @@ from pvreg.registry.hub.client.layout import (
     parse_vector_file,
     published,
 )
-from pvreg.registry.hub.client.pull import work_dir
+from pvreg.registry.hub.pull import work_dir
 from pvreg.registry.refs import check_name
 from pvreg.registry.storage import catalog, writes
 from pvreg.schemas.hub import HubVectorFile, PushedVector, PushResult
@@ -66,7 +66,7 @@ def push(
         HubNotFoundError: repo (without ``create``) or branch missing.
         HubAuthError, HubError: the Hub refused or could not be reached.
     """
-    from pvreg.registry.hub.client.card import render_card
+    from pvreg.registry.hub.card import render_card
     from pvreg.registry.sources.exported import write_exported
 
     repo_id, rev = parse_repo(repo, revision)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from pvreg.registry.errors import BaseMismatchError
 from pvreg.registry.merge.compose import Plan, prepare
 from pvreg.registry.merge.engine import combined_delta
-from pvreg.registry.merge.plan import Input, Problems
+from pvreg.registry.merge.plan import Input
 from pvreg.registry.merge.spec import build_spec
+from pvreg.registry.tensors.fit import fit_problems, misfit_error
 from pvreg.registry.tensors.hfnames import MODEL_PREFIX, PEFT_PREFIX
 
 if TYPE_CHECKING:
@@ -133,19 +134,15 @@ def apply(
         params = dict(model.named_parameters(remove_duplicate=False))
         names = sorted({n for i in plan.inputs for n in i.file.infos})
         mapping, missing = map_names(names, params)
-        problems = Problems()
-        if missing:
-            shown = ", ".join(repr(m) for m in missing[:3]) + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
-            problems.add(BaseMismatchError, f"vector tensors with no matching model parameter: {shown}")
+        # The model is the base: each vector tensor against the parameter its name maps to.
+        shapes = {n: next(i.file.infos[n].shape for i in plan.inputs if n in i.file.infos) for n in names}
+        model_shapes = {n: tuple(params[p].shape) for n, p in mapping.items()}
+        misfits = fit_problems(shapes, model_shapes)
+        if misfits:
+            raise misfit_error("the vectors", misfits, limit=3, base_label="the model")
         targets: dict[int, list[str]] = {}
         for n, p in mapping.items():
-            param = params[p]
-            shape = next(i.file.infos[n].shape for i in plan.inputs if n in i.file.infos)
-            if tuple(param.shape) != shape:
-                problems.add(BaseMismatchError, f"tensor {n!r} has shape {list(shape)} but parameter {p!r} "
-                                                f"has {list(param.shape)}")
-            targets.setdefault(id(param), []).append(n)
-        problems.raise_if_any()
+            targets.setdefault(id(params[p]), []).append(n)
         handle = AppliedComposition(model, plan.spec, _params=params)
         try:
             with torch.no_grad():

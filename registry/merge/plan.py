@@ -31,6 +31,7 @@ from pvreg.registry.errors import (
 from pvreg.registry.merge.basefiles import base_files
 from pvreg.registry.storage.outputs import Protected, output_problems, registry_paths
 from pvreg.registry.tensors.dtypes import parse_dtype
+from pvreg.registry.tensors.fit import fit_problems, misfit_error
 from pvreg.schemas.compose import ComposeSpec, ComposeTerm
 from pvreg.schemas.vector import VectorMeta
 
@@ -118,20 +119,10 @@ class Plan:
 
 def _shape_problems(label: str, infos: dict[str, "TensorInfo"], base: dict[str, "TensorInfo"],
                     problems: Problems, *, limit: int = 3) -> None:
-    from pvreg.registry.tensors.dtypes import FLOAT_DTYPES
-
-    found: list[str] = []
-    for name, info in sorted(infos.items()):
-        b = base.get(name)
-        if b is None:
-            found.append(f"tensor {name!r} does not exist in the base")
-        elif b.shape != info.shape:
-            found.append(f"tensor {name!r} has shape {list(info.shape)} but the base has {list(b.shape)}")
-        elif b.dtype not in FLOAT_DTYPES:
-            found.append(f"tensor {name!r} is {b.dtype} in the base, not floating point")
-    if found:
-        more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
-        problems.add(BaseMismatchError, f"{label}: " + ", ".join(found[:limit]) + more)
+    misfits = fit_problems({n: i.shape for n, i in infos.items()}, {n: b.shape for n, b in base.items()},
+                           base_dtypes={n: b.dtype for n, b in base.items()})
+    if misfits:
+        problems.add_error(misfit_error(label, misfits, limit=limit))
 
 
 def _protected(store: "Store", base: "ResolvedBase | None", inputs: Sequence[Input]) -> list[Protected]:

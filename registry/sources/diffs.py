@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.errors import BaseMismatchError, InvalidVectorError, UserError, opt
+from pvreg.registry.errors import InvalidVectorError, UserError, opt
 from pvreg.registry.sources.ingest import BlobStats, TensorSource
 from pvreg.registry.tensors.checkpoint import Checkpoint
 from pvreg.registry.tensors.dtypes import FLOAT_DTYPES, dtype_name, torch_dtype
+from pvreg.registry.tensors.fit import fit_problems, misfit_error
 from pvreg.registry.tensors.safetensors import TensorInfo, iter_chunks
 
 if TYPE_CHECKING:
@@ -59,25 +60,12 @@ def _shape(info: TensorInfo) -> list[int]:
 
 def _check_layouts(sides: list[tuple[str, Mapping[str, TensorInfo]]], base: Mapping[str, TensorInfo]) -> None:
     """Every side must have exactly the base's names and shapes; report the first offence by name."""
-    names = set(base)
-    for _, infos in sides:
-        names.update(infos)
-    for name in sorted(names):
-        b = base.get(name)
-        for label, infos in sides:
-            t = infos.get(name)
-            if t is None:
-                raise BaseMismatchError(
-                    f"{label}: lacks tensor {name!r} (shape {_shape(b)} in the base)"  # type: ignore[arg-type]
-                )
-            if b is None:
-                raise BaseMismatchError(
-                    f"{label}: tensor {name!r} (shape {_shape(t)}) does not exist in the base"
-                )
-            if t.shape != b.shape:
-                raise BaseMismatchError(
-                    f"{label}: tensor {name!r} has shape {_shape(t)} but the base has {_shape(b)}"
-                )
+    base_shapes = {n: b.shape for n, b in base.items()}
+    found = [(m.tensor, i, label, m) for i, (label, infos) in enumerate(sides)
+             for m in fit_problems({n: t.shape for n, t in infos.items()}, base_shapes, exact=True)]
+    if found:
+        _, _, label, first = min(found, key=lambda f: (f[0], f[1]))
+        raise misfit_error(label, [first])
 
 
 def _check_floating(sides: list[tuple[str, Mapping[str, TensorInfo]]]) -> None:

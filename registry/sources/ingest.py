@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from pvreg.registry.errors import (
-    BaseMismatchError,
     InvalidVectorError,
 )
 from pvreg.registry.storage.blobstore import BlobStore
 from pvreg.registry.tensors.checkpoint import Checkpoint
 from pvreg.registry.tensors.dtypes import FLOAT_DTYPES, dtype_name
+from pvreg.registry.tensors.fit import fit_problems, misfit_error
 from pvreg.registry.tensors.safetensors import StreamingWriter, TensorInfo, iter_chunks
 
 if TYPE_CHECKING:
@@ -97,15 +97,9 @@ def check_plan(plan: list[TensorInfo], label: str, base: Mapping[str, TensorInfo
 def check_against_base(
     plan: list[TensorInfo], label: str, base: Mapping[str, TensorInfo], *, base_label: str = "the base"
 ) -> None:
-    for info in plan:
-        b = base.get(info.name)
-        if b is None:
-            raise BaseMismatchError(f"{label}: tensor {info.name!r} does not exist in {base_label}")
-        if b.shape != info.shape:
-            raise BaseMismatchError(
-                f"{label}: tensor {info.name!r} has shape {list(info.shape)} "
-                f"but {base_label} has {list(b.shape)}"
-            )
+    misfits = fit_problems({i.name: i.shape for i in plan}, {n: b.shape for n, b in base.items()})
+    if misfits:
+        raise misfit_error(label, misfits, base_label=base_label)
 
 
 def tensor_sq_norm(t: "torch.Tensor", *, label: str, name: str) -> float:
