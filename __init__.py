@@ -7,7 +7,6 @@ and ``pvreg.cli`` (the command line).
 
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import PvregError
-
 from pvreg.registry.version import __version__
 
-__all__ = ["Registry", "PvregError", "__version__"]
+__all__ = ["PvregError", "Registry", "__version__"]

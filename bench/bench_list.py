@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def build(home: Path, versions: int, names: int) -> None:
     import torch
+    from safetensors.torch import save_file
+
     from pvreg import Registry
     from pvreg.registry.storage.writes import NewVersion
-    from safetensors.torch import save_file
 
     base = home.parent / "base"
     base.mkdir(parents=True, exist_ok=True)
@@ -35,12 +36,19 @@ def build(home: Path, versions: int, names: int) -> None:
         stats_meta = first
         from pvreg.registry.sources.ingest import BlobStats
 
-        stats = BlobStats(sha256=stats_meta.sha256, size_bytes=stats_meta.size_bytes, norm=stats_meta.norm,
-                          tensor_norms=stats_meta.tensor_norms, dtype=stats_meta.dtype,
-                          num_tensors=stats_meta.num_tensors, num_params=stats_meta.num_params)
+        stats = BlobStats(
+            sha256=stats_meta.sha256,
+            size_bytes=stats_meta.size_bytes,
+            norm=stats_meta.norm,
+            tensor_norms=stats_meta.tensor_norms,
+            dtype=stats_meta.dtype,
+            num_tensors=stats_meta.num_tensors,
+            num_params=stats_meta.num_params,
+        )
         for i in range(1, versions):
-            reg.store.commit_version(NewVersion(name=f"name-{i % names}", stats=stats, base=resolved,
-                                          dataset="bench", tags={"i": str(i)}))
+            reg.store.commit_version(
+                NewVersion(name=f"name-{i % names}", stats=stats, base=resolved, dataset="bench", tags={"i": str(i)})
+            )
 
 
 DEPS = "import sqlalchemy, typer; from pydantic import BaseModel"
@@ -83,15 +91,25 @@ def main() -> None:
         t = timed_all(list_commands(pvreg, home), args.runs)
         bare, deps, plain, as_json = t["bare"], t["deps"], t["list"], t["json"]
         torch_loaded = subprocess.run(
-            [sys.executable, "-c", "import sys; from pvreg.cli.main import app; "
-             "from typer.testing import CliRunner; CliRunner().invoke(app, ['--registry', sys.argv[1], 'list']); "
-             "print('torch' in sys.modules)", str(home)], capture_output=True, text=True).stdout.strip()
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pvreg.cli.main import app; "
+                "from typer.testing import CliRunner; CliRunner().invoke(app, ['--registry', sys.argv[1], 'list']); "
+                "print('torch' in sys.modules)",
+                str(home),
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     print("| measure | median s | target |")
     print("|---|---|---|")
     print(f"| python -c pass | {bare:.3f} | |")
     print(f'| python -c "{DEPS}" | {deps:.3f} | |')
-    print(f"| pvreg list ({args.versions} versions) | {plain:.3f} | < 0.5 ({'met' if plain < 0.5 else 'MISSED'}); "
-          f"{plain / deps:.2f}x the import floor |")
+    print(
+        f"| pvreg list ({args.versions} versions) | {plain:.3f} | < 0.5 ({'met' if plain < 0.5 else 'MISSED'}); "
+        f"{plain / deps:.2f}x the import floor |"
+    )
     print(f"| pvreg list --json | {as_json:.3f} | |")
     print(f"torch imported by list: {torch_loaded}")
 

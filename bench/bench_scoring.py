@@ -28,13 +28,117 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 #: Plain English words for prompts and completions when benchmarking a real model's tokenizer.
-ENGLISH = (
-    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
-    "word but not what all were we when your can said there use an each which she do how their if will up "
-    "other about out many then them these so some her would make like him into time has look two more write "
-    "go see number no way could people my than first water been call who oil its now find long down day did "
-    "get come made may part help answer question careful safe honest short clear model vector preference"
-).split()
+ENGLISH = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "at",
+    "be",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "had",
+    "by",
+    "word",
+    "but",
+    "not",
+    "what",
+    "all",
+    "were",
+    "we",
+    "when",
+    "your",
+    "can",
+    "said",
+    "there",
+    "use",
+    "an",
+    "each",
+    "which",
+    "she",
+    "do",
+    "how",
+    "their",
+    "if",
+    "will",
+    "up",
+    "other",
+    "about",
+    "out",
+    "many",
+    "then",
+    "them",
+    "these",
+    "so",
+    "some",
+    "her",
+    "would",
+    "make",
+    "like",
+    "him",
+    "into",
+    "time",
+    "has",
+    "look",
+    "two",
+    "more",
+    "write",
+    "go",
+    "see",
+    "number",
+    "no",
+    "way",
+    "could",
+    "people",
+    "my",
+    "than",
+    "first",
+    "water",
+    "been",
+    "call",
+    "who",
+    "oil",
+    "its",
+    "now",
+    "find",
+    "long",
+    "down",
+    "day",
+    "did",
+    "get",
+    "come",
+    "made",
+    "may",
+    "part",
+    "help",
+    "answer",
+    "question",
+    "careful",
+    "safe",
+    "honest",
+    "short",
+    "clear",
+    "model",
+    "vector",
+    "preference",
+]
 
 
 def make_pairs(vocab: list[str], n: int, seed: int):
@@ -113,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     model.to(args.device).eval()
     pairs = make_pairs(vocab, args.pairs, args.seed)
     n_tokens = sum(
-        len(x) for x in tok([p.prompt for p in pairs] * 2)["input_ids"]
+        len(x)
+        for x in tok([p.prompt for p in pairs] * 2)["input_ids"]
         + tok([p.chosen for p in pairs] + [p.rejected for p in pairs], add_special_tokens=False)["input_ids"]
     )
     sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
@@ -135,10 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     ratio = mine / hand
     best = min(times["pvreg"]) / min(times["hand"])
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {args.model or 'tiny random Llama'} ({params / 1e6:.2f}M params, {args.dtype}, {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"pairs: {args.pairs} ({2 * args.pairs} items, {n_tokens} tokens), batch size {args.batch_size}, "
-          f"median of {args.repeats}")
+    print(
+        f"model: {args.model or 'tiny random Llama'} ({params / 1e6:.2f}M params, {args.dtype}, {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"pairs: {args.pairs} ({2 * args.pairs} items, {n_tokens} tokens), batch size {args.batch_size}, "
+        f"median of {args.repeats}"
+    )
     print(f"hand-written: {hand:.4f} s  runs: {', '.join(f'{t:.4f}' for t in times['hand'])}")
     print(f"pvreg:        {mine:.4f} s  runs: {', '.join(f'{t:.4f}' for t in times['pvreg'])}")
     print(f"ratio pvreg / hand-written: {ratio:.2f}x (target <= 1.30x: {'met' if ratio <= 1.3 else 'MISSED'})")

@@ -137,8 +137,9 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def generate_models(root: Path, cfg: dict, variants: list[str], *, shard_bytes: int,
-                    delta_scale: float = 1e-3, seed: int = 0) -> dict[str, Path]:
+def generate_models(
+    root: Path, cfg: dict, variants: list[str], *, shard_bytes: int, delta_scale: float = 1e-3, seed: int = 0
+) -> dict[str, Path]:
     """Write ``root/base`` and ``root/<variant>`` (base + a random low-magnitude delta), bf16.
 
     Streams one tensor at a time into every file (headers are fixed up front), so
@@ -330,7 +331,9 @@ def naive_main(base: str, vectors: list[tuple[str, float]], out: str) -> None:
         merged[name] = acc.to(t.dtype)
         del acc
     for f in files:
-        save_file({n: merged[n] for n in merged if owner[n] == f.name}, str(out_dir / f.name), metadata={"format": "pt"})
+        save_file(
+            {n: merged[n] for n in merged if owner[n] == f.name}, str(out_dir / f.name), metadata={"format": "pt"}
+        )
     index = base_dir / "model.safetensors.index.json"
     if index.is_file():
         (out_dir / index.name).write_text(index.read_text())

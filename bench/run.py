@@ -155,16 +155,34 @@ class Bench:
         t = time.perf_counter()
         dirs = common.generate_models(root, cfg, list(VARIANTS.values()), shard_bytes=self.args.shard_bytes)
         n = common.count_params(cfg)
-        say(f"generated base + 3 fine-tuned at {n / 1e9:.3f}B params (hidden {cfg['hidden_size']}, "
+        say(
+            f"generated base + 3 fine-tuned at {n / 1e9:.3f}B params (hidden {cfg['hidden_size']}, "
             f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
-            f"{len(weight_files(dirs['base']))} shards) in {time.perf_counter() - t:.0f} s")
+            f"{len(weight_files(dirs['base']))} shards) in {time.perf_counter() - t:.0f} s"
+        )
         return cfg, dirs
 
     def register(self, home: Path, dirs: dict[str, Path]) -> tuple[dict[str, Path], list[Sample]]:
         samples = []
         for name, variant in VARIANTS.items():
-            s = self.run_checked([self.pvreg, "--registry", home, "add", name, "--finetuned", dirs[variant],
-                                  "--base", dirs["base"], "--dtype", "bfloat16", "-m", "bench"], f"pvreg add {name}")
+            s = self.run_checked(
+                [
+                    self.pvreg,
+                    "--registry",
+                    home,
+                    "add",
+                    name,
+                    "--finetuned",
+                    dirs[variant],
+                    "--base",
+                    dirs["base"],
+                    "--dtype",
+                    "bfloat16",
+                    "-m",
+                    "bench",
+                ],
+                f"pvreg add {name}",
+            )
             samples.append(s)
         from pvreg import Registry
 
@@ -191,7 +209,9 @@ class Bench:
             "merge_method: task_arithmetic\n"
             f"base_model: {base}\n"
             "models:\n"
-            + "".join(f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items())
+            + "".join(
+                f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items()
+            )
             + "parameters:\n  normalize: false\n"
             "dtype: bfloat16\n"
         )
@@ -210,14 +230,38 @@ class Bench:
             if not series["pvreg"].ok:
                 raise SystemExit("bench: pvreg compose failed")
             sizes = [p.stat().st_size for p in weight_files(outs["pvreg"])]
-            floor = [self.py, self.common, "floor", "--read", *base_files, *blob_files,
-                     "--write-dir", outs["floor"], "--write-sizes", *sizes, "--fsync"]
+            floor = [
+                self.py,
+                self.common,
+                "floor",
+                "--read",
+                *base_files,
+                *blob_files,
+                "--write-dir",
+                outs["floor"],
+                "--write-sizes",
+                *sizes,
+                "--fsync",
+            ]
             self.timed(series["floor"], floor, warm, [outs["floor"]])
             if mergekit:
-                self.timed(series["mergekit"], [mergekit, mk_cfg, outs["mergekit"], "--no-copy-tokenizer", "--quiet"],
-                           warm, [outs["mergekit"]])
-            naive = [self.py, self.common, "naive", "--base", base, "--vector",
-                     *[f"{blobs[n]}:{w}" for n, w in WEIGHTS.items()], "--out", outs["naive"]]
+                self.timed(
+                    series["mergekit"],
+                    [mergekit, mk_cfg, outs["mergekit"], "--no-copy-tokenizer", "--quiet"],
+                    warm,
+                    [outs["mergekit"]],
+                )
+            naive = [
+                self.py,
+                self.common,
+                "naive",
+                "--base",
+                base,
+                "--vector",
+                *[f"{blobs[n]}:{w}" for n, w in WEIGHTS.items()],
+                "--out",
+                outs["naive"],
+            ]
             self.timed(series["naive"], naive, warm, [outs["naive"]])
         common_rm(outs["floor"])
         self.outs = outs
@@ -228,8 +272,11 @@ class Bench:
         cfg, dirs = self.make_models(root, self.args.params / self.args.small_factor, hidden)
         home = root / "registry"
         blobs, _ = self.register(home, dirs)
-        warm = weight_files(dirs["base"]) + list(blobs.values()) + [
-            f for v in VARIANTS.values() for f in weight_files(dirs[v])]
+        warm = (
+            weight_files(dirs["base"])
+            + list(blobs.values())
+            + [f for v in VARIANTS.values() for f in weight_files(dirs[v])]
+        )
         series = Series("pvreg compose (small)")
         out = root / "out-pvreg"
         for r in range(self.args.repeats):
@@ -247,8 +294,25 @@ class Bench:
             home = self.work / f"extract-{r}"
             # A known base (its fingerprint cached, as after any earlier add); the pair is new.
             self.run_checked([self.pvreg, "--registry", home, "fingerprint", base], "pvreg fingerprint")
-            self.timed(pv, [self.pvreg, "--registry", home, "add", "x", "--positive", ft, "--negative", base,
-                            "--base", base, "-m", "bench"], inputs)
+            self.timed(
+                pv,
+                [
+                    self.pvreg,
+                    "--registry",
+                    home,
+                    "add",
+                    "x",
+                    "--positive",
+                    ft,
+                    "--negative",
+                    base,
+                    "--base",
+                    base,
+                    "-m",
+                    "bench",
+                ],
+                inputs,
+            )
             if not pv.ok:
                 raise SystemExit("bench: pvreg add --positive/--negative failed")
             from pvreg import Registry
@@ -257,8 +321,23 @@ class Bench:
                 size = Path(reg.blobs.path(reg.resolve("x").sha256)).stat().st_size
             common_rm(home)
             out = self.work / "out-floor-extract"
-            self.timed(fl, [self.py, self.common, "floor", "--read", *inputs, "--write-dir", out,
-                            "--write-sizes", size, "--fsync"], inputs, [out])
+            self.timed(
+                fl,
+                [
+                    self.py,
+                    self.common,
+                    "floor",
+                    "--read",
+                    *inputs,
+                    "--write-dir",
+                    out,
+                    "--write-sizes",
+                    size,
+                    "--fsync",
+                ],
+                inputs,
+                [out],
+            )
             common_rm(out)
         return pv, fl
 
@@ -320,17 +399,28 @@ def fmt_ratio(x: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", type=float, default=0.5e9, help="model size in parameters (default 0.5e9)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported")
     ap.add_argument("--workdir", type=Path, help="where to put the models (default: a new temp dir under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     ap.add_argument("--skip-mergekit", action="store_true")
-    ap.add_argument("--cache", choices=("warm", "cold"), default="warm",
-                    help="warm: read every input before each timed run; cold: drop the page cache (root)")
+    ap.add_argument(
+        "--cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="warm: read every input before each timed run; cold: drop the page cache (root)",
+    )
     ap.add_argument("--small-factor", type=float, default=4.0, help="the second size is params / this (default 4)")
-    ap.add_argument("--shard-size", dest="shard_bytes", type=float, default=500e6,
-                    help="max bytes per input shard (default 500e6: a 0.5B bf16 model has 3 shards)")
+    ap.add_argument(
+        "--shard-size",
+        dest="shard_bytes",
+        type=float,
+        default=500e6,
+        help="max bytes per input shard (default 500e6: a 0.5B bf16 model has 3 shards)",
+    )
     ap.add_argument("--list-versions", type=int, default=10_000)
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = ap.parse_args()
@@ -396,12 +486,17 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     L.append("")
     L.append("Machine: " + "; ".join(machine))
     L.append("")
-    L.append(f"Model: hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, "
-             f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
-             f"{len(weight_files(dirs['base']))} input shards; compose reads {in_bytes / 1e9:.2f} GB "
-             f"(base + 3 vectors). Median of {args.repeats} runs each; page cache: {args.cache} "
-             + ("(every input of every tool read once before each timed run)." if args.cache == "warm"
-                else "(dropped before each timed run)."))
+    L.append(
+        f"Model: hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, "
+        f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
+        f"{len(weight_files(dirs['base']))} input shards; compose reads {in_bytes / 1e9:.2f} GB "
+        f"(base + 3 vectors). Median of {args.repeats} runs each; page cache: {args.cache} "
+        + (
+            "(every input of every tool read once before each timed run)."
+            if args.cache == "warm"
+            else "(dropped before each timed run)."
+        )
+    )
     L.append("")
     L.append("### Compose: θ = base + 1·a + 0.7·b + 0.3·c")
     L.append("")
@@ -416,39 +511,61 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     for s, r in rows:
         L.append(f"| {s.label} | {sec(s.wall)} | {s.runs()} | {r} | {mib(s.rss)} | {sec(s.flush_s)} |")
     L.append("")
-    L.append("\"flush after\": time of an `os.sync()` right after the run (pvreg and the floor fsync "
-             "their output inside the timed run; mergekit and the naive merge leave it to writeback).")
+    L.append(
+        '"flush after": time of an `os.sync()` right after the run (pvreg and the floor fsync '
+        "their output inside the timed run; mergekit and the naive merge leave it to writeback)."
+    )
     L.append("")
     if cmp_mk is not None:
-        L.append(f"pvreg vs mergekit, {cmp_mk.tensors} tensors: worst max|Δ|/max|mergekit| = {cmp_mk.worst_rel:.2e} "
-                 f"({cmp_mk.worst_name}); elements off by more than 1 bf16 ulp: {cmp_mk.over_1ulp} of {cmp_mk.elements}; "
-                 f"‖pvreg − mergekit‖ / ‖mergekit − base‖ = {cmp_mk.delta_rel:.2e}"
-                 + (f"; tensor names differ: {cmp_mk.missing[:3]}" if cmp_mk.missing else ""))
+        L.append(
+            f"pvreg vs mergekit, {cmp_mk.tensors} tensors: worst max|Δ|/max|mergekit| = {cmp_mk.worst_rel:.2e} "
+            f"({cmp_mk.worst_name}); elements off by more than 1 bf16 ulp: {cmp_mk.over_1ulp} of {cmp_mk.elements}; "
+            f"‖pvreg − mergekit‖ / ‖mergekit − base‖ = {cmp_mk.delta_rel:.2e}"
+            + (f"; tensor names differ: {cmp_mk.missing[:3]}" if cmp_mk.missing else "")
+        )
     if cmp_naive is not None:
-        L.append(f"pvreg vs naive: worst max|Δ|/max|naive| = {cmp_naive.worst_rel:.2e}; elements off by more than "
-                 f"1 ulp: {cmp_naive.over_1ulp}; ‖pvreg − naive‖ / ‖naive − base‖ = {cmp_naive.delta_rel:.2e}")
+        L.append(
+            f"pvreg vs naive: worst max|Δ|/max|naive| = {cmp_naive.worst_rel:.2e}; elements off by more than "
+            f"1 ulp: {cmp_naive.over_1ulp}; ‖pvreg − naive‖ / ‖naive − base‖ = {cmp_naive.delta_rel:.2e}"
+        )
     L.append("")
     L.append("### Other measurements")
     L.append("")
     L.append("| measurement | median s | runs (s) | ratio / throughput | peak RSS MiB |")
     L.append("|---|---|---|---|---|")
-    L.append(f"| pvreg compose, {small_params / 1e9:.3f}B (same width, fewer layers) | {sec(small.wall)} | {small.runs()} "
-             f"| RSS {mib(small.rss)} vs {mib(pv.rss)} MiB at {nparams / 1e9:.3f}B | {mib(small.rss)} |")
-    L.append(f"| {extract_floor.label} | {sec(extract_floor.wall)} | {extract_floor.runs()} | floor | {mib(extract_floor.rss)} |")
-    L.append(f"| pvreg add x --positive FT_A --negative BASE (base known) | {sec(extract_pv.wall)} | {extract_pv.runs()} "
-             f"| pvreg / floor = {fmt_ratio(ratio(extract_pv.wall, extract_floor.wall))} | {mib(extract_pv.rss)} |")
-    L.append(f"| pvreg add --finetuned a, b, c (registration; a also hashes the base) | - | "
-             f"{', '.join(f'{s.wall:.2f}' for s in add_samples)} | - | {mib(max(s.maxrss for s in add_samples))} |")
+    L.append(
+        f"| pvreg compose, {small_params / 1e9:.3f}B (same width, fewer layers) | {sec(small.wall)} | {small.runs()} "
+        f"| RSS {mib(small.rss)} vs {mib(pv.rss)} MiB at {nparams / 1e9:.3f}B | {mib(small.rss)} |"
+    )
+    L.append(
+        f"| {extract_floor.label} | {sec(extract_floor.wall)} | {extract_floor.runs()} | floor | {mib(extract_floor.rss)} |"
+    )
+    L.append(
+        f"| pvreg add x --positive FT_A --negative BASE (base known) | {sec(extract_pv.wall)} | {extract_pv.runs()} "
+        f"| pvreg / floor = {fmt_ratio(ratio(extract_pv.wall, extract_floor.wall))} | {mib(extract_pv.rss)} |"
+    )
+    L.append(
+        f"| pvreg add --finetuned a, b, c (registration; a also hashes the base) | - | "
+        f"{', '.join(f'{s.wall:.2f}' for s in add_samples)} | - | {mib(max(s.maxrss for s in add_samples))} |"
+    )
     tp_sha = verify_bytes / sha.wall / 1e6 if (sha := verify_sha).ok else float("nan")
     tp_pv = verify_bytes / verify_pv.wall / 1e6 if verify_pv.ok else float("nan")
-    L.append(f"| sha256sum on the 3 blobs ({verify_bytes / 1e9:.2f} GB) | {sec(sha.wall)} | {sha.runs()} | {tp_sha:.0f} MB/s | {mib(sha.rss)} |")
-    L.append(f"| pvreg verify (same blobs: hash + norms) | {sec(verify_pv.wall)} | {verify_pv.runs()} | {tp_pv:.0f} MB/s "
-             f"= {fmt_ratio(ratio(tp_pv, tp_sha))} sha256sum | {mib(verify_pv.rss)} |")
+    L.append(
+        f"| sha256sum on the 3 blobs ({verify_bytes / 1e9:.2f} GB) | {sec(sha.wall)} | {sha.runs()} | {tp_sha:.0f} MB/s | {mib(sha.rss)} |"
+    )
+    L.append(
+        f"| pvreg verify (same blobs: hash + norms) | {sec(verify_pv.wall)} | {verify_pv.runs()} | {tp_pv:.0f} MB/s "
+        f"= {fmt_ratio(ratio(tp_pv, tp_sha))} sha256sum | {mib(verify_pv.rss)} |"
+    )
     L.append(f"| python -c pass | {starts['bare']:.3f} | - | - | - |")
-    L.append(f"| python -c 'import torch' (fixed start-up inside every compose/add run) | {starts['torch']:.3f} | - | - | - |")
+    L.append(
+        f"| python -c 'import torch' (fixed start-up inside every compose/add run) | {starts['torch']:.3f} | - | - | - |"
+    )
     L.append(f'| python -c "{bench_list.DEPS}" (import floor of the read path) | {starts["deps"]:.3f} | - | - | - |')
-    L.append(f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | "
-             f"{fmt_ratio(ratio(list_s, starts['deps']))} the import floor | - |")
+    L.append(
+        f"| pvreg list, {args.list_versions} versions | {list_s:.3f} | - | "
+        f"{fmt_ratio(ratio(list_s, starts['deps']))} the import floor | - |"
+    )
     L.append(f"| pvreg list --json, {args.list_versions} versions | {starts['json']:.3f} | - | - | - |")
     L.append("")
     L.append("### Targets")
@@ -458,12 +575,18 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     r_floor = ratio(pv.wall, fl.wall)
     L.append(f"| pvreg compose ≤ 1.5× I/O floor | {fmt_ratio(r_floor)} | {status(r_floor <= 1.5)} |")
     r_mk = ratio(mk.wall, pv.wall)
-    L.append(f"| pvreg compose ≥ 2× faster than mergekit | {fmt_ratio(r_mk)} | {status(r_mk >= 2 if mk.ok else None)} |")
+    L.append(
+        f"| pvreg compose ≥ 2× faster than mergekit | {fmt_ratio(r_mk)} | {status(r_mk >= 2 if mk.ok else None)} |"
+    )
     rss_diff = abs(pv.rss - small.rss) / max(pv.rss, small.rss)
-    L.append(f"| pvreg peak RSS within 15% between {nparams / 1e9:.2f}B and {small_params / 1e9:.2f}B | "
-             f"{mib(pv.rss)} vs {mib(small.rss)} MiB ({rss_diff * 100:.1f}%) | {status(rss_diff <= 0.15)} |")
-    L.append(f"| pvreg peak RSS below mergekit's | {mib(pv.rss)} vs {mib(mk.rss)} MiB | "
-             f"{status(pv.rss < mk.rss if mk.ok else None)} |")
+    L.append(
+        f"| pvreg peak RSS within 15% between {nparams / 1e9:.2f}B and {small_params / 1e9:.2f}B | "
+        f"{mib(pv.rss)} vs {mib(small.rss)} MiB ({rss_diff * 100:.1f}%) | {status(rss_diff <= 0.15)} |"
+    )
+    L.append(
+        f"| pvreg peak RSS below mergekit's | {mib(pv.rss)} vs {mib(mk.rss)} MiB | "
+        f"{status(pv.rss < mk.rss if mk.ok else None)} |"
+    )
     r_ex = ratio(extract_pv.wall, extract_floor.wall)
     L.append(f"| extraction ≤ 1.5× its I/O floor | {fmt_ratio(r_ex)} | {status(r_ex <= 1.5)} |")
     r_v = ratio(tp_pv, tp_sha)
@@ -471,8 +594,10 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     L.append(f"| pvreg list < 0.5 s at {args.list_versions} versions | {list_s:.3f} s | {status(list_s < 0.5)} |")
     if cmp_mk is not None:
         ok = cmp_mk.worst_rel <= 2**-6 and not cmp_mk.missing
-        L.append(f"| pvreg output = mergekit's within bf16 tolerance (max|Δ| ≤ 2⁻⁶·max|x| per tensor) | "
-                 f"{cmp_mk.worst_rel:.2e} | {status(ok)} |")
+        L.append(
+            f"| pvreg output = mergekit's within bf16 tolerance (max|Δ| ≤ 2⁻⁶·max|x| per tensor) | "
+            f"{cmp_mk.worst_rel:.2e} | {status(ok)} |"
+        )
     return "\n".join(L)
 
 

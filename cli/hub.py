@@ -7,15 +7,16 @@ token comes from ``HF_TOKEN`` or ``hf auth login`` (there is deliberately no
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
 
 EndpointOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co).", show_default=False),
 ]
 RepoArg = Annotated[str, typer.Argument(help="OWNER/NAME[@REVISION] of a Hub model repo.", show_default=False)]
@@ -23,20 +24,23 @@ RepoArg = Annotated[str, typer.Argument(help="OWNER/NAME[@REVISION] of a Hub mod
 
 def push(
     ctx: typer.Context,
-    refs: Annotated[list[str], typer.Argument(help="Versions to publish: NAME, NAME@N, NAME@ALIAS or sha256:HEX.",
-                                              show_default=False)],
+    refs: Annotated[
+        list[str],
+        typer.Argument(help="Versions to publish: NAME, NAME@N, NAME@ALIAS or sha256:HEX.", show_default=False),
+    ],
     repo: Annotated[str, typer.Option("--repo", help="Target Hub model repo, OWNER/NAME.", show_default=False)],
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (default: main).")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch to commit to (default: main).")] = None,
     private: Annotated[bool, typer.Option("--private", help="Make the repo private when --create creates it.")] = False,
     create: Annotated[bool, typer.Option("--create", help="Create the repo (and branch) if missing.")] = False,
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
     endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish vectors and an updated model card to a Hub repo in one commit."""
     with open_registry(ctx) as reg:
-        result = reg.push(refs, repo, revision=revision, private=private, create=create, message=message,
-                          endpoint=endpoint)
+        result = reg.push(
+            refs, repo, revision=revision, private=private, create=create, message=message, endpoint=endpoint
+        )
     if as_json:
         emit_json(result)
         return
@@ -45,8 +49,10 @@ def push(
         say(f"created {result.repo}")
     if not result.committed:
         refs_text = ", ".join(v.ref for v in result.vectors)
-        say(f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
-            "no commit created")
+        say(
+            f"no changes: {where} already has identical {refs_text} (commit {short(result.commit_sha)}); "
+            "no commit created"
+        )
         return
     for v in result.vectors:
         state = "pushed" if v.changed else "unchanged"
@@ -57,8 +63,8 @@ def push(
 def pull(
     ctx: typer.Context,
     repo: RepoArg,
-    name: Annotated[Optional[list[str]], typer.Option("--name", help="Pull only this vector (repeatable).")] = None,
-    as_name: Annotated[Optional[str], typer.Option("--as", help="Register under this local name (one vector).")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", help="Pull only this vector (repeatable).")] = None,
+    as_name: Annotated[str | None, typer.Option("--as", help="Register under this local name (one vector).")] = None,
     endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,11 +76,15 @@ def pull(
         return
     for v in result.vectors:
         if v.registered:
-            say(f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
-                f"sha256:{short(v.meta.sha256)}")
+            say(
+                f"pulled {result.repo}:{v.remote_name}@{v.remote_version} -> {v.meta.ref}  "
+                f"sha256:{short(v.meta.sha256)}"
+            )
         else:
-            say(f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
-                f"sha256:{short(v.meta.sha256)}")
+            say(
+                f"already registered: {result.repo}:{v.remote_name}@{v.remote_version} is {v.meta.ref}  "
+                f"sha256:{short(v.meta.sha256)}"
+            )
     say(f"from commit {result.commit_sha}", err=True)
 
 
@@ -96,13 +106,26 @@ def remote_ls(
     table(
         ["NAME", "VERSION", "SHA256", "SIGN", "NORM", "DATASET", "BASE", "LOCAL"],
         [
-            [v.name, v.version, short(v.sha256), f"{v.sign:+d}", fmt_norm(v.norm), v.dataset or "-",
-             v.base_model or short(v.base_fingerprint), ",".join(v.local_refs) or "-"]
+            [
+                v.name,
+                v.version,
+                short(v.sha256),
+                f"{v.sign:+d}",
+                fmt_norm(v.norm),
+                v.dataset or "-",
+                v.base_model or short(v.base_fingerprint),
+                ",".join(v.local_refs) or "-",
+            ]
             for v in listing.vectors
         ],
     )
 
 
-remote_app = typer.Typer(name="remote", help="Inspect Hub repos without downloading blobs.",
-                         no_args_is_help=True, rich_markup_mode=None, add_completion=False)
+remote_app = typer.Typer(
+    name="remote",
+    help="Inspect Hub repos without downloading blobs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+)
 remote_app.command("ls")(remote_ls)

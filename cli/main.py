@@ -11,14 +11,15 @@ import importlib
 import os
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import typer.main
+from typer.core import TyperGroup
+
 from pvreg.cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, error_line
 from pvreg.cli.state import State
 from pvreg.registry.errors import PvregError
-from typer.core import TyperGroup
 
 # Every command, in help order: name -> (module under pvreg.cli, function or sub-app).
 # Commands are built from their signatures only when used (see PvregGroup.get_command).
@@ -98,8 +99,11 @@ class PvregGroup(TyperGroup):
         except typer.TyperException as exc:  # bad command line: unknown command/option, bad value
             raise _usage_exit(ctx, exc) from None
         except Exception as exc:  # a bug: still one line, unless --debug
-            _report(ctx, f"error: internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} "
-                         "(rerun with --debug for a traceback)")
+            _report(
+                ctx,
+                f"error: internal error: {exc.__class__.__name__}: {' '.join(str(exc).split())} "
+                "(rerun with --debug for a traceback)",
+            )
             raise typer.Exit(EXIT_INTERNAL) from None
 
 
@@ -150,9 +154,10 @@ def _version(value: bool) -> None:
 def main_callback(
     ctx: typer.Context,
     registry: Annotated[
-        Optional[Path],
-        typer.Option("--registry", help="Registry directory (default: $PVREG_HOME or the platform data dir).",
-                     envvar=None),
+        Path | None,
+        typer.Option(
+            "--registry", help="Registry directory (default: $PVREG_HOME or the platform data dir).", envvar=None
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
     version: Annotated[

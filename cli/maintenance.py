@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt
@@ -24,7 +25,7 @@ def fingerprint(
 
 def verify(
     ctx: typer.Context,
-    ref: Annotated[Optional[str], typer.Argument(help="Only this reference (default: every version).")] = None,
+    ref: Annotated[str | None, typer.Argument(help="Only this reference (default: every version).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-hash blobs and recompute norms; exit 1 on any mismatch."""
@@ -43,10 +44,14 @@ def verify(
 def gc(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be removed.")] = False,
-    all_unreferenced: Annotated[bool, typer.Option(
-        "--all-unreferenced",
-        help="Also when the database lists no versions at all, i.e. delete every blob "
-             "(refused without it: that is what a lost or empty database looks like).")] = False,
+    all_unreferenced: Annotated[
+        bool,
+        typer.Option(
+            "--all-unreferenced",
+            help="Also when the database lists no versions at all, i.e. delete every blob "
+            "(refused without it: that is what a lost or empty database looks like).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete unreferenced blobs and stale temporary files."""
@@ -57,8 +62,10 @@ def gc(
         return
     verb = "would remove" if dry_run else "removed"
     note = " (only with --all-unreferenced: the database lists no versions)" if report.needs_all_unreferenced else ""
-    say(f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes){note} "
-        f"and {len(report.removed_temp)} temporary file(s)")
+    say(
+        f"{verb} {len(report.removed_blobs)} blob(s) ({report.freed_bytes} bytes){note} "
+        f"and {len(report.removed_temp)} temporary file(s)"
+    )
     for line in report.ignored:
         say(f"warning: {line}", err=True)
 
@@ -70,13 +77,21 @@ def bases(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table(["FINGERPRINT", "LABEL", "ARCHITECTURE", "TENSORS", "PATH"],
-          [[short(b.fingerprint, 16), b.label or "-", b.architecture or "-", b.num_tensors or "-", b.local_path or "-"]
-           for b in rows])
+    table(
+        ["FINGERPRINT", "LABEL", "ARCHITECTURE", "TENSORS", "PATH"],
+        [
+            [short(b.fingerprint, 16), b.label or "-", b.architecture or "-", b.num_tensors or "-", b.local_path or "-"]
+            for b in rows
+        ],
+    )
 
 
-db_app = typer.Typer(help="Inspect and upgrade the metadata database schema.", no_args_is_help=True,
-                     rich_markup_mode=None, add_completion=False)
+db_app = typer.Typer(
+    help="Inspect and upgrade the metadata database schema.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+)
 
 
 @db_app.command("current")
@@ -93,10 +108,14 @@ def db_current(ctx: typer.Context) -> None:
 @db_app.command("init")
 def db_init(
     ctx: typer.Context,
-    adopt_blobs: Annotated[bool, typer.Option(
-        "--adopt-blobs",
-        help="Initialise an empty or missing database even though the blob store holds blobs "
-             "(the database is lost for good; the blobs stay, unreferenced).")] = False,
+    adopt_blobs: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-blobs",
+            help="Initialise an empty or missing database even though the blob store holds blobs "
+            "(the database is lost for good; the blobs stay, unreferenced).",
+        ),
+    ] = False,
 ) -> None:
     """Create the schema of an empty database (every command does this for a fresh registry)."""
     from pvreg.cli.state import State
@@ -111,8 +130,14 @@ def db_init(
     if before is not None:
         say(f"already initialised (at {after})")
     else:
-        kept = (f"; the store's {blobs} blob(s) are unreferenced: re-add any you need "
-                "(pvreg add NAME --vector BLOB --base BASE) before a gc deletes them") if blobs else ""
+        kept = (
+            (
+                f"; the store's {blobs} blob(s) are unreferenced: re-add any you need "
+                "(pvreg add NAME --vector BLOB --base BASE) before a gc deletes them"
+            )
+            if blobs
+            else ""
+        )
         say(f"initialised an empty database at {after}{kept}")
 
 

@@ -59,7 +59,7 @@ class TensorProgress:
             self._progress.stop()
             self._progress = None
 
-    def __enter__(self) -> "TensorProgress":
+    def __enter__(self) -> TensorProgress:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+
 from pvreg.registry.api import Registry
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.registry.errors import UserError
@@ -22,27 +23,56 @@ def describe(meta: VectorMeta) -> str:
 
 def add(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="Vector name (optional when the file is a pvreg export).", show_default=False)] = None,
-    vector: Annotated[Optional[Path], typer.Option("--vector", help="A safetensors (or .bin) delta file.")] = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="Base model path, or a known base fingerprint.")] = None,
-    positive: Annotated[Optional[Path], typer.Option("--positive", help="Checkpoint (or LoRA adapter) trained on the preference data.")] = None,
-    negative: Annotated[Optional[Path], typer.Option("--negative", help="Checkpoint (or LoRA adapter) trained with chosen/rejected swapped.")] = None,
-    finetuned: Annotated[Optional[Path], typer.Option("--finetuned", help="Fine-tuned checkpoint; the vector is finetuned - base.")] = None,
-    lora: Annotated[Optional[Path], typer.Option("--lora", help="PEFT LoRA adapter directory; the vector is its dense delta.")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Stored dtype for built vectors: float32, bfloat16 or float16.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset the vector was trained on, e.g. PKU-SafeRLHF:helpful.")] = None,
-    sign: Annotated[Optional[int], typer.Option("--sign", help="+1 if the delta points toward the preference, -1 if away.")] = None,
-    description: Annotated[Optional[str], typer.Option("--description", help="Description of the vector name.")] = None,
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Message for this version.")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE metadata tag (repeatable).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Vector name (optional when the file is a pvreg export).", show_default=False),
+    ] = None,
+    vector: Annotated[Path | None, typer.Option("--vector", help="A safetensors (or .bin) delta file.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base model path, or a known base fingerprint.")] = None,
+    positive: Annotated[
+        Path | None, typer.Option("--positive", help="Checkpoint (or LoRA adapter) trained on the preference data.")
+    ] = None,
+    negative: Annotated[
+        Path | None,
+        typer.Option("--negative", help="Checkpoint (or LoRA adapter) trained with chosen/rejected swapped."),
+    ] = None,
+    finetuned: Annotated[
+        Path | None, typer.Option("--finetuned", help="Fine-tuned checkpoint; the vector is finetuned - base.")
+    ] = None,
+    lora: Annotated[
+        Path | None, typer.Option("--lora", help="PEFT LoRA adapter directory; the vector is its dense delta.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Stored dtype for built vectors: float32, bfloat16 or float16.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset the vector was trained on, e.g. PKU-SafeRLHF:helpful.")
+    ] = None,
+    sign: Annotated[
+        int | None, typer.Option("--sign", help="+1 if the delta points toward the preference, -1 if away.")
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description", help="Description of the vector name.")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Message for this version.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE metadata tag (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a vector and store it as the next version of NAME."""
     tags = parse_tags(tag or [])
     with open_registry(ctx) as reg:
         meta = reg.add(
-            name, vector, base=base, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
-            dtype=dtype, dataset=dataset, sign=sign, description=description, message=message, tags=tags,
+            name,
+            vector,
+            base=base,
+            positive=positive,
+            negative=negative,
+            finetuned=finetuned,
+            lora=lora,
+            dtype=dtype,
+            dataset=dataset,
+            sign=sign,
+            description=description,
+            message=message,
+            tags=tags,
         )
     emit_json(meta) if as_json else say(describe(meta))
 
@@ -60,8 +90,15 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table(
         ["NAME", "LATEST", "VERSIONS", "BASE", "DATASET", "SIGN", "NORM"],
         [
-            [e.name, e.version, e.versions, e.base_label or short(e.base_fingerprint), e.dataset or "-",
-             f"{e.sign:+d}", fmt_norm(e.norm)]
+            [
+                e.name,
+                e.version,
+                e.versions,
+                e.base_label or short(e.base_fingerprint),
+                e.dataset or "-",
+                f"{e.sign:+d}",
+                fmt_norm(e.norm),
+            ]
             for e in entries
         ],
     )
@@ -102,7 +139,9 @@ def _parent(ref: str, coefficient: float | None) -> str:
     return ref if coefficient is None else f"{ref}:{coefficient:g}"
 
 
-def log(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Vector name.")], as_json: JsonOpt = False) -> None:
+def log(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Vector name.")], as_json: JsonOpt = False
+) -> None:
     """All versions of NAME, newest first, with lineage."""
     with open_registry(ctx) as reg:
         metas = reg.log(name)
@@ -112,9 +151,17 @@ def log(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Vector nam
     table(
         ["VERSION", "STATE", "SHA256", "KIND", "NORM", "CREATED", "ALIASES", "PARENTS", "MESSAGE"],
         [
-            [m.version, m.state, short(m.sha256), m.kind, fmt_norm(m.norm), m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-             ",".join(m.aliases) or "-", ",".join(_parent(p.ref, p.coefficient) for p in m.parents) or "-",
-             m.message or "-"]
+            [
+                m.version,
+                m.state,
+                short(m.sha256),
+                m.kind,
+                fmt_norm(m.norm),
+                m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                ",".join(m.aliases) or "-",
+                ",".join(_parent(p.ref, p.coefficient) for p in m.parents) or "-",
+                m.message or "-",
+            ]
             for m in metas
         ],
     )

@@ -65,7 +65,7 @@ class Registry:
         return self.store.settings
 
     @property
-    def blobs(self) -> "BlobStore":
+    def blobs(self) -> BlobStore:
         return self.store.blobs
 
     @property
@@ -77,7 +77,7 @@ class Registry:
     @classmethod
     def open(
         cls, location: str | os.PathLike[str] | None = None, *, upgrade: bool = True, adopt_blobs: bool = False
-    ) -> "Registry":
+    ) -> Registry:
         """Open (creating if needed) the registry at ``location``.
 
         A registry this process cannot write (a read-only mount, a directory
@@ -103,8 +103,9 @@ class Registry:
         """
         settings = Settings.resolve(location)
         settings.check_home()
-        with environment.guard(home=settings.home, database=environment.database_label(settings.database_url),
-                               op="open"):
+        with environment.guard(
+            home=settings.home, database=environment.database_label(settings.database_url), op="open"
+        ):
             settings.home.mkdir(parents=True, exist_ok=True)
             path = settings.sqlite_path
             access = db.sqlite_access(path) if path is not None else db.RW
@@ -124,7 +125,7 @@ class Registry:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,8 +216,7 @@ class Registry:
         if len(chosen) != 1:
             raise UserError(
                 f"give exactly one source: {opt('vector')} FILE, {opt('positive')} DIR {opt('negative')} DIR, "
-                f"{opt('finetuned')} DIR or {opt('lora')} DIR"
-                + (f" (got {', '.join(chosen)})" if chosen else "")
+                f"{opt('finetuned')} DIR or {opt('lora')} DIR" + (f" (got {', '.join(chosen)})" if chosen else "")
             )
         if name is not None:
             check_name(name)
@@ -224,15 +224,38 @@ class Registry:
         if sign is not None:
             _check_sign(sign)
         if vector is not None:
-            return add_file(self.store, name, Path(vector), base=base, dataset=dataset, sign=sign,
-                            description=description, message=message, tags=tag_map, progress=progress)
+            return add_file(
+                self.store,
+                name,
+                Path(vector),
+                base=base,
+                dataset=dataset,
+                sign=sign,
+                description=description,
+                message=message,
+                tags=tag_map,
+                progress=progress,
+            )
         if name is None:
             raise InvalidNameError("a vector name is required")
         if base is None:
             raise UserError(f"{opt('base')} is required to build a vector from checkpoints")
-        return add_checkpoints(self.store, name, base=base, positive=positive, negative=negative,
-                               finetuned=finetuned, lora=lora, dtype=dtype, dataset=dataset, sign=sign or 1,
-                               description=description, message=message, tags=tag_map, progress=progress)
+        return add_checkpoints(
+            self.store,
+            name,
+            base=base,
+            positive=positive,
+            negative=negative,
+            finetuned=finetuned,
+            lora=lora,
+            dtype=dtype,
+            dataset=dataset,
+            sign=sign or 1,
+            description=description,
+            message=message,
+            tags=tag_map,
+            progress=progress,
+        )
 
     # --- reading ---------------------------------------------------------------
 
@@ -316,9 +339,15 @@ class Registry:
             with self.store.read() as conn:
                 return catalog.referenced_blobs(conn)
 
-        return collect(self.blobs, self.settings.pending_dir, referenced, dry_run=dry_run,
-                       all_unreferenced=all_unreferenced, database=db.where(self.settings),
-                       temp_dirs=[self.settings.cache_dir])
+        return collect(
+            self.blobs,
+            self.settings.pending_dir,
+            referenced,
+            dry_run=dry_run,
+            all_unreferenced=all_unreferenced,
+            database=db.where(self.settings),
+            temp_dirs=[self.settings.cache_dir],
+        )
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""
@@ -342,7 +371,7 @@ class Registry:
 
     def compose(
         self,
-        spec: "ComposeSpec | str | Sequence[str]",
+        spec: ComposeSpec | str | Sequence[str],
         *,
         base: str | os.PathLike[str] | None = None,
         out: str | os.PathLike[str] | None = None,
@@ -356,8 +385,8 @@ class Registry:
         force: bool = False,
         vector_only: bool = False,
         register: str | None = None,
-        progress: "ComposeProgress | None" = None,
-    ) -> "ComposeResult":
+        progress: ComposeProgress | None = None,
+    ) -> ComposeResult:
         """Merge registered vectors into a base model directory, or into one vector file.
 
         θ = θ_base + Σ η_i·s_i·φ_i (``method="linear"``) or a TIES/DARE variant.
@@ -374,11 +403,25 @@ class Registry:
         """
         from pvreg.registry.merge.compose import compose
 
-        return compose(self.store, spec, base=base, out=out, method=method, density=density, seed=seed,
-                       normalize=normalize, accumulate=accumulate, dtype=dtype, shard_size=shard_size,
-                       force=force, vector_only=vector_only, register=register, progress=progress)
+        return compose(
+            self.store,
+            spec,
+            base=base,
+            out=out,
+            method=method,
+            density=density,
+            seed=seed,
+            normalize=normalize,
+            accumulate=accumulate,
+            dtype=dtype,
+            shard_size=shard_size,
+            force=force,
+            vector_only=vector_only,
+            register=register,
+            progress=progress,
+        )
 
-    def compositions(self) -> "builtins.list[CompositionRecord]":
+    def compositions(self) -> builtins.list[CompositionRecord]:
         """Every recorded compose run, oldest first."""
         with self.store.read() as conn:
             return catalog.compositions(conn)
@@ -386,14 +429,14 @@ class Registry:
     def apply(
         self,
         model: Any,
-        spec: "ComposeSpec | str | Sequence[str]",
+        spec: ComposeSpec | str | Sequence[str],
         *,
         method: str | None = None,
         density: float | None = None,
         seed: int | None = None,
         normalize: bool | None = None,
         accumulate: str | None = None,
-    ) -> "AppliedComposition":
+    ) -> AppliedComposition:
         """Add a composed delta into a loaded ``torch.nn.Module`` in place.
 
         The return value is also a context manager that restores the original
@@ -404,8 +447,16 @@ class Registry:
         """
         from pvreg.registry.merge.apply import apply
 
-        return apply(self.store, model, spec, method=method, density=density, seed=seed, normalize=normalize,
-                     accumulate=accumulate)
+        return apply(
+            self.store,
+            model,
+            spec,
+            method=method,
+            density=density,
+            seed=seed,
+            normalize=normalize,
+            accumulate=accumulate,
+        )
 
     # --- Hub ---------------------------------------------------------------------
 
@@ -420,7 +471,7 @@ class Registry:
         message: str | None = None,
         endpoint: str | None = None,
         token: str | None = None,
-    ) -> "PushResult":
+    ) -> PushResult:
         """Publish versions and the regenerated card to a Hub model repo in one commit.
 
         Raises:
@@ -429,8 +480,17 @@ class Registry:
         """
         from pvreg.registry.hub.push import push
 
-        return push(self.store, refs, repo, revision=revision, private=private, create=create, message=message,
-                    endpoint=endpoint, token=token)
+        return push(
+            self.store,
+            refs,
+            repo,
+            revision=revision,
+            private=private,
+            create=create,
+            message=message,
+            endpoint=endpoint,
+            token=token,
+        )
 
     def pull(
         self,
@@ -441,7 +501,7 @@ class Registry:
         as_name: str | None = None,
         endpoint: str | None = None,
         token: str | None = None,
-    ) -> "PullResult":
+    ) -> PullResult:
         """Download vectors from a Hub repo, verify every one, and register them all or none.
 
         Raises:
@@ -450,8 +510,7 @@ class Registry:
         """
         from pvreg.registry.hub.pull import pull
 
-        return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint,
-                    token=token)
+        return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint, token=token)
 
     def remote_ls(
         self,
@@ -460,7 +519,7 @@ class Registry:
         revision: str | None = None,
         endpoint: str | None = None,
         token: str | None = None,
-    ) -> "RemoteListing":
+    ) -> RemoteListing:
         """List the vectors in a Hub repo without downloading blobs.
 
         Raises:

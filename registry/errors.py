@@ -98,7 +98,8 @@ def raise_problems(problems: Sequence[PvregError]) -> None:
     classes = tuple(dict.fromkeys(type(p) for p in unique))
     more = len(unique) - SHOWN_PROBLEMS
     message = "; ".join(p.template for p in unique[:SHOWN_PROBLEMS]) + (
-        f"; and {more} more problem(s)" if more > 0 else "")
+        f"; and {more} more problem(s)" if more > 0 else ""
+    )
     raise _problems_class(classes)(message, problems=unique)
 
 

@@ -153,7 +153,7 @@ class AtomicFile:
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

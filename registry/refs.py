@@ -67,11 +67,9 @@ def parse_ref(text: str) -> Ref:
     if not isinstance(text, str) or not text:
         raise InvalidReferenceError("empty reference")
     if text.startswith("sha256:"):
-        hexpart = text[len("sha256:"):].lower()
+        hexpart = text[len("sha256:") :].lower()
         if not SHA_RE.fullmatch(hexpart):
-            raise InvalidReferenceError(
-                f"invalid reference {_printable(text)}: sha256: needs 8 to 64 hex digits"
-            )
+            raise InvalidReferenceError(f"invalid reference {_printable(text)}: sha256: needs 8 to 64 hex digits")
         return Ref(text=text, sha_prefix=hexpart)
     name, sep, selector = text.partition("@")
     try:
@@ -104,7 +102,6 @@ def check_parent(ref: object, sha256: object, coefficient: object) -> None:
         raise InvalidTextError(f"invalid sha256 {printable(sha256)} of parent {ref}: expected 64 hex digits")
     if coefficient is not None and (not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient)):
         raise InvalidTextError(f"invalid coefficient {printable(coefficient)} of parent {ref}: must be finite")
-
 
 
 def check_version_text(

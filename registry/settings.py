@@ -67,7 +67,7 @@ class Settings:
         """The SQLite file behind ``database_url``, if it is one."""
         prefix = "sqlite:///"
         if self.database_url.startswith(prefix) and ":memory:" not in self.database_url:
-            return Path(self.database_url[len(prefix):])
+            return Path(self.database_url[len(prefix) :])
         return None
 
     def check_home(self) -> None:
@@ -93,10 +93,12 @@ class Settings:
             what = "is a file" if p.is_file() else "exists and is not a directory"
         if p == self.home:
             raise RegistryPathError(f"registry directory {self.home}: {what}, not a directory")
-        raise RegistryPathError(f"registry directory {self.home}: {p} {what}, so the registry cannot be created under it")
+        raise RegistryPathError(
+            f"registry directory {self.home}: {p} {what}, so the registry cannot be created under it"
+        )
 
     @classmethod
-    def resolve(cls, location: str | os.PathLike[str] | None = None) -> "Settings":
+    def resolve(cls, location: str | os.PathLike[str] | None = None) -> Settings:
         """Build settings from ``location`` (a directory or a database URL) and the env.
 
         A location containing ``://`` is a database URL; blobs then go to

@@ -28,11 +28,11 @@ UNSAFE_RE = re.compile(rf"[\x00-\x1f{_OTHER}]")
 # Multi-line fields (messages, descriptions) may keep tabs (\x09) and newlines (\x0a).
 _UNSAFE_MULTILINE_RE = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER}]")
 
-DATASET_MAX = 256   # versions.dataset is Text: the limit is ours, sized for "org/name:subset" labels
-TAG_KEY_MAX = 128   # version_tags.key is String(128)
+DATASET_MAX = 256  # versions.dataset is Text: the limit is ours, sized for "org/name:subset" labels
+TAG_KEY_MAX = 128  # version_tags.key is String(128)
 TAG_VALUE_MAX = 4096
-LABEL_MAX = 256     # base facts: label, architecture, hub id
-TEXT_MAX = 65536    # messages and descriptions
+LABEL_MAX = 256  # base facts: label, architecture, hub id
+TEXT_MAX = 65536  # messages and descriptions
 
 
 def escape(text: str) -> str:
@@ -121,5 +121,3 @@ def check_text(value: str | None, what: str, *, max_len: int = TEXT_MAX) -> str 
 def check_label(value: str | None, what: str) -> str | None:
     """A public fact about a base model (label, architecture): None or a single-line label."""
     return None if value is None else check_line(value, what, max_len=LABEL_MAX)
-
-

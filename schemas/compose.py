@@ -11,8 +11,9 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pvreg.schemas.vector import VectorMeta
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pvreg.schemas.vector import VectorMeta
 
 Accumulate = Literal["float32", "float64"]
 

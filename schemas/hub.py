@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pvreg.schemas.vector import VectorMeta
 from pydantic import BaseModel, ConfigDict, Field
+
+from pvreg.schemas.vector import VectorMeta
 
 HUB_FORMAT = 1
 

@@ -44,12 +44,14 @@ class TrainOptions(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of pairs held out for eval metrics")
     max_eval_pairs: int | None = Field(
-        default=256, ge=1,
+        default=256,
+        ge=1,
         description="Evaluate on at most this many of the held-out pairs (None: all); the rest stay unseen",
     )
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="torch CPU threads during training (None: torch's default); 1 is fastest for tiny models "
         "and on a machine whose cores are busy",
     )
@@ -87,7 +89,7 @@ class TrainOptions(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _steps_or_epochs(self) -> "TrainOptions":
+    def _steps_or_epochs(self) -> TrainOptions:
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
         return self
@@ -97,7 +99,7 @@ class TrainOptions(BaseModel):
         """The learning rate the runs use: ``lr``, else the method's default."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
-    def resolved(self) -> "TrainOptions":
+    def resolved(self) -> TrainOptions:
         """A copy with ``lr`` filled in (and ``epochs=1`` when neither steps nor epochs was given)."""
         update: dict[str, Any] = {"lr": self.effective_lr}
         if self.steps is None and self.epochs is None:

@@ -56,7 +56,8 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["base_fingerprint"], ["base_models.fingerprint"],
+            ["base_fingerprint"],
+            ["base_models.fingerprint"],
             name=op.f("fk_versions_base_fingerprint_base_models"),
         ),
         sa.ForeignKeyConstraint(
@@ -78,8 +79,10 @@ def upgrade() -> None:
         sa.Column("parent_sha256", sa.String(length=64), nullable=False),
         sa.Column("coefficient", sa.Double(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["version_id"], ["versions.id"],
-            name=op.f("fk_version_parents_version_id_versions"), ondelete="CASCADE",
+            ["version_id"],
+            ["versions.id"],
+            name=op.f("fk_version_parents_version_id_versions"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_version_parents")),
     )
@@ -91,8 +94,10 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=128), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["version_id"], ["versions.id"],
-            name=op.f("fk_version_tags_version_id_versions"), ondelete="CASCADE",
+            ["version_id"],
+            ["versions.id"],
+            name=op.f("fk_version_tags_version_id_versions"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("version_id", "key", name=op.f("pk_version_tags")),
     )

@@ -27,8 +27,10 @@ def upgrade() -> None:
         sa.Column("result_version_id", sa.Integer(), nullable=True),
         sa.Column("pvreg_version", sa.String(length=32), nullable=False),
         sa.ForeignKeyConstraint(
-            ["result_version_id"], ["versions.id"],
-            name=op.f("fk_compositions_result_version_id_versions"), ondelete="SET NULL",
+            ["result_version_id"],
+            ["versions.id"],
+            name=op.f("fk_compositions_result_version_id_versions"),
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_compositions")),
     )

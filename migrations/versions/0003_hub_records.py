@@ -26,8 +26,10 @@ def upgrade() -> None:
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["version_id"], ["versions.id"],
-            name=op.f("fk_hub_records_version_id_versions"), ondelete="CASCADE",
+            ["version_id"],
+            ["versions.id"],
+            name=op.f("fk_hub_records_version_id_versions"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_hub_records")),
     )

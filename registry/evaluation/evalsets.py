@@ -156,9 +156,7 @@ def read_choices(path: str | os.PathLike[str]) -> list[ChoiceItem]:
             index = choices.index(answer)
         elif isinstance(answer, int) and not isinstance(answer, bool):
             if not 0 <= answer < len(choices):
-                raise EvalSetError(
-                    f"{p}:{number}: 'answer' index {answer} is out of range for {len(choices)} choices"
-                )
+                raise EvalSetError(f"{p}:{number}: 'answer' index {answer} is out of range for {len(choices)} choices")
             index = answer
         else:
             raise EvalSetError(

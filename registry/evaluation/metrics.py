@@ -28,6 +28,7 @@ from pvreg.registry.evaluation.texts import reference_logprobs, score_texts
 
 if TYPE_CHECKING:
     import numpy as np
+
     from pvreg.schemas.evaluation import MetricValue
 
 #: With a base model given to :func:`text_metrics`, its distributions are kept for this many batches of texts at once.
@@ -56,14 +57,14 @@ class ChoiceLike(Protocol):
 
 
 def bootstrap_ci(
-    values: Sequence[float] | "np.ndarray",
+    values: Sequence[float] | np.ndarray,
     *,
     seed: int,
     n: int = 1000,
-    weights: Sequence[float] | "np.ndarray | None" = None,
+    weights: Sequence[float] | np.ndarray | None = None,
     level: float = 0.95,
-    transform: Callable[["np.ndarray"], "np.ndarray"] | None = None,
-) -> "MetricValue":
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> MetricValue:
     """The (weighted) mean of ``values`` with a percentile-bootstrap confidence interval.
 
     Each of the ``n`` resamples draws len(values) units with replacement and
@@ -74,6 +75,7 @@ def bootstrap_ci(
     with it.  Deterministic for a given ``seed``.
     """
     import numpy as np
+
     from pvreg.schemas.evaluation import MetricValue
 
     v = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -99,10 +101,12 @@ def bootstrap_ci(
     block = max(1, _RESAMPLE_BLOCK_ELEMENTS // m)
     for s in range(0, n, block):
         k = min(block, n - s)
-        counts = np.stack([
-            np.bincount(np.random.Generator(np.random.PCG64(streams[s + i])).integers(0, m, m), minlength=m)
-            for i in range(k)
-        ]).astype(np.float64)
+        counts = np.stack(
+            [
+                np.bincount(np.random.Generator(np.random.PCG64(streams[s + i])).integers(0, m, m), minlength=m)
+                for i in range(k)
+            ]
+        ).astype(np.float64)
         # Row-wise sums, not a matrix product: their rounding must not depend on the block's shape.
         den = (counts * w).sum(axis=1)
         # A resample that drew only zero-weight units has no mean; it counts as the estimate's own units would.
@@ -122,7 +126,7 @@ def preference_metrics_from_scores(
     reference: tuple[Sequence[ScoredItem], Sequence[ScoredItem]] | None = None,
     seed: int = 0,
     n_boot: int = 1000,
-) -> dict[str, "MetricValue"]:
+) -> dict[str, MetricValue]:
     """Preference metrics from already computed scores (see :func:`preference_metrics`)."""
     import numpy as np
 
@@ -168,7 +172,7 @@ def preference_metrics(
     seed: int = 0,
     n_boot: int = 1000,
     **score_options: Any,
-) -> dict[str, "MetricValue"]:
+) -> dict[str, MetricValue]:
     """Accuracy, margin and their length-normalised forms on preference pairs.
 
     - ``accuracy``: share of pairs with Σ log p(chosen) > Σ log p(rejected) (a tie is a miss);
@@ -201,7 +205,7 @@ def text_metrics(
     device: Any = None,
     max_length: int | None = None,
     labels: Sequence[str] | None = None,
-) -> dict[str, "MetricValue"]:
+) -> dict[str, MetricValue]:
     """Perplexity (and mean NLL) of ``model`` on ``texts``; with ``reference``, mean per-token KL(base ‖ model).
 
     - ``nll_per_token``: Σ NLL / Σ scored tokens over all texts (nats);
@@ -258,7 +262,8 @@ def choice_predictions(
     flat = [(it.question, c) for it in items for c in it.choices]
     labels = [
         f"{getattr(it, 'source', None) or f'question {i}'} (choice {j})"
-        for i, it in enumerate(items) for j in range(len(it.choices))
+        for i, it in enumerate(items)
+        for j in range(len(it.choices))
     ]
     scored = score_completions(model, tokenizer, flat, labels=labels, **score_options)
     by_sum: list[int] = []
@@ -280,7 +285,7 @@ def choice_metrics(
     seed: int = 0,
     n_boot: int = 1000,
     **score_options: Any,
-) -> dict[str, "MetricValue"]:
+) -> dict[str, MetricValue]:
     """``accuracy`` (argmax of Σ log p(choice | question)) and ``accuracy_norm`` (argmax of the per-token mean)."""
     import numpy as np
 

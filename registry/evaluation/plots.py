@@ -34,9 +34,7 @@ def _figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise MissingDependencyError(
-            "plots need matplotlib, which is not installed: pip install 'pvreg[eval]'"
-        ) from e
+        raise MissingDependencyError("plots need matplotlib, which is not installed: pip install 'pvreg[eval]'") from e
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -55,7 +53,7 @@ def _save(fig: Any, out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _value(v: "MetricValue | float | None") -> float:
+def _value(v: MetricValue | float | None) -> float:
     if v is None:
         return math.nan
     return float(getattr(v, "value", v))
@@ -63,7 +61,7 @@ def _value(v: "MetricValue | float | None") -> float:
 
 def plot_line(
     etas: Sequence[float],
-    values: Sequence["MetricValue"],
+    values: Sequence[MetricValue],
     out: str | os.PathLike[str],
     *,
     metric: str,
@@ -93,7 +91,7 @@ def plot_line(
 def plot_heatmap(
     x_etas: Sequence[float],
     y_etas: Sequence[float],
-    values: Sequence[Sequence["MetricValue | float | None"]],
+    values: Sequence[Sequence[MetricValue | float | None]],
     out: str | os.PathLike[str],
     *,
     metric: str,
@@ -106,9 +104,7 @@ def plot_heatmap(
     if not x_etas or not y_etas:
         raise EvalError("a heatmap needs at least one η on each axis")
     if len(values) != len(y_etas) or any(len(row) != len(x_etas) for row in values):
-        raise EvalError(
-            f"a heatmap needs {len(y_etas)} rows of {len(x_etas)} values (one per η_y, η_x)"
-        )
+        raise EvalError(f"a heatmap needs {len(y_etas)} rows of {len(x_etas)} values (one per η_y, η_x)")
     xs = sorted(range(len(x_etas)), key=lambda i: x_etas[i])
     ys = sorted(range(len(y_etas)), key=lambda j: y_etas[j])
     grid = [[_value(values[j][i]) for i in xs] for j in ys]
@@ -130,6 +126,13 @@ def plot_heatmap(
         for r, row in enumerate(grid):
             for c, v in enumerate(row):
                 if math.isfinite(v):
-                    ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize="x-small",
-                            color="black" if v > mid else "white")
+                    ax.text(
+                        c,
+                        r,
+                        f"{v:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize="x-small",
+                        color="black" if v > mid else "white",
+                    )
     return _save(fig, out)

@@ -108,7 +108,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise EvalError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
-def _model_device(model: Any, device: Any) -> "torch.device":
+def _model_device(model: Any, device: Any) -> torch.device:
     import torch
 
     if device is not None:
@@ -147,9 +147,7 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _pad_right(
-    seqs: Sequence[Sequence[int]], pad_id: int, device: "torch.device"
-) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(s) for s in seqs)
@@ -170,7 +168,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _logits(model: Any, ids: "torch.Tensor", mask: "torch.Tensor", keep: int | None) -> "torch.Tensor":
+def _logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: int | None) -> torch.Tensor:
     """Logits of the last ``keep`` positions (all when None): [B, keep, V]."""
     params = _forward_params(model)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
@@ -186,7 +184,7 @@ def _logits(model: Any, ids: "torch.Tensor", mask: "torch.Tensor", keep: int | N
     return logits
 
 
-def _lse(rows: "torch.Tensor") -> "torch.Tensor":
+def _lse(rows: torch.Tensor) -> torch.Tensor:
     """float32 logsumexp of each row of [N, V] logits, a bounded chunk of rows at a time."""
     import torch
 
@@ -198,15 +196,15 @@ def _lse(rows: "torch.Tensor") -> "torch.Tensor":
 
 
 def _scored_rows(
-    logits: "torch.Tensor", targets: "torch.Tensor", mask: "torch.Tensor"
-) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logit rows [N, V], their targets [N], log Z [N]) at the positions where ``mask`` is set, row-major."""
     rows = logits[mask]
     tgt = targets[mask]
     return rows, tgt, _lse(rows)
 
 
-def _per_row_sums(values: "torch.Tensor", mask: "torch.Tensor") -> list[float]:
+def _per_row_sums(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
     """Σ of the scored values of each batch row (``values`` is flat, in ``mask``'s row-major order)."""
     import torch
 
@@ -323,8 +321,12 @@ def score_completions(
 
     _check_batch_size(batch_size)
     seqs, starts = tokenize_items(
-        tokenizer, items, chat_template=chat_template, append_eos=append_eos,
-        max_length=_context_length(model, max_length), labels=labels,
+        tokenizer,
+        items,
+        chat_template=chat_template,
+        append_eos=append_eos,
+        max_length=_context_length(model, max_length),
+        labels=labels,
     )
     dev = _model_device(model, device)
     pad = _pad_id(tokenizer)
@@ -350,5 +352,3 @@ def score_completions(
 
 
 # --- texts ---------------------------------------------------------------------------
-
-

@@ -39,6 +39,7 @@ from pvreg.registry.errors import (
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.schemas.evaluation import DiffReport, GroupStats, SimilarityReport
 
 #: Default number of entries read from one tensor at once.
@@ -98,7 +99,7 @@ class _Vector:
         except Exception as e:  # safetensors raises its own error type for malformed files
             raise InvalidTensorFileError(f"{self.path}: not a readable safetensors file ({e})") from e
 
-    def chunks(self, name: str, chunk_elements: int) -> Iterator["torch.Tensor"]:
+    def chunks(self, name: str, chunk_elements: int) -> Iterator[torch.Tensor]:
         """The tensor flattened, as consecutive float64 pieces of whole rows."""
         import torch
 
@@ -146,7 +147,7 @@ class _Acc:
         self.nonzero = torch.zeros((self.n, self.n), dtype=torch.int64)
         self.agree = torch.zeros((self.n, self.n), dtype=torch.int64)
 
-    def add(self, present: list[int], block: "torch.Tensor") -> None:
+    def add(self, present: list[int], block: torch.Tensor) -> None:
         """Add a [len(present), c] float64 block of the vectors ``present`` (the others are zero there)."""
         import torch
 
@@ -159,13 +160,13 @@ class _Acc:
         self.nonzero[sub] += (nz @ nz.T).round().to(torch.int64)
         self.agree[sub] += (pos @ pos.T + neg @ neg.T).round().to(torch.int64)
 
-    def merge(self, other: "_Acc") -> None:
+    def merge(self, other: _Acc) -> None:
         self.numel += other.numel
         self.gram += other.gram
         self.nonzero += other.nonzero
         self.agree += other.agree
 
-    def stats(self, group: str) -> "GroupStats":
+    def stats(self, group: str) -> GroupStats:
         from pvreg.schemas.evaluation import GroupStats
 
         sq = self.gram.diagonal().tolist()
@@ -206,9 +207,10 @@ def similarity(
     labels: Sequence[str] | None = None,
     group_by: str | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
-) -> "SimilarityReport":
+) -> SimilarityReport:
     """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
     import torch
+
     from pvreg.schemas.evaluation import SimilarityReport
 
     if not paths:
@@ -255,7 +257,7 @@ def diff(
     *,
     labels: tuple[str, str] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
-) -> "DiffReport":
+) -> DiffReport:
     """What changed from vector ``a`` to vector ``b``, per tensor and overall.
 
     Per tensor in both (same shape): ‖a‖, ‖b‖, ‖b−a‖/‖a‖, cos(a, b), max|b−a|.
@@ -293,17 +295,23 @@ def diff(
                         max_abs = max(max_abs, float(d.abs().max()))
                 na, nb = sums["aa"] ** 0.5, sums["bb"] ** 0.5
                 cos = _ratio(sums["ab"], na * nb)
-                tensors.append(TensorDiff(
-                    name=name, shape=list(va.shapes[name]), norm_a=na, norm_b=nb,
-                    rel_change=_ratio(sums["dd"] ** 0.5, na),
-                    cosine=None if cos is None else max(-1.0, min(1.0, cos)),
-                    max_abs_diff=max_abs, identical=max_abs == 0.0,
-                ))
+                tensors.append(
+                    TensorDiff(
+                        name=name,
+                        shape=list(va.shapes[name]),
+                        norm_a=na,
+                        norm_b=nb,
+                        rel_change=_ratio(sums["dd"] ** 0.5, na),
+                        cosine=None if cos is None else max(-1.0, min(1.0, cos)),
+                        max_abs_diff=max_abs,
+                        identical=max_abs == 0.0,
+                    )
+                )
             else:
                 if name in va.shapes and name in vb.shapes:
-                    shape_changed.append(ShapeChange(
-                        name=name, shape_a=list(va.shapes[name]), shape_b=list(vb.shapes[name])
-                    ))
+                    shape_changed.append(
+                        ShapeChange(name=name, shape_a=list(va.shapes[name]), shape_b=list(vb.shapes[name]))
+                    )
                 for v, key in ((va, "aa"), (vb, "bb")):
                     if name in v.shapes:
                         sums[key] = sum(float(x @ x) for x in v.chunks(name, chunk_elements))
@@ -316,13 +324,24 @@ def diff(
     cos = _ratio(tot_ab, norm_a * norm_b)
     identical = sum(1 for t in tensors if t.identical)
     summary = DiffSummary(
-        norm_a=norm_a, norm_b=norm_b, rel_change=_ratio(tot_dd**0.5, norm_a),
+        norm_a=norm_a,
+        norm_b=norm_b,
+        rel_change=_ratio(tot_dd**0.5, norm_a),
         cosine=None if cos is None else max(-1.0, min(1.0, cos)),
-        tensors_compared=len(tensors), tensors_identical=identical, tensors_changed=len(tensors) - identical,
-        only_in_a=len(only_a), only_in_b=len(only_b), shape_changed=len(shape_changed),
+        tensors_compared=len(tensors),
+        tensors_identical=identical,
+        tensors_changed=len(tensors) - identical,
+        only_in_a=len(only_a),
+        only_in_b=len(only_b),
+        shape_changed=len(shape_changed),
     )
     la, lb = labels if labels is not None else (str(a), str(b))
     return DiffReport(
-        a=la, b=lb, tensors=tensors, only_in_a=only_a, only_in_b=only_b, shape_changed=shape_changed,
+        a=la,
+        b=lb,
+        tensors=tensors,
+        only_in_a=only_a,
+        only_in_b=only_b,
+        shape_changed=shape_changed,
         summary=summary,
     )

@@ -133,9 +133,12 @@ def reference_logprobs(
 
 
 def _kl_rows(
-    rows: "torch.Tensor", lse: "torch.Tensor", ref_lp: "torch.Tensor", ref_ids: "torch.Tensor | None",
-    ref_rest: "torch.Tensor | None",
-) -> "torch.Tensor":
+    rows: torch.Tensor,
+    lse: torch.Tensor,
+    ref_lp: torch.Tensor,
+    ref_ids: torch.Tensor | None,
+    ref_rest: torch.Tensor | None,
+) -> torch.Tensor:
     """Per-position KL(base ‖ model) in float64, from the model's logit rows and the base's stored log-probs."""
     import torch
 
@@ -183,9 +186,7 @@ def score_texts(
     _check_batch_size(batch_size)
     windows = text_windows(tokenizer, texts, max_length=_context_length(model, max_length), labels=labels)
     if reference is not None and reference.windows != windows:
-        raise EvalError(
-            "the reference log-probs were computed on other texts, another tokenizer or another max_length"
-        )
+        raise EvalError("the reference log-probs were computed on other texts, another tokenizer or another max_length")
     nll = [0.0] * len(texts)
     tokens = [0] * len(texts)
     kl = [0.0] * len(texts)

@@ -37,7 +37,7 @@ def _split_front_matter(text: str) -> tuple[str | None, str]:
         for marker in ("\n---\n", "\n---\r\n"):
             idx = rest.find(marker)
             if idx != -1:
-                return rest[:idx + 1], rest[idx + len(marker):]
+                return rest[: idx + 1], rest[idx + len(marker) :]
         if rest.endswith("\n---"):
             return rest[:-3], ""
         if rest.startswith("---\n"):  # empty front matter
@@ -91,7 +91,7 @@ def render_section(repo: str, vectors: Sequence[HubVectorFile]) -> str:
     """The pvreg-owned block, markers included."""
     lines = [
         BEGIN,
-        f"# {repo.split('/')[-1]}",
+        f"# {repo.rsplit('/', maxsplit=1)[-1]}",
         "",
         "Preference vectors ([arXiv:2504.20106](https://arxiv.org/abs/2504.20106)) published with pvreg. "
         "Each vector is `<name>/vector.safetensors` (its metadata embedded) with the same metadata in "
@@ -103,10 +103,20 @@ def render_section(repo: str, vectors: Sequence[HubVectorFile]) -> str:
     for v in sorted(vectors, key=lambda v: v.name):
         base = (v.base.hub_id or v.base.label) if v.base is not None else None
         lines.append(
-            "| " + " | ".join(_cell(c) for c in (
-                v.name, v.version, f"{v.sign:+d}", _fmt_norm(v.norm), v.dataset or "-",
-                base or v.base_fingerprint[:12], f"`{v.sha256[:12]}`",
-            )) + " |"
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    v.name,
+                    v.version,
+                    f"{v.sign:+d}",
+                    _fmt_norm(v.norm),
+                    v.dataset or "-",
+                    base or v.base_fingerprint[:12],
+                    f"`{v.sha256[:12]}`",
+                )
+            )
+            + " |"
         )
     lines += [
         "",

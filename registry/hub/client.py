@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pvreg.registry.errors import (
@@ -45,9 +45,6 @@ from pvreg.registry.errors import (
     opt,
 )
 from pvreg.registry.text import printable
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -109,8 +106,10 @@ def check_repo_id(repo_id: str) -> str:
         which, part = ("OWNER", parts[0]) if len(parts[0]) > REPO_PART_MAX else ("NAME", parts[1])
         why = f"{which} is {len(part)} characters (at most {REPO_PART_MAX})"
     elif not all(REPO_PART_RE.fullmatch(p) for p in parts):
-        why = ("expected OWNER/NAME of letters, digits, '-', '_' and '.', each starting and ending with "
-               "a letter, digit or '_'")
+        why = (
+            "expected OWNER/NAME of letters, digits, '-', '_' and '.', each starting and ending with "
+            "a letter, digit or '_'"
+        )
     elif "--" in repo_id or ".." in repo_id:
         why = "the Hub does not allow '--' or '..' in a repo id"
     elif repo_id.endswith(".git"):
@@ -185,7 +184,9 @@ def map_error(exc: BaseException, ctx: Call) -> PvregError | None:
     if isinstance(exc, OfflineModeIsEnabled):
         return HubError(f"{head}: offline mode (HF_HUB_OFFLINE) is on")
     if isinstance(exc, RevisionNotFoundError):
-        return HubNotFoundError(f"{head}: revision {ctx.revision or DEFAULT_REVISION!r} not found in {ctx.repo} on {ep}")
+        return HubNotFoundError(
+            f"{head}: revision {ctx.revision or DEFAULT_REVISION!r} not found in {ctx.repo} on {ep}"
+        )
     if isinstance(exc, RepositoryNotFoundError):
         return HubNotFoundError(
             f"{head}: repository {ctx.repo} not found on {ep} (or it is private and these credentials cannot see it)"
@@ -207,8 +208,9 @@ def map_error(exc: BaseException, ctx: Call) -> PvregError | None:
             if not headers.get("x-error-code") and "json" not in ctype:
                 # The Hub answers a missing repo/revision/file with an X-Error-Code and JSON;
                 # a web server that is not a Hub answers every API route with a plain 404 page.
-                return HubEndpointError(f"{head}: {ep} answered HTTP 404 ({ctype or 'no content type'}) "
-                                        f"to an API request: {not_a_hub}")
+                return HubEndpointError(
+                    f"{head}: {ep} answered HTTP 404 ({ctype or 'no content type'}) to an API request: {not_a_hub}"
+                )
             return HubNotFoundError(f"{head}: not found on {ep} (HTTP 404)")
         if status == 412:
             return HubError(f"{head}: the branch moved while pushing (HTTP 412); push again")
@@ -302,5 +304,3 @@ def progress_bars() -> Iterator[None]:
 
 
 # --- remote ls -----------------------------------------------------------------------------
-
-

@@ -28,8 +28,6 @@ META_FILE = "pvreg.json"
 CARD_FILE = "README.md"
 
 
-
-
 # Fields of pvreg.json that must agree with the metadata embedded in the blob.
 MUST_AGREE = ("name", "version", "sha256", "size_bytes", "base_fingerprint", "dataset", "sign", "dtype", "kind")
 
@@ -42,7 +40,7 @@ def json_bytes(model: HubVectorFile) -> bytes:
     return (json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
 
 
-def published(store: "Store", meta: VectorMeta) -> tuple[VectorMeta, HubVectorFile]:
+def published(store: Store, meta: VectorMeta) -> tuple[VectorMeta, HubVectorFile]:
     """The metadata as published: local aliases dropped; base facts without local paths."""
     public = meta.model_copy(update={"aliases": []})
     info = store.base_info(meta.base_fingerprint)
@@ -73,5 +71,3 @@ def vector_dirs(root: Path) -> dict[str, Path]:
         for p in sorted(root.glob(f"*/{META_FILE}")):
             out[p.parent.name] = p
     return out
-
-

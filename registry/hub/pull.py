@@ -70,13 +70,13 @@ class _Checked:
     remote_name: str
     declared: HubVectorFile
     embedded: VectorMeta
-    base: "ResolvedBase"
-    stats: "BlobStats"
+    base: ResolvedBase
+    stats: BlobStats
     path: str
 
 
 @contextlib.contextmanager
-def work_dir(store: "Store", kind: str) -> Iterator[Path]:
+def work_dir(store: Store, kind: str) -> Iterator[Path]:
     """A temporary directory inside the blob store (same filesystem, sized for vectors).
 
     It is named and locked like every pvreg temporary, so ``gc`` removes it if
@@ -97,7 +97,7 @@ def work_dir(store: "Store", kind: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _staging_store(store: "Store") -> Iterator["BlobStore"]:
+def _staging_store(store: Store) -> Iterator[BlobStore]:
     """A private blob store for verifying pulled blobs before any is published."""
     from pvreg.registry.storage.blobstore import BlobStore
 
@@ -105,9 +105,7 @@ def _staging_store(store: "Store") -> Iterator["BlobStore"]:
         yield BlobStore(root)
 
 
-def _check_one(
-    store: "Store", name: str, meta_path: Path, blob_path: Path, stage: "BlobStore", label: str
-) -> _Checked:
+def _check_one(store: Store, name: str, meta_path: Path, blob_path: Path, stage: BlobStore, label: str) -> _Checked:
     from pvreg.registry.sources.exported import embedded_meta
     from pvreg.registry.sources.ingest import CheckpointSource, check_plan, write_blob
     from pvreg.registry.tensors.checkpoint import open_checkpoint
@@ -145,7 +143,9 @@ def _check_one(
     except PvregError as exc:  # unreadable file, bad embedded metadata, sha256 mismatch, unknown base...
         text = str(exc)
         raise IntegrityError(f"{text if blob_label in text else f'{blob_label}: {text}'}; refused") from None
-    if stats.size_bytes != declared.size_bytes or not math.isclose(stats.norm, declared.norm, rel_tol=1e-9, abs_tol=1e-12):
+    if stats.size_bytes != declared.size_bytes or not math.isclose(
+        stats.norm, declared.norm, rel_tol=1e-9, abs_tol=1e-12
+    ):
         raise IntegrityError(f"{blob_label}: size or norm disagrees with {META_FILE}; refused")
     return _Checked(name, declared, embedded, resolved, stats, f"{name}/{BLOB_FILE}")
 
@@ -174,7 +174,7 @@ def _short(value: object) -> str:
 
 
 def pull(
-    store: "Store",
+    store: Store,
     repo: str,
     *,
     revision: str | None = None,
@@ -206,12 +206,20 @@ def pull(
     hf = hf_module()
     patterns = (
         [p for n in wanted for p in (f"{n}/{META_FILE}", f"{n}/{BLOB_FILE}")]
-        if wanted else [f"*/{META_FILE}", f"*/{BLOB_FILE}"]
+        if wanted
+        else [f"*/{META_FILE}", f"*/{BLOB_FILE}"]
     )
     with mapped_errors(ctx), progress_bars():
-        folder = Path(hf.snapshot_download(
-            repo_id, revision=rev, allow_patterns=patterns, endpoint=ep, token=token, library_name="pvreg",
-        ))
+        folder = Path(
+            hf.snapshot_download(
+                repo_id,
+                revision=rev,
+                allow_patterns=patterns,
+                endpoint=ep,
+                token=token,
+                library_name="pvreg",
+            )
+        )
     commit = folder.name
     found = vector_dirs(folder)
     if wanted:
@@ -222,7 +230,9 @@ def pull(
     if not found:
         raise HubNotFoundError(f"pull from {ctx.where}: {repo_id} holds no pvreg vectors")
     if as_name is not None and len(found) != 1:
-        raise UserError(f"{opt('as_name')} needs exactly one vector, but {repo_id} has {len(found)}; pick one with {opt('names')}")
+        raise UserError(
+            f"{opt('as_name')} needs exactly one vector, but {repo_id} has {len(found)}; pick one with {opt('names')}"
+        )
 
     safe_ep = public_url(ep)
     where = f"{repo_id}@{commit[:12]}"
@@ -234,24 +244,51 @@ def pull(
             news = []
             for c in checked:
                 e = c.embedded
-                hub = {"endpoint": safe_ep, "repo": repo_id, "revision": rev or DEFAULT_REVISION,
-                       "commit": commit, "path": c.path, "remote_ref": e.ref}
-                news.append(NewVersion(
-                    name=as_name or c.remote_name, stats=c.stats, base=c.base, kind=e.kind, dataset=e.dataset,
-                    sign=e.sign, description=e.description, message=e.message, tags=dict(e.tags),
-                    provenance={**e.provenance, "hub": hub}, parents=list(e.parents), dedupe=True,
-                ))
+                hub = {
+                    "endpoint": safe_ep,
+                    "repo": repo_id,
+                    "revision": rev or DEFAULT_REVISION,
+                    "commit": commit,
+                    "path": c.path,
+                    "remote_ref": e.ref,
+                }
+                news.append(
+                    NewVersion(
+                        name=as_name or c.remote_name,
+                        stats=c.stats,
+                        base=c.base,
+                        kind=e.kind,
+                        dataset=e.dataset,
+                        sign=e.sign,
+                        description=e.description,
+                        message=e.message,
+                        tags=dict(e.tags),
+                        provenance={**e.provenance, "hub": hub},
+                        parents=list(e.parents),
+                        dedupe=True,
+                    )
+                )
 
             # 2. One transaction for every row: the versions and their hub records are inserted and
             #    flushed (so every constraint has been checked), then the verified blobs are moved
             #    into the store, then it commits.  A failure before the commit registers nothing.
             def work(s: Any) -> list[tuple[int, bool]]:
                 inserted = [insert_version(s, new) for new in news]
-                writes.add_hub_records(s, [
-                    {"version_id": vid, "direction": "pull", "endpoint": safe_ep, "repo": repo_id,
-                     "revision": rev or DEFAULT_REVISION, "commit_sha": commit, "path": c.path}
-                    for (vid, _), c in zip(inserted, checked)
-                ])
+                writes.add_hub_records(
+                    s,
+                    [
+                        {
+                            "version_id": vid,
+                            "direction": "pull",
+                            "endpoint": safe_ep,
+                            "repo": repo_id,
+                            "revision": rev or DEFAULT_REVISION,
+                            "commit_sha": commit,
+                            "path": c.path,
+                        }
+                        for (vid, _), c in zip(inserted, checked)
+                    ],
+                )
                 s.flush()
                 for c in checked:
                     if _publish_blob(store, stage, c.stats.sha256):
@@ -264,15 +301,21 @@ def pull(
             store.drop_if_unreferenced(sha)
         raise
     results = [
-        PulledVector(remote_name=c.remote_name, remote_version=c.embedded.version, path=c.path,
-                     meta=store.meta_by_id(vid), registered=created)
+        PulledVector(
+            remote_name=c.remote_name,
+            remote_version=c.embedded.version,
+            path=c.path,
+            meta=store.meta_by_id(vid),
+            registered=created,
+        )
         for (vid, created), c in zip(inserted, checked)
     ]
-    return PullResult(repo=repo_id, revision=rev or DEFAULT_REVISION, endpoint=safe_ep, commit_sha=commit,
-                      vectors=results)
+    return PullResult(
+        repo=repo_id, revision=rev or DEFAULT_REVISION, endpoint=safe_ep, commit_sha=commit, vectors=results
+    )
 
 
-def _publish_blob(store: "Store", stage: "BlobStore", sha256: str) -> bool:
+def _publish_blob(store: Store, stage: BlobStore, sha256: str) -> bool:
     """Move a verified blob from the staging store into the registry's; True when this moved it
     (idempotent: a retried transaction, or a blob another writer already stored, finds it in place)."""
     from pvreg.registry.files import fsync_dir
@@ -287,7 +330,7 @@ def _publish_blob(store: "Store", stage: "BlobStore", sha256: str) -> bool:
 
 
 def remote_ls(
-    store: "Store",
+    store: Store,
     repo: str,
     *,
     revision: str | None = None,
@@ -300,10 +343,16 @@ def remote_ls(
     ctx = Call("list", repo_id, rev, ep, token)
     hf = hf_module()
     with mapped_errors(ctx), progress_bars():
-        folder = Path(hf.snapshot_download(
-            repo_id, revision=rev, allow_patterns=[f"*/{META_FILE}"], endpoint=ep, token=token,
-            library_name="pvreg",
-        ))
+        folder = Path(
+            hf.snapshot_download(
+                repo_id,
+                revision=rev,
+                allow_patterns=[f"*/{META_FILE}"],
+                endpoint=ep,
+                token=token,
+                library_name="pvreg",
+            )
+        )
     entries = []
     for name, path in vector_dirs(folder).items():
         v = parse_vector_file(path.read_bytes(), f"{repo_id}@{folder.name[:12]}:{name}/{META_FILE}")
@@ -311,13 +360,24 @@ def remote_ls(
     with store.read() as conn:
         local = catalog.refs_by_blob(conn, [v.sha256 for v in entries])
     return RemoteListing(
-        repo=repo_id, revision=rev or DEFAULT_REVISION, commit_sha=folder.name,
+        repo=repo_id,
+        revision=rev or DEFAULT_REVISION,
+        commit_sha=folder.name,
         vectors=[
             RemoteVector(
-                name=v.name, version=v.version, sha256=v.sha256, size_bytes=v.size_bytes,
-                base_fingerprint=v.base_fingerprint, base_model=v.base.hub_id if v.base else None,
-                dataset=v.dataset, sign=v.sign, norm=v.norm, dtype=v.dtype, kind=v.kind,
-                path=f"{v.name}/{BLOB_FILE}", local_refs=local.get(v.sha256, []),
+                name=v.name,
+                version=v.version,
+                sha256=v.sha256,
+                size_bytes=v.size_bytes,
+                base_fingerprint=v.base_fingerprint,
+                base_model=v.base.hub_id if v.base else None,
+                dataset=v.dataset,
+                sign=v.sign,
+                norm=v.norm,
+                dtype=v.dtype,
+                kind=v.kind,
+                path=f"{v.name}/{BLOB_FILE}",
+                local_refs=local.get(v.sha256, []),
             )
             for v in sorted(entries, key=lambda v: v.name)
         ],

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 
 def push(
-    store: "Store",
+    store: Store,
     refs: Sequence[str],
     repo: str,
     *,
@@ -133,9 +133,7 @@ def push(
                 info = api.model_info(repo_id, revision=branch)
             head = info.sha
             tree = {
-                f.path: f
-                for f in api.list_repo_tree(repo_id, revision=head, recursive=True)
-                if isinstance(f, RepoFile)
+                f.path: f for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)
             }
             # Other vectors already in the repo stay in the card's table.
             others: list[HubVectorFile] = []
@@ -176,8 +174,12 @@ def push(
             description = "\n".join(f"{m.ref} sha256:{m.sha256}" for m in metas)
             with mapped_errors(ctx), progress_bars():
                 info = api.create_commit(
-                    repo_id, ops, commit_message=message or f"pvreg push {', '.join(m.ref for m in metas)}",
-                    commit_description=description, revision=branch, parent_commit=head,
+                    repo_id,
+                    ops,
+                    commit_message=message or f"pvreg push {', '.join(m.ref for m in metas)}",
+                    commit_description=description,
+                    revision=branch,
+                    parent_commit=head,
                 )
             commit_sha, commit_url = info.oid, info.commit_url
             committed = info.oid != head
@@ -187,18 +189,35 @@ def push(
     ids = {ref: vid for ref, vid in found.items() if vid is not None}
     safe_ep = public_url(ep)
     rows = [
-        {"version_id": ids[m.ref], "direction": "push", "endpoint": safe_ep, "repo": repo_id,
-         "revision": branch, "commit_sha": commit_sha, "path": f"{m.name}/{BLOB_FILE}"}
-        for m in metas if m.ref in ids
+        {
+            "version_id": ids[m.ref],
+            "direction": "push",
+            "endpoint": safe_ep,
+            "repo": repo_id,
+            "revision": branch,
+            "commit_sha": commit_sha,
+            "path": f"{m.name}/{BLOB_FILE}",
+        }
+        for m in metas
+        if m.ref in ids
     ]
     if rows:  # re-pushing changes nothing: records already there are not repeated
         store.transaction(lambda s: writes.add_hub_records(s, rows))
     return PushResult(
-        repo=repo_id, revision=branch, endpoint=safe_ep, commit_sha=commit_sha, committed=committed,
-        commit_url=commit_url, created_repo=created_repo,
+        repo=repo_id,
+        revision=branch,
+        endpoint=safe_ep,
+        commit_sha=commit_sha,
+        committed=committed,
+        commit_url=commit_url,
+        created_repo=created_repo,
         vectors=[
-            PushedVector(ref=m.ref, sha256=m.sha256, path=f"{m.name}/{BLOB_FILE}",
-                         changed=f"{m.name}/{BLOB_FILE}" in changed or f"{m.name}/{META_FILE}" in changed)
+            PushedVector(
+                ref=m.ref,
+                sha256=m.sha256,
+                path=f"{m.name}/{BLOB_FILE}",
+                changed=f"{m.name}/{BLOB_FILE}" in changed or f"{m.name}/{META_FILE}" in changed,
+            )
             for m in metas
         ],
     )

@@ -31,9 +31,9 @@ from pvreg.registry.tensors.hfnames import MODEL_PREFIX, PEFT_PREFIX
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.registry.storage.store import Store
     from pvreg.schemas.compose import ComposeSpec
-
 
 
 def _core(name: str) -> str:
@@ -42,7 +42,7 @@ def _core(name: str) -> str:
     return name.removeprefix(MODEL_PREFIX)
 
 
-def map_names(vector_names: Sequence[str], params: dict[str, "torch.nn.Parameter"]) -> tuple[dict[str, str], list[str]]:
+def map_names(vector_names: Sequence[str], params: dict[str, torch.nn.Parameter]) -> tuple[dict[str, str], list[str]]:
     """Vector tensor name -> parameter name; plus the names that map to nothing.
 
     An exact name match wins; otherwise names are compared with the
@@ -77,10 +77,10 @@ class AppliedComposition:
     """
 
     model: Any
-    spec: "ComposeSpec"
+    spec: ComposeSpec
     touched: list[str] = field(default_factory=list)
-    _saved: dict[str, "torch.Tensor"] = field(default_factory=dict, repr=False)
-    _params: dict[str, "torch.nn.Parameter"] = field(default_factory=dict, repr=False)
+    _saved: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _params: dict[str, torch.nn.Parameter] = field(default_factory=dict, repr=False)
     active: bool = True
 
     @property
@@ -99,7 +99,7 @@ class AppliedComposition:
         self._saved.clear()
         self.active = False
 
-    def __enter__(self) -> "AppliedComposition":
+    def __enter__(self) -> AppliedComposition:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -107,9 +107,9 @@ class AppliedComposition:
 
 
 def apply(
-    store: "Store",
+    store: Store,
     model: Any,
-    spec: "ComposeSpec | str | Sequence[str]",
+    spec: ComposeSpec | str | Sequence[str],
     *,
     method: str | None = None,
     density: float | None = None,
@@ -127,8 +127,7 @@ def apply(
     """
     import torch
 
-    full = build_spec(spec, method=method, density=density, seed=seed, normalize=normalize,
-                      accumulate=accumulate)
+    full = build_spec(spec, method=method, density=density, seed=seed, normalize=normalize, accumulate=accumulate)
     plan = prepare(store, full, base=None, need_base=False, lookup_base=False)
     try:
         params = dict(model.named_parameters(remove_duplicate=False))
@@ -156,8 +155,9 @@ def apply(
         plan.close()
 
 
-def _apply_one(plan: Plan, name: str, pname: str, params: dict[str, Any], handle: AppliedComposition,
-               targets: dict[int, list[str]]) -> None:
+def _apply_one(
+    plan: Plan, name: str, pname: str, params: dict[str, Any], handle: AppliedComposition, targets: dict[int, list[str]]
+) -> None:
     import torch
 
     param = params[pname]
@@ -170,12 +170,16 @@ def _apply_one(plan: Plan, name: str, pname: str, params: dict[str, Any], handle
         # A tied parameter already received the first name's delta; the others must agree.
         first_users = [i for i in plan.inputs if tied[0] in i.file.infos]
         if not torch.equal(delta, combined_delta(plan, tied[0], first_users)):
-            raise BaseMismatchError(f"tensors {tied[0]!r} and {name!r} map to the same tied parameter "
-                                    f"{pname!r} but their deltas differ")
+            raise BaseMismatchError(
+                f"tensors {tied[0]!r} and {name!r} map to the same tied parameter {pname!r} but their deltas differ"
+            )
         return
     handle._saved[pname] = param.detach().to("cpu", copy=True)
     handle.touched.append(pname)
     acc = delta.dtype
-    new = param.detach().to(acc).add_(delta.to(param.device)) if param.dtype != acc else \
-        param.detach().clone().add_(delta.to(param.device))
+    new = (
+        param.detach().to(acc).add_(delta.to(param.device))
+        if param.dtype != acc
+        else param.detach().clone().add_(delta.to(param.device))
+    )
     param.data.copy_(new.to(param.dtype))

@@ -39,8 +39,14 @@ def base_files(src: Path) -> tuple[list[tuple[str, Path]], list[str]]:
         seen_dirs.add(real)
         for p in sorted(directory.iterdir()):
             name = p.name
-            if name.startswith(".") or (not prefix and (name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
-                                                        or name in (MODEL_CARD, COMPOSITION_RECORD))):
+            if name.startswith(".") or (
+                not prefix
+                and (
+                    name.endswith(WEIGHT_SUFFIXES)
+                    or name.endswith(".index.json")
+                    or name in (MODEL_CARD, COMPOSITION_RECORD)
+                )
+            ):
                 continue
             try:
                 st = p.stat()
@@ -52,7 +58,9 @@ def base_files(src: Path) -> tuple[list[tuple[str, Path]], list[str]]:
             elif stat.S_ISREG(st.st_mode):
                 files.append((prefix + name, p))
             else:
-                problems.append(f"{p}: not a regular file (a FIFO, socket or device); remove it from the base directory")
+                problems.append(
+                    f"{p}: not a regular file (a FIFO, socket or device); remove it from the base directory"
+                )
 
     walk(src, "")
     return files, problems

@@ -101,16 +101,25 @@ def compose(
     """
     from pvreg.registry.tensors.fingerprint import combine
 
-    full = build_spec(spec, method=method, density=density, seed=seed, normalize=normalize,
-                      accumulate=accumulate, dtype=dtype)
+    full = build_spec(
+        spec, method=method, density=density, seed=seed, normalize=normalize, accumulate=accumulate, dtype=dtype
+    )
     size = parse_size(shard_size)
     out_path = Path(out).expanduser() if out is not None else None
     if register is not None and not vector_only:
         raise SpecError(f"{opt('register')} needs {opt('vector_only', True)} (a composed model is not a vector)")
     if out_path is None and register is None:
         raise SpecError(f"{opt('out')} is required" + (f" (or {opt('register')} NAME)" if vector_only else ""))
-    plan = prepare(store, full, base=base, need_base=not vector_only, out=out_path, vector_only=vector_only,
-                   force=force, register=register)
+    plan = prepare(
+        store,
+        full,
+        base=base,
+        need_base=not vector_only,
+        out=out_path,
+        vector_only=vector_only,
+        force=force,
+        register=register,
+    )
     registered: VectorMeta | None = None
     try:
         target = out_path if out_path is not None else store.settings.pending_dir / _UNNAMED_VECTOR
@@ -138,19 +147,34 @@ def compose(
                 info = store.base_info(plan.base_fingerprint)
                 (tmp / MODEL_CARD).write_text(render_model_card(plan, info, fingerprint))
                 (tmp / COMPOSITION_RECORD).write_text(
-                    json.dumps(composition_document(plan, fingerprint, written, "model"), indent=2) + "\n")
+                    json.dumps(composition_document(plan, fingerprint, written, "model"), indent=2) + "\n"
+                )
                 written.files.extend([MODEL_CARD, COMPOSITION_RECORD])
                 publish_dir(tmp, out_path, rewrite, force=force)
     finally:
         plan.close()
     kind = "vector" if vector_only else "model"
-    cid = store.transaction(lambda s: writes.add_composition(
-        s, method=plan.method.name, spec=plan.spec.model_dump(mode="json"), base_fingerprint=plan.base_fingerprint,
-        output_kind=kind, output_path=out_path, output_fingerprint=fingerprint, result=registered,
-        pvreg_version=__version__))
+    cid = store.transaction(
+        lambda s: writes.add_composition(
+            s,
+            method=plan.method.name,
+            spec=plan.spec.model_dump(mode="json"),
+            base_fingerprint=plan.base_fingerprint,
+            output_kind=kind,
+            output_path=out_path,
+            output_fingerprint=fingerprint,
+            result=registered,
+            pvreg_version=__version__,
+        )
+    )
     return ComposeResult(
-        out=str(out_path) if out_path is not None else None, output_kind=kind, output_fingerprint=fingerprint,
-        files=sorted(written.files), composition_id=cid, registered=registered, spec=plan.spec,
+        out=str(out_path) if out_path is not None else None,
+        output_kind=kind,
+        output_fingerprint=fingerprint,
+        files=sorted(written.files),
+        composition_id=cid,
+        registered=registered,
+        spec=plan.spec,
     )
 
 
@@ -163,10 +187,14 @@ def _register(store: Store, plan: Plan, file: Path, name: str) -> VectorMeta:
         return store.store_blob(
             CheckpointSource(ckpt, f"composition for {name}"),
             writes.NewVersion(
-                name=name, stats=None, base=ResolvedBase(plan.base_fingerprint), kind="compose",
+                name=name,
+                stats=None,
+                base=ResolvedBase(plan.base_fingerprint),
+                kind="compose",
                 provenance=plan.spec.model_dump(mode="json"),
-                parents=[ParentRef(ref=i.meta.ref, sha256=i.meta.sha256, coefficient=i.term.coefficient)
-                         for i in plan.inputs],
+                parents=[
+                    ParentRef(ref=i.meta.ref, sha256=i.meta.sha256, coefficient=i.term.coefficient) for i in plan.inputs
+                ],
                 message=f"compose {' '.join(f'{i.meta.ref}:{i.term.coefficient:g}' for i in plan.inputs)}",
             ),
         )

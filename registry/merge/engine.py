@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | None = None) -> "torch.Tensor":
+def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | None = None) -> torch.Tensor:
     """Σ η_i·s_i·φ_i for one tensor (or the method's variant), in the accumulation dtype.
 
     ``part``: only that slice of the flattened tensor (elementwise methods only).
@@ -25,11 +25,8 @@ def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | 
     import torch
 
     acc = getattr(torch, plan.spec.accumulate)
-    deltas = [(u.file.tensor(name) if part is None else u.file.tensor(name).reshape(-1)[part]).to(acc)
-              for u in users]
-    return plan.method.combine(
-        deltas, [u.weight for u in users], tensor_name=name, keys=[u.meta.sha256 for u in users]
-    )
+    deltas = [(u.file.tensor(name) if part is None else u.file.tensor(name).reshape(-1)[part]).to(acc) for u in users]
+    return plan.method.combine(deltas, [u.weight for u in users], tensor_name=name, keys=[u.meta.sha256 for u in users])
 
 
 #: Elements per slice for elementwise (``linear``) methods: the float32 temporaries
@@ -42,8 +39,9 @@ def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | 
 SLICE_ELEMENTS = 1 << 20
 
 
-def merged_tensor(plan: Plan, name: str, users: Sequence[Input], base: "torch.Tensor",
-                  out_dtype: "torch.dtype") -> "torch.Tensor":
+def merged_tensor(
+    plan: Plan, name: str, users: Sequence[Input], base: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
     """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``."""
     import torch
 
@@ -63,7 +61,7 @@ def merged_tensor(plan: Plan, name: str, users: Sequence[Input], base: "torch.Te
     return out
 
 
-def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
+def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
     """``t`` itself, or :class:`SpecError` when it holds Inf/NaN.
 
     Inputs are finite (checked when added), so a non-finite output means the
@@ -73,8 +71,10 @@ def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
     import torch
 
     if not bool(torch.isfinite(t).all()):
-        raise SpecError(f"output tensor {name!r} would contain Inf/NaN as {str(t.dtype).removeprefix('torch.')}: "
-                        "the coefficients are too large for that dtype")
+        raise SpecError(
+            f"output tensor {name!r} would contain Inf/NaN as {str(t.dtype).removeprefix('torch.')}: "
+            "the coefficients are too large for that dtype"
+        )
     return t
 
 

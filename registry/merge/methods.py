@@ -58,6 +58,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from pvreg.registry.errors import BaseMismatchError, SpecError
 from pvreg.registry.merge.tensorops import (
     _canonical_order,
@@ -67,7 +69,6 @@ from pvreg.registry.merge.tensorops import (
     kth_largest_abs,
     trim_count,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "METHODS",
@@ -147,10 +148,7 @@ class MergeMethod(ABC):
 
     def __init__(self, params: BaseModel, *, seed: int | None) -> None:
         if not isinstance(params, self.params):
-            raise TypeError(
-                f"merge method {self.name!r} expects {self.params.__name__}, "
-                f"got {type(params).__name__}"
-            )
+            raise TypeError(f"merge method {self.name!r} expects {self.params.__name__}, got {type(params).__name__}")
         self.config = params
         if self.uses_seed:
             self.seed = 0 if seed is None else _check_seed(seed)
@@ -188,8 +186,7 @@ class MergeMethod(ABC):
             raise ValueError(f"{self.name}: no deltas for tensor {tensor_name!r}")
         if len(weights) != n or len(keys) != n:
             raise ValueError(
-                f"{self.name}: tensor {tensor_name!r} got {n} deltas, "
-                f"{len(weights)} weights and {len(keys)} keys"
+                f"{self.name}: tensor {tensor_name!r} got {n} deltas, {len(weights)} weights and {len(keys)} keys"
             )
         first = deltas[0]
         if first.dtype not in ACCUMULATION_DTYPES:
@@ -205,8 +202,7 @@ class MergeMethod(ABC):
                 )
             if d.shape != first.shape:
                 raise BaseMismatchError(
-                    f"tensor {tensor_name!r} of vector {k} has shape {tuple(d.shape)}, "
-                    f"expected {tuple(first.shape)}"
+                    f"tensor {tensor_name!r} of vector {k} has shape {tuple(d.shape)}, expected {tuple(first.shape)}"
                 )
         ws = [float(w) for w in weights]
         for w, k in zip(ws, keys):
@@ -395,9 +391,7 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
-def get_method(
-    name: str, *, density: float | None = None, seed: int | None = None
-) -> MergeMethod:
+def get_method(name: str, *, density: float | None = None, seed: int | None = None) -> MergeMethod:
     """Build the merge method ``name`` from user-supplied options.
 
     ``density`` is required for ``ties``, ``dare_linear`` and ``dare_ties`` and
@@ -408,9 +402,7 @@ def get_method(
     """
     cls = METHODS.get(name)
     if cls is None:
-        raise SpecError(
-            f"unknown merge method {name!r} (expected one of: {', '.join(sorted(METHODS))})"
-        )
+        raise SpecError(f"unknown merge method {name!r} (expected one of: {', '.join(sorted(METHODS))})")
     takes_density = "density" in cls.params.model_fields
     if takes_density and density is None:
         raise SpecError(f"merge method {name!r} requires a density in (0, 1]")

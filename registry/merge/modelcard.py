@@ -21,7 +21,7 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_model_card(plan: "Plan", base: "BaseModelInfo | None", fingerprint: str) -> str:
+def render_model_card(plan: Plan, base: BaseModelInfo | None, fingerprint: str) -> str:
     front: dict[str, object] = {}
     if base is not None and base.hub_id:
         front["base_model"] = base.hub_id

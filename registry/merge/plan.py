@@ -49,8 +49,18 @@ _ACCUMULATOR_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_size(value: str | int) -> int:
@@ -94,7 +104,7 @@ class Input:
 
     term: ComposeTerm
     meta: VectorMeta
-    file: "SafetensorsFile"
+    file: SafetensorsFile
     weight: float = 1.0
 
 
@@ -105,9 +115,9 @@ class Plan:
     spec: ComposeSpec  # resolved: name@version refs with sha256
     given: ComposeSpec  # as the user wrote it
     inputs: list[Input]
-    method: "MergeMethod"
+    method: MergeMethod
     base_fingerprint: str
-    base: "ResolvedBase | None"
+    base: ResolvedBase | None
     dtype_code: str | None
     params: dict[str, Any] = field(default_factory=dict)
     base_files: list[tuple[str, Path]] = field(default_factory=list)  # copied into a model output
@@ -117,15 +127,19 @@ class Plan:
             i.file.close()
 
 
-def _shape_problems(label: str, infos: dict[str, "TensorInfo"], base: dict[str, "TensorInfo"],
-                    problems: Problems, *, limit: int = 3) -> None:
-    misfits = fit_problems({n: i.shape for n, i in infos.items()}, {n: b.shape for n, b in base.items()},
-                           base_dtypes={n: b.dtype for n, b in base.items()})
+def _shape_problems(
+    label: str, infos: dict[str, TensorInfo], base: dict[str, TensorInfo], problems: Problems, *, limit: int = 3
+) -> None:
+    misfits = fit_problems(
+        {n: i.shape for n, i in infos.items()},
+        {n: b.shape for n, b in base.items()},
+        base_dtypes={n: b.dtype for n, b in base.items()},
+    )
     if misfits:
         problems.add_error(misfit_error(label, misfits, limit=limit))
 
 
-def _protected(store: "Store", base: "ResolvedBase | None", inputs: Sequence[Input]) -> list[Protected]:
+def _protected(store: Store, base: ResolvedBase | None, inputs: Sequence[Input]) -> list[Protected]:
     """What this compose must not write over: the registry, the base's files, the vectors' blobs."""
     from pvreg.registry.tensors.checkpoint import checkpoint_files
 
@@ -140,20 +154,26 @@ def _protected(store: "Store", base: "ResolvedBase | None", inputs: Sequence[Inp
 
 def _check_output(out: Path, *, vector_only: bool, force: bool, problems: Problems) -> None:
     if out.is_symlink() and not force:
-        problems.add(OutputExistsError, f"{out}: already exists (a symbolic link; use {opt('force', True)} to replace it)")
+        problems.add(
+            OutputExistsError, f"{out}: already exists (a symbolic link; use {opt('force', True)} to replace it)"
+        )
     elif vector_only:
         if out.is_dir():
-            problems.add(OutputExistsError, f"{out}: is a directory; {opt('vector_only', True)} writes a .safetensors file")
+            problems.add(
+                OutputExistsError, f"{out}: is a directory; {opt('vector_only', True)} writes a .safetensors file"
+            )
         elif out.exists() and not force:
             problems.add(OutputExistsError, f"{out}: already exists (use {opt('force', True)} to overwrite)")
     elif out.exists() and not force:
         if out.is_dir() and not any(out.iterdir()):
             return
-        problems.add(OutputExistsError, f"{out}: already exists and is not empty (use {opt('force', True)} to replace it)")
+        problems.add(
+            OutputExistsError, f"{out}: already exists and is not empty (use {opt('force', True)} to replace it)"
+        )
 
 
 def prepare(
-    store: "Store",
+    store: Store,
     spec: ComposeSpec,
     *,
     base: str | os.PathLike[str] | None,
@@ -195,30 +215,41 @@ def prepare(
             problems.add_error(meta)
             continue
         if term.sha256 is not None and not meta.sha256.startswith(term.sha256.lower().removeprefix("sha256:")):
-            problems.add(SpecError, f"{term.ref!r} resolves to {meta.ref} (sha256 {meta.sha256[:12]}) "
-                                    f"but the spec expects sha256 {term.sha256[:12]}")
+            problems.add(
+                SpecError,
+                f"{term.ref!r} resolves to {meta.ref} (sha256 {meta.sha256[:12]}) "
+                f"but the spec expects sha256 {term.sha256[:12]}",
+            )
         if meta.ref in by_ref:
-            problems.add(SpecError, f"duplicate vector: {by_ref[meta.ref]!r} and {term.ref!r} both resolve to {meta.ref}")
+            problems.add(
+                SpecError, f"duplicate vector: {by_ref[meta.ref]!r} and {term.ref!r} both resolve to {meta.ref}"
+            )
             continue
         if meta.sha256 in by_sha:
             first_ref, first_meta = by_sha[meta.sha256]
-            problems.add(SpecError, f"duplicate vector: {first_ref!r} ({first_meta}) and {term.ref!r} ({meta.ref}) "
-                                    f"have the same sha256 {meta.sha256[:12]}")
+            problems.add(
+                SpecError,
+                f"duplicate vector: {first_ref!r} ({first_meta}) and {term.ref!r} ({meta.ref}) "
+                f"have the same sha256 {meta.sha256[:12]}",
+            )
             continue
         by_ref[meta.ref] = term.ref
         by_sha[meta.sha256] = (term.ref, meta.ref)
         if not math.isfinite(term.coefficient):
             problems.add(SpecError, f"{term.ref!r}: coefficient {term.coefficient} is not finite")
         elif abs(term.coefficient) > _ACCUMULATOR_MAX[spec.accumulate]:
-            problems.add(SpecError, f"{term.ref!r}: coefficient {term.coefficient:g} overflows the "
-                                    f"{spec.accumulate} accumulator")
+            problems.add(
+                SpecError, f"{term.ref!r}: coefficient {term.coefficient:g} overflows the {spec.accumulate} accumulator"
+            )
         if spec.normalize and not meta.norm > 0:
             problems.add(SpecError, f"{term.ref!r}: cannot {opt('normalize', True)} {meta.ref}, its norm is 0")
         path = store.blobs.path(meta.sha256)
         try:
             file = SafetensorsFile(path)
         except PvregError:
-            problems.add(NotFoundError, f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing or damaged (run pvreg verify)")
+            problems.add(
+                NotFoundError, f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing or damaged (run pvreg verify)"
+            )
             continue
         scale = (1.0 / meta.norm) if spec.normalize and meta.norm > 0 else 1.0
         inputs.append(Input(term, meta, file, term.coefficient * meta.sign * scale))
@@ -238,12 +269,17 @@ def prepare(
         else:
             if expected is not None and resolved.fingerprint != expected:
                 origins = ", ".join(f"{i.term.ref} -> {i.meta.ref}" for i in inputs)
-                problems.add(BaseMismatchError, f"base mismatch: {opt('base')} {os.fspath(base)} has fingerprint "
-                                                f"{resolved.fingerprint[:16]} but the vectors expect {expected[:16]} ({origins})")
+                problems.add(
+                    BaseMismatchError,
+                    f"base mismatch: {opt('base')} {os.fspath(base)} has fingerprint "
+                    f"{resolved.fingerprint[:16]} but the vectors expect {expected[:16]} ({origins})",
+                )
                 resolved = None
             elif need_base and resolved.infos is None:
-                problems.add(NotFoundError, f"{opt('base')} {os.fspath(base)}: no local copy of this base is known; "
-                                            "give the model directory")
+                problems.add(
+                    NotFoundError,
+                    f"{opt('base')} {os.fspath(base)}: no local copy of this base is known; give the model directory",
+                )
     elif expected is not None and (need_base or lookup_base):
         info = store.base_info(expected)
         if info is not None and info.local_path and Path(info.local_path).exists():
@@ -254,11 +290,17 @@ def prepare(
             if candidate is not None and candidate.fingerprint == expected:
                 resolved = candidate
             elif need_base:
-                problems.add(BaseMismatchError, f"no {opt('base')} given and the registry's copy of base {expected[:16]} "
-                                                f"at {info.local_path} no longer has that fingerprint")
+                problems.add(
+                    BaseMismatchError,
+                    f"no {opt('base')} given and the registry's copy of base {expected[:16]} "
+                    f"at {info.local_path} no longer has that fingerprint",
+                )
         elif need_base:
-            problems.add(NotFoundError, f"no {opt('base')} given and the registry knows no local path for base "
-                                        f"{expected[:16]}; pass {opt('base')} DIR")
+            problems.add(
+                NotFoundError,
+                f"no {opt('base')} given and the registry knows no local path for base "
+                f"{expected[:16]}; pass {opt('base')} DIR",
+            )
 
     if resolved is not None and resolved.infos is not None:
         for i in inputs:
@@ -269,8 +311,11 @@ def prepare(
             for name, info in i.file.infos.items():
                 seen = shapes.setdefault(name, (i.meta.ref, info.shape))
                 if seen[1] != info.shape:
-                    problems.add(BaseMismatchError, f"tensor {name!r} has shape {list(seen[1])} in {seen[0]} "
-                                                    f"but {list(info.shape)} in {i.meta.ref}")
+                    problems.add(
+                        BaseMismatchError,
+                        f"tensor {name!r} has shape {list(seen[1])} in {seen[0]} "
+                        f"but {list(info.shape)} in {i.meta.ref}",
+                    )
     extra_files: list[tuple[str, Path]] = []
     if need_base and resolved is not None and resolved.path is not None and resolved.path.is_dir():
         extra_files, found = base_files(resolved.path)
@@ -299,5 +344,14 @@ def prepare(
         accumulate=spec.accumulate,
         dtype=spec.dtype,
     )
-    return Plan(resolved_spec, spec, inputs, method, expected, resolved, dtype_code,
-                {k: v for k, v in record.items() if k != "method"}, extra_files)
+    return Plan(
+        resolved_spec,
+        spec,
+        inputs,
+        method,
+        expected,
+        resolved,
+        dtype_code,
+        {k: v for k, v in record.items() if k != "method"},
+        extra_files,
+    )

@@ -46,7 +46,7 @@ def parse_token(token: str) -> ComposeTerm:
     if not isinstance(token, str) or not token.strip():
         raise SpecError(f"invalid spec token {token!r}: empty")
     if token.startswith(SHA_PREFIX):
-        hexpart, sep, coef = token[len(SHA_PREFIX):].partition(":")
+        hexpart, sep, coef = token[len(SHA_PREFIX) :].partition(":")
         ref = SHA_PREFIX + hexpart
     else:
         ref, sep, coef = token.partition(":")

@@ -13,7 +13,6 @@ import torch
 _INT_VIEW: dict[torch.dtype, torch.dtype] = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
-
 def derive_seed(seed: int, tensor_name: str, key: str) -> int:
     """Generator seed for one (seed, tensor, vector) triple.
 

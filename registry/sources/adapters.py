@@ -26,10 +26,10 @@ from pvreg.registry.tensors.safetensors import TensorInfo
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.registry.sources.lora import LoraAdapter
     from pvreg.registry.storage.bases import ResolvedBase
     from pvreg.registry.tensors.fingerprint import FingerprintCache
-
 
 
 @dataclass
@@ -37,7 +37,7 @@ class _Adapter:
     role: str
     path: Path
     coefficient: float
-    adapter: "LoraAdapter"
+    adapter: LoraAdapter
     weights: Checkpoint
     fingerprint: str
     digests: dict[str, str]
@@ -45,9 +45,16 @@ class _Adapter:
     zero: set[str]  # base tensor names whose ΔW is exactly zero (A or B all zero, or scaling 0)
 
 
-def _open_adapter(role: str, path: Path, coefficient: float, base_shapes: Mapping[str, tuple[int, ...]],
-                  cache: "FingerprintCache", stack: ExitStack) -> _Adapter:
+def _open_adapter(
+    role: str,
+    path: Path,
+    coefficient: float,
+    base_shapes: Mapping[str, tuple[int, ...]],
+    cache: FingerprintCache,
+    stack: ExitStack,
+) -> _Adapter:
     import torch
+
     from pvreg.registry.sources.lora import LoraAdapter
 
     adapter = LoraAdapter.open(path)  # config and key checks: no tensor data yet
@@ -56,7 +63,7 @@ def _open_adapter(role: str, path: Path, coefficient: float, base_shapes: Mappin
     fingerprint, digests = _hash(weights, cache)
     zero: set[str] = set()
     for base_name, module in mapping.items():
-        m = adapter._module(module)  # noqa: SLF001 - same package: the factor keys
+        m = adapter._module(module)
         a, b = weights.tensor(m.key_a), weights.tensor(m.key_b)
         if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
             raise InvalidVectorError(f"{adapter.weights_path}: LoRA factors of module {module!r} contain NaN or Inf")
@@ -70,11 +77,11 @@ def _open_adapter(role: str, path: Path, coefficient: float, base_shapes: Mappin
 
 def _same_delta(x: _Adapter, y: _Adapter, base_name: str) -> bool:
     """ΔW bit-identical in both adapters: same factor bytes and dtypes, same scaling and layout."""
-    mx = x.adapter._module(x.mapping[base_name])  # noqa: SLF001
-    my = y.adapter._module(y.mapping[base_name])  # noqa: SLF001
+    mx = x.adapter._module(x.mapping[base_name])
+    my = y.adapter._module(y.mapping[base_name])
     return (
         mx.scaling == my.scaling
-        and x.adapter._resolved[base_name][1] == y.adapter._resolved[base_name][1]  # noqa: SLF001 - transpose
+        and x.adapter._resolved[base_name][1] == y.adapter._resolved[base_name][1]
         and all(
             x.weights.infos[kx].dtype == y.weights.infos[ky].dtype and x.digests[kx] == y.digests[ky]
             for kx, ky in ((mx.key_a, my.key_a), (mx.key_b, my.key_b))
@@ -95,7 +102,7 @@ class _LoraSource:
     def plan(self) -> list[TensorInfo]:
         return list(self.infos)
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
 
         exact: torch.Tensor | None = None
         for term in self.terms[name]:
@@ -144,8 +151,9 @@ def _adapter_facts(a: _Adapter) -> dict[str, Any]:
     return facts
 
 
-def _lora_vector(resolved: "ResolvedBase", inputs: list[tuple[str, Path, float]], stored: str | None,
-                 cache: "FingerprintCache") -> Made:
+def _lora_vector(
+    resolved: ResolvedBase, inputs: list[tuple[str, Path, float]], stored: str | None, cache: FingerprintCache
+) -> Made:
     is_pair = len(inputs) == 2
     base_infos = _require_infos(resolved, f"{opt('positive')}/{opt('negative')}" if is_pair else f"{opt('lora')}")
     base_shapes = {n: i.shape for n, i in base_infos.items()}
@@ -170,12 +178,11 @@ def _lora_vector(resolved: "ResolvedBase", inputs: list[tuple[str, Path, float]]
         if not terms:
             raise InvalidVectorError(
                 f"{label}: all deltas are zero ({len(touched)} adapted tensors: a factor is all zero"
-                + (" or both adapters are identical" if is_pair else "") + "); there is no vector to store"
+                + (" or both adapters are identical" if is_pair else "")
+                + "); there is no vector to store"
             )
         item = DTYPES[code][0]
-        infos = [
-            TensorInfo(n, code, base_shapes[n], math.prod(base_shapes[n]) * item) for n in sorted(terms)
-        ]
+        infos = [TensorInfo(n, code, base_shapes[n], math.prod(base_shapes[n]) * item) for n in sorted(terms)]
         meter = _Meter(label, code, len(infos))
         source = _LoraSource(label, terms, infos, meter, stack.pop_all())
     except BaseException:
@@ -194,5 +201,6 @@ def _lora_vector(resolved: "ResolvedBase", inputs: list[tuple[str, Path, float]]
         "num_adapted_tensors": len(touched),
         "omitted_zero_tensors": _omitted(zero),
     }
-    return Made(source=source, kind="pair" if is_pair else "lora", provenance=provenance,
-                finish=_finish(meter, source.close))
+    return Made(
+        source=source, kind="pair" if is_pair else "lora", provenance=provenance, finish=_finish(meter, source.close)
+    )

@@ -51,7 +51,8 @@ def add_file(
             raise BaseMismatchError(
                 f"{path}: was made for base {e.base_fingerprint[:16]} "
                 f"but {opt('base')} has fingerprint {resolved.fingerprint[:16]}",
-                expected=e.base_fingerprint, actual=resolved.fingerprint,
+                expected=e.base_fingerprint,
+                actual=resolved.fingerprint,
             )
         source = CheckpointSource(ckpt, str(path))
         check_plan(source.plan(), str(path), resolved.infos)
@@ -97,13 +98,28 @@ def add_checkpoints(
 
     resolved = store.resolve_base(base)
     made = extract.build_source(
-        resolved, positive=positive, negative=negative, finetuned=finetuned, lora=lora,
-        dtype=dtype, cache=store.fingerprint_cache,
+        resolved,
+        positive=positive,
+        negative=negative,
+        finetuned=finetuned,
+        lora=lora,
+        dtype=dtype,
+        cache=store.fingerprint_cache,
     )
     return store.store_blob(
         made.source,
-        NewVersion(name=name, stats=None, base=resolved, kind=made.kind, dataset=dataset, sign=sign,
-                   description=description, message=message, tags=tags, provenance=made.provenance),
+        NewVersion(
+            name=name,
+            stats=None,
+            base=resolved,
+            kind=made.kind,
+            dataset=dataset,
+            sign=sign,
+            description=description,
+            message=message,
+            tags=tags,
+            provenance=made.provenance,
+        ),
         progress=progress,
         after=made.finish,
     )

@@ -29,9 +29,9 @@ from pvreg.registry.tensors.safetensors import TensorInfo
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.registry.storage.bases import ResolvedBase
     from pvreg.registry.tensors.fingerprint import FingerprintCache
-
 
 
 @dataclass
@@ -52,7 +52,7 @@ class _DiffSource:
     def plan(self) -> list[TensorInfo]:
         return list(self.infos)
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
         import torch
 
         a = self.minuend.tensor(name)
@@ -78,14 +78,16 @@ class _DiffSource:
 
 
 def _dense(
-    resolved: "ResolvedBase",
+    resolved: ResolvedBase,
     kind: str,
     minuend: tuple[str, Path],
     subtrahend: tuple[str, Path | None],
     stored: str | None,
-    cache: "FingerprintCache",
+    cache: FingerprintCache,
 ) -> Made:
-    base_infos = _require_infos(resolved, f"{opt('positive')}/{opt('negative')}" if kind == "pair" else f"{opt('finetuned')}")
+    base_infos = _require_infos(
+        resolved, f"{opt('positive')}/{opt('negative')}" if kind == "pair" else f"{opt('finetuned')}"
+    )
     stack = ExitStack()
     try:
         (m_role, m_path), (s_role, s_path) = minuend, subtrahend
@@ -109,19 +111,14 @@ def _dense(
         m_fp, m_dig = _hash(m_ckpt, cache)
         s_fp, s_dig = _hash(s_ckpt, cache)
         names = sorted(base_infos)
-        zero = [
-            n for n in names
-            if m_ckpt.infos[n].dtype == s_ckpt.infos[n].dtype and m_dig[n] == s_dig[n]
-        ]
+        zero = [n for n in names if m_ckpt.infos[n].dtype == s_ckpt.infos[n].dtype and m_dig[n] == s_dig[n]]
         zero_set = set(zero)
         kept = [n for n in names if n not in zero_set]
         label = f"{m_path} - {s_path}"
         if not kept:
             raise _all_zero(label, len(names))
         item = DTYPES[code][0]
-        infos = [
-            TensorInfo(n, code, base_infos[n].shape, math.prod(base_infos[n].shape) * item) for n in kept
-        ]
+        infos = [TensorInfo(n, code, base_infos[n].shape, math.prod(base_infos[n].shape) * item) for n in kept]
         meter = _Meter(label, code, len(infos))
         source = _DiffSource(label, m_ckpt, s_ckpt, infos, meter, stack.pop_all())
     except BaseException:
@@ -135,8 +132,10 @@ def _dense(
     }
     if kind == "pair":
         provenance[s_role] = _checkpoint_facts(s_path, s_ckpt, s_fp)
-        provenance["base"] = {"fingerprint": resolved.fingerprint,
-                              "path": str(resolved.path) if resolved.path else None}
+        provenance["base"] = {
+            "fingerprint": resolved.fingerprint,
+            "path": str(resolved.path) if resolved.path else None,
+        }
     else:
         provenance["base"] = {"fingerprint": s_fp, "path": _abs(s_path)}
     provenance |= {
@@ -150,10 +149,9 @@ def _dense(
     return Made(source=source, kind=kind, provenance=provenance, finish=_finish(meter, source.close))
 
 
-def _dense_pair(resolved: "ResolvedBase", pos: Path, neg: Path, stored: str | None,
-                cache: "FingerprintCache") -> Made:
+def _dense_pair(resolved: ResolvedBase, pos: Path, neg: Path, stored: str | None, cache: FingerprintCache) -> Made:
     return _dense(resolved, "pair", ("positive", pos), ("negative", neg), stored, cache)
 
 
-def _dense_finetuned(resolved: "ResolvedBase", ft: Path, stored: str | None, cache: "FingerprintCache") -> Made:
+def _dense_finetuned(resolved: ResolvedBase, ft: Path, stored: str | None, cache: FingerprintCache) -> Made:
     return _dense(resolved, "finetuned", ("finetuned", ft), ("base", None), stored, cache)

@@ -17,9 +17,9 @@ from pvreg.registry.tensors.safetensors import TensorInfo, iter_chunks
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.registry.storage.bases import ResolvedBase
     from pvreg.registry.tensors.fingerprint import FingerprintCache
-
 
 
 #: How many omitted (zero-delta) tensor names the provenance lists.
@@ -45,7 +45,7 @@ def _abs(path: Path) -> str:
     return str(path.expanduser().resolve())
 
 
-def _require_infos(resolved: "ResolvedBase", what: str) -> Mapping[str, TensorInfo]:
+def _require_infos(resolved: ResolvedBase, what: str) -> Mapping[str, TensorInfo]:
     if resolved.infos is None:
         raise UserError(
             f"{what} needs the base model's weights to check tensor names and shapes, but base "
@@ -61,8 +61,11 @@ def _shape(info: TensorInfo) -> list[int]:
 def _check_layouts(sides: list[tuple[str, Mapping[str, TensorInfo]]], base: Mapping[str, TensorInfo]) -> None:
     """Every side must have exactly the base's names and shapes; report the first offence by name."""
     base_shapes = {n: b.shape for n, b in base.items()}
-    found = [(m.tensor, i, label, m) for i, (label, infos) in enumerate(sides)
-             for m in fit_problems({n: t.shape for n, t in infos.items()}, base_shapes, exact=True)]
+    found = [
+        (m.tensor, i, label, m)
+        for i, (label, infos) in enumerate(sides)
+        for m in fit_problems({n: t.shape for n, t in infos.items()}, base_shapes, exact=True)
+    ]
     if found:
         _, _, label, first = min(found, key=lambda f: (f[0], f[1]))
         raise misfit_error(label, [first])
@@ -79,7 +82,7 @@ def _check_floating(sides: list[tuple[str, Mapping[str, TensorInfo]]]) -> None:
                 )
 
 
-def _hash(ckpt: Checkpoint, cache: "FingerprintCache") -> tuple[str, dict[str, str]]:
+def _hash(ckpt: Checkpoint, cache: FingerprintCache) -> tuple[str, dict[str, str]]:
     """(fingerprint, per-tensor digests) in one cached pass (pages are dropped as hashed)."""
     from pvreg.registry.tensors.fingerprint import checkpoint_entries, combine
 
@@ -125,14 +128,14 @@ class _Meter:
     produced: int = 0
     any_nonzero: bool = False
 
-    def store(self, name: str, exact: "torch.Tensor") -> "torch.Tensor":
+    def store(self, name: str, exact: torch.Tensor) -> torch.Tensor:
         """Cast the exact delta to the stored dtype, account for it, and return the stored tensor."""
         target = torch_dtype(self.stored_code)
         stored = exact if exact.dtype == target else exact.to(target)
         self.add(name, exact, stored)
         return stored
 
-    def add(self, name: str, exact: "torch.Tensor", stored: "torch.Tensor") -> None:
+    def add(self, name: str, exact: torch.Tensor, stored: torch.Tensor) -> None:
         import torch
 
         if stored.dtype != exact.dtype:

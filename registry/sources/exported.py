@@ -49,24 +49,34 @@ def embedded_meta(label: str, metadata: Mapping[str, str]) -> VectorMeta | None:
     raw = metadata.get("pvreg")
     if raw is None:
         return None
-    from pvreg.registry.refs import check_version_text
     from pydantic import ValidationError
+
+    from pvreg.registry.refs import check_version_text
 
     try:
         meta = VectorMeta.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidVectorError(f"{label}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}") from None
+        raise InvalidVectorError(
+            f"{label}: embedded pvreg metadata is invalid at {where or 'top level'}: {first.get('msg')}"
+        ) from None
     try:
-        check_version_text(meta.name, dataset=meta.dataset, tags=meta.tags, description=meta.description,
-                           message=meta.message, parents=meta.parents, aliases=meta.aliases)
+        check_version_text(
+            meta.name,
+            dataset=meta.dataset,
+            tags=meta.tags,
+            description=meta.description,
+            message=meta.message,
+            parents=meta.parents,
+            aliases=meta.aliases,
+        )
     except PvregError as exc:
         raise type(exc)(f"{label}: embedded pvreg metadata: {exc}") from None
     return meta
 
 
-def export(store: "Store", ref: str, out: Path, *, force: bool) -> Path:
+def export(store: Store, ref: str, out: Path, *, force: bool) -> Path:
     """Write ``ref``'s blob to ``out`` with its ``VectorMeta`` embedded (see :meth:`pvreg.Registry.export`)."""
     from pvreg.registry.storage.outputs import check_output, registry_paths
 
@@ -80,6 +90,7 @@ def export(store: "Store", ref: str, out: Path, *, force: bool) -> Path:
     try:
         write_exported(blob, meta, out, overwrite=force)
     except FileExistsError:
-        raise OutputExistsError(f"{out}: was created while the export was written; left alone "
-                                f"(use {opt('force', True)} to overwrite)") from None
+        raise OutputExistsError(
+            f"{out}: was created while the export was written; left alone (use {opt('force', True)} to overwrite)"
+        ) from None
     return out

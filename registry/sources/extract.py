@@ -56,14 +56,14 @@ __all__ = ["Made", "build_source"]
 
 
 def build_source(
-    resolved: "ResolvedBase",
+    resolved: ResolvedBase,
     *,
     positive: str | Path | None,
     negative: str | Path | None,
     finetuned: str | Path | None,
     lora: str | Path | None,
     dtype: str | None,
-    cache: "FingerprintCache",
+    cache: FingerprintCache,
 ) -> Made:
     """Validate the inputs against the base and return a streaming source for φ.
 
@@ -76,13 +76,23 @@ def build_source(
     """
     stored = _parse_dtype(dtype)
     pair_given = positive is not None or negative is not None
-    given = [k for k, v in ((f"{opt('positive')}/{opt('negative')}", pair_given), (f"{opt('finetuned')}", finetuned is not None),
-                            (f"{opt('lora')}", lora is not None)) if v]
+    given = [
+        k
+        for k, v in (
+            (f"{opt('positive')}/{opt('negative')}", pair_given),
+            (f"{opt('finetuned')}", finetuned is not None),
+            (f"{opt('lora')}", lora is not None),
+        )
+        if v
+    ]
     if len(given) != 1:
         raise UserError(
             f"give exactly one of {opt('positive')} DIR {opt('negative')} DIR, {opt('finetuned')} DIR or {opt('lora')} DIR"
-            + (f" (got {', '.join(given)}); LoRA adapters may themselves be given as {opt('positive')}/{opt('negative')}"
-               if given else "")
+            + (
+                f" (got {', '.join(given)}); LoRA adapters may themselves be given as {opt('positive')}/{opt('negative')}"
+                if given
+                else ""
+            )
         )
     if pair_given:
         if positive is None or negative is None:
@@ -125,5 +135,3 @@ def _is_adapter(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- LoRA
-
-

@@ -34,7 +34,7 @@ class TensorSource(Protocol):
 
     def plan(self) -> list[TensorInfo]: ...
 
-    def tensor(self, name: str) -> "torch.Tensor": ...
+    def tensor(self, name: str) -> torch.Tensor: ...
 
     def raw(self, name: str) -> memoryview | None:
         """The tensor's bytes if they can be copied verbatim (fast path), else None."""
@@ -55,7 +55,7 @@ class CheckpointSource:
     def plan(self) -> list[TensorInfo]:
         return [self.checkpoint.infos[n] for n in self.checkpoint.names()]
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
         return self.checkpoint.tensor(name)
 
     def raw(self, name: str) -> memoryview | None:
@@ -102,7 +102,7 @@ def check_against_base(
         raise misfit_error(label, misfits, base_label=base_label)
 
 
-def tensor_sq_norm(t: "torch.Tensor", *, label: str, name: str) -> float:
+def tensor_sq_norm(t: torch.Tensor, *, label: str, name: str) -> float:
     """Sum of squares in float64, chunked; raises on NaN/Inf."""
     import torch
 
@@ -170,5 +170,3 @@ def write_blob(
         num_params=sum(i.numel for i in plan),
         created=created,
     )
-
-

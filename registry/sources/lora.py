@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from pvreg.registry.errors import (
     BaseMismatchError,
     InvalidTensorFileError,
@@ -120,9 +121,7 @@ def _pattern_key(pattern_keys: list[str], key: str) -> str | None:
             if re.match(rf"(.*\.)?({pattern})$", key):
                 return pattern
         except re.error as exc:
-            raise UnsupportedAdapterError(
-                f"{ADAPTER_CONFIG}: invalid rank/alpha pattern {pattern!r}: {exc}"
-            ) from None
+            raise UnsupportedAdapterError(f"{ADAPTER_CONFIG}: invalid rank/alpha pattern {pattern!r}: {exc}") from None
     return None
 
 
@@ -169,7 +168,7 @@ class LoraAdapter:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, adapter_dir: Path) -> "LoraAdapter":
+    def open(cls, adapter_dir: Path) -> LoraAdapter:
         adapter_dir = Path(adapter_dir)
         config_path = adapter_dir / ADAPTER_CONFIG
         if not config_path.is_file():
@@ -178,7 +177,9 @@ class LoraAdapter:
             raw = read_capped(config_path, MAX_CONFIG_BYTES, InvalidTensorFileError, "adapter config")
             config = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, huge ints
-            raise InvalidTensorFileError(f"{config_path}: cannot parse adapter config: {exc.__class__.__name__}") from None
+            raise InvalidTensorFileError(
+                f"{config_path}: cannot parse adapter config: {exc.__class__.__name__}"
+            ) from None
         if not isinstance(config, dict):
             raise InvalidTensorFileError(f"{config_path}: adapter config is not a JSON object")
         _check_config(config, config_path)
@@ -299,9 +300,7 @@ class LoraAdapter:
         for module, layout in layouts.items():
             if layout is not None:
                 continue
-            if not decided:
-                layouts[module] = fan_in_fan_out
-            elif decided == {fan_in_fan_out}:
+            if not decided or decided == {fan_in_fan_out}:
                 layouts[module] = fan_in_fan_out
             else:
                 raise UnsupportedAdapterError(
@@ -343,9 +342,7 @@ class LoraAdapter:
             self._weights.release(m.key_a)
             self._weights.release(m.key_b)
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise InvalidTensorFileError(
-                f"{self.weights_path}: LoRA factors of module {m.name!r} contain NaN or Inf"
-            )
+            raise InvalidTensorFileError(f"{self.weights_path}: LoRA factors of module {m.name!r} contain NaN or Inf")
         return a, b
 
 
@@ -418,13 +415,9 @@ def _classify_legacy_pickle(path: Path) -> None:
         data = path.read_bytes()
         ops = [op.name for op, _, _ in pickletools.genops(io.BytesIO(data))]
     except Exception:
-        raise InvalidTensorFileError(
-            f"{path}: neither a zip-format torch checkpoint nor a readable pickle"
-        ) from None
+        raise InvalidTensorFileError(f"{path}: neither a zip-format torch checkpoint nor a readable pickle") from None
     if _IMPORTING_OPS.intersection(ops):
-        raise UnsafeCheckpointError(
-            f"{path}: pickle imports or calls objects (needs code execution to load), refused"
-        )
+        raise UnsafeCheckpointError(f"{path}: pickle imports or calls objects (needs code execution to load), refused")
     raise InvalidTensorFileError(
         f"{path}: legacy (non-zip) torch checkpoint cannot be memory-mapped; "
         "re-save it as safetensors or with torch.save's zip serialization"
@@ -464,7 +457,9 @@ def _collect_modules(
         key_a, key_b = slot["A"], slot["B"]
         for key in (key_a, key_b):
             if dtypes[key] not in FLOAT_DTYPES:
-                raise InvalidTensorFileError(f"{path}: tensor {key!r} has non-float dtype {dtype_name(dtypes[key]) if dtypes[key] in DTYPES else dtypes[key]}")
+                raise InvalidTensorFileError(
+                    f"{path}: tensor {key!r} has non-float dtype {dtype_name(dtypes[key]) if dtypes[key] in DTYPES else dtypes[key]}"
+                )
         shape_a, shape_b = shapes[key_a], shapes[key_b]
         if len(shape_a) != 2 or len(shape_b) != 2:
             raise UnsupportedAdapterError(

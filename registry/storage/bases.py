@@ -29,12 +29,12 @@ class ResolvedBase:
     """
 
     fingerprint: str
-    infos: "Mapping[str, TensorInfo] | None" = None
+    infos: Mapping[str, TensorInfo] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
 
-def resolve_base(store: "Store", base: str | os.PathLike[str]) -> ResolvedBase:
+def resolve_base(store: Store, base: str | os.PathLike[str]) -> ResolvedBase:
     """A base given as a path (fingerprinted, shapes known) or a fingerprint (prefix).
 
     Raises:

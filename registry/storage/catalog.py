@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import Connection, Row, func, select
+
 from pvreg.registry.errors import AmbiguousReferenceError, NotFoundError, PvregError
 from pvreg.registry.refs import Ref, parse_ref
 from pvreg.registry.storage.tables import (
@@ -29,7 +31,6 @@ from pvreg.registry.storage.tables import (
 from pvreg.registry.storage.tables import compositions as compositions_table
 from pvreg.registry.storage.tables import hub_records as hub_records_table
 from pvreg.schemas.vector import BaseModelInfo, ListEntry, ParentRef, VectorMeta
-from sqlalchemy import Connection, Row, func, select
 
 if TYPE_CHECKING:
     from pvreg.schemas.compose import CompositionRecord
@@ -148,7 +149,9 @@ def latest(conn: Connection) -> list[ListEntry]:
     active_max = (
         select(v.vector_id, func.max(v.version).label("v")).where(v.state == "active").group_by(v.vector_id).subquery()
     )
-    any_max = select(v.vector_id, func.max(v.version).label("v"), func.count().label("n")).group_by(v.vector_id).subquery()
+    any_max = (
+        select(v.vector_id, func.max(v.version).label("v"), func.count().label("n")).group_by(v.vector_id).subquery()
+    )
     rows = conn.execute(
         _versions()
         .add_columns(any_max.c.n, base_models.c.label.label("base_label"))
@@ -181,14 +184,19 @@ def base_info(conn: Connection, fingerprint: str) -> BaseModelInfo | None:
 
 def _base_info(row: Row[Any]) -> BaseModelInfo:
     return BaseModelInfo(
-        fingerprint=row.fingerprint, label=row.label, hub_id=row.hub_id, architecture=row.architecture,
-        num_tensors=row.num_tensors, num_params=row.num_params, local_path=row.local_path,
+        fingerprint=row.fingerprint,
+        label=row.label,
+        hub_id=row.hub_id,
+        architecture=row.architecture,
+        num_tensors=row.num_tensors,
+        num_params=row.num_params,
+        local_path=row.local_path,
     )
 
 
 def _chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
     for i in range(0, len(values), _CHUNK):
-        yield values[i:i + _CHUNK]
+        yield values[i : i + _CHUNK]
 
 
 def _metas(
@@ -210,7 +218,8 @@ def _metas(
     for chunk in _chunks(ids):
         for r in conn.execute(
             select(p.version_id, p.parent_ref, p.parent_sha256, p.coefficient)
-            .where(p.version_id.in_(chunk)).order_by(p.version_id, p.position)
+            .where(p.version_id.in_(chunk))
+            .order_by(p.version_id, p.position)
         ):
             parents.setdefault(r.version_id, []).append(
                 ParentRef(ref=r.parent_ref, sha256=r.parent_sha256, coefficient=r.coefficient)
@@ -259,10 +268,15 @@ def version_id(conn: Connection, name: str, version: int) -> int | None:
 
 def has_blob_under(conn: Connection, name: str, sha256: str) -> bool:
     """Whether some version of ``name`` already stores exactly this blob."""
-    return conn.scalar(
-        select(versions.c.id).select_from(_NAMED_VERSIONS)
-        .where(vectors.c.name == name, versions.c.sha256 == sha256).limit(1)
-    ) is not None
+    return (
+        conn.scalar(
+            select(versions.c.id)
+            .select_from(_NAMED_VERSIONS)
+            .where(vectors.c.name == name, versions.c.sha256 == sha256)
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def refs_by_blob(conn: Connection, shas: Sequence[str]) -> dict[str, list[str]]:
@@ -270,8 +284,10 @@ def refs_by_blob(conn: Connection, shas: Sequence[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for chunk in _chunks(sorted(set(shas))):
         for name, version, sha in conn.execute(
-            select(vectors.c.name, versions.c.version, versions.c.sha256).select_from(_NAMED_VERSIONS)
-            .where(versions.c.sha256.in_(chunk)).order_by(vectors.c.name, versions.c.version)
+            select(vectors.c.name, versions.c.version, versions.c.sha256)
+            .select_from(_NAMED_VERSIONS)
+            .where(versions.c.sha256.in_(chunk))
+            .order_by(vectors.c.name, versions.c.version)
         ):
             out.setdefault(sha, []).append(f"{name}@{version}")
     return out
@@ -281,8 +297,15 @@ def hub_records(conn: Connection, version_id: int) -> list[dict[str, Any]]:
     """Every push/pull recorded for one version, oldest first."""
     h = hub_records_table.c
     return [
-        {"direction": r.direction, "endpoint": r.endpoint, "repo": r.repo, "revision": r.revision,
-         "commit_sha": r.commit_sha, "path": r.path, "created_at": utc(r.created_at)}
+        {
+            "direction": r.direction,
+            "endpoint": r.endpoint,
+            "repo": r.repo,
+            "revision": r.revision,
+            "commit_sha": r.commit_sha,
+            "path": r.path,
+            "created_at": utc(r.created_at),
+        }
         for r in conn.execute(select(hub_records_table).where(h.version_id == version_id).order_by(h.id))
     ]
 
@@ -293,9 +316,15 @@ def compositions(conn: Connection) -> list[CompositionRecord]:
 
     return [
         CompositionRecord(
-            id=r.id, created_at=utc(r.created_at), method=r.method, spec=r.spec,
-            base_fingerprint=r.base_fingerprint, output_kind=r.output_kind, output_path=r.output_path,
-            output_fingerprint=r.output_fingerprint, result_version_id=r.result_version_id,
+            id=r.id,
+            created_at=utc(r.created_at),
+            method=r.method,
+            spec=r.spec,
+            base_fingerprint=r.base_fingerprint,
+            output_kind=r.output_kind,
+            output_path=r.output_path,
+            output_fingerprint=r.output_fingerprint,
+            result_version_id=r.result_version_id,
             pvreg_version=r.pvreg_version,
         )
         for r in conn.execute(select(compositions_table).order_by(compositions_table.c.id))

@@ -27,6 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    text,
+)
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import OperationalError
+
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry.errors import (
     DatabaseVersionError,
@@ -45,18 +58,6 @@ from pvreg.registry.files import (
 from pvreg.registry.settings import Settings
 from pvreg.registry.storage import environment
 from pvreg.registry.storage.blobstore import BlobStore
-from sqlalchemy import (
-    URL,
-    Connection,
-    Engine,
-    create_engine,
-    event,
-    inspect,
-    make_url,
-    text,
-)
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.exc import OperationalError
 
 if TYPE_CHECKING:  # the ORM is imported only by writers (see catalog.py for why)
     from sqlalchemy.orm import Session, sessionmaker
@@ -77,7 +78,7 @@ RW, RO, IMMUTABLE = "rw", "ro", "immutable"
 RACE_CONSTRAINTS = frozenset({"uq_versions_vector_version", "uq_vectors_name", "pk_base_models", "pk_aliases"})
 
 
-def _sqlite_file(url: "str | URL") -> Path | None:
+def _sqlite_file(url: str | URL) -> Path | None:
     """The file behind a SQLite URL (None for other databases and in-memory ones)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
@@ -136,8 +137,11 @@ def make_engine(url: str, *, access: str = RW, busy_timeout_s: float = 60.0) -> 
         path = _sqlite_file(url)
         if access != RW and path is not None:
             uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if access == IMMUTABLE else "")
-            options = {"creator": functools.partial(sqlite3.connect, uri, uri=True, timeout=busy_timeout_s,
-                                                    check_same_thread=False)}
+            options = {
+                "creator": functools.partial(
+                    sqlite3.connect, uri, uri=True, timeout=busy_timeout_s, check_same_thread=False
+                )
+            }
         engine = create_engine(url, **options)
 
         @event.listens_for(engine, "connect")
@@ -356,9 +360,7 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def run_transaction(
-    factory: sessionmaker[Session], work: Callable[[Session], T], *, attempts: int = 12
-) -> T:
+def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T], *, attempts: int = 12) -> T:
     """Run ``work`` in one transaction, retrying it whole on contention (see :func:`is_retryable`).
 
     Any other error propagates after rollback; contention that outlasts every
@@ -385,7 +387,7 @@ def run_transaction(
     raise AssertionError("unreachable")
 
 
-def sessions(engine: Engine) -> "sessionmaker[Session]":
+def sessions(engine: Engine) -> sessionmaker[Session]:
     from sqlalchemy.orm import sessionmaker
 
     return sessionmaker(engine, expire_on_commit=False)

@@ -65,7 +65,7 @@ _READONLY_WHY = {
 }
 
 
-def database_label(url: "str | URL") -> str:
+def database_label(url: str | URL) -> str:
     """How messages name a database: the SQLite file, or the URL without its password."""
     from sqlalchemy.engine import make_url
 
@@ -113,7 +113,9 @@ def db_failure(exc: BaseException, where: str) -> PvregError | None:
             return StorageError(f"{where}: database or disk is full; free some space and retry")
         if code == SQLITE_READONLY:
             why = _READONLY_WHY.get(name, "the file or its directory is not writable")
-            return ReadOnlyRegistryError(f"{where}: the registry database is read-only ({why}); this command needs write access")
+            return ReadOnlyRegistryError(
+                f"{where}: the registry database is read-only ({why}); this command needs write access"
+            )
         if code == SQLITE_CANTOPEN:
             return StorageError(f"{where}: cannot open the database: {_cantopen_reason(Path(where))}")
         if code in (SQLITE_NOTADB, SQLITE_CORRUPT):
@@ -122,7 +124,9 @@ def db_failure(exc: BaseException, where: str) -> PvregError | None:
                 "restore it from a backup (registry.db.backup-* beside it)"
             )
         if name == "SQLITE_IOERR_SHMSIZE":  # growing the -shm file failed: in practice a full file system
-            return StorageError(f"{where}: cannot grow its -shm file: no space left on device (the file system is full)")
+            return StorageError(
+                f"{where}: cannot grow its -shm file: no space left on device (the file system is full)"
+            )
         if code == SQLITE_IOERR:
             return StorageError(f"{where}: disk I/O error ({name or first_line(exc)})")
         if code == SQLITE_PERM:
@@ -168,8 +172,7 @@ def os_failure(exc: OSError, *, home: Path | None, read_only: bool = False, op: 
     inside = home is not None and (path is None or _under(path, home))
     if exc.errno in _DENIED and inside and (read_only or exc.errno == errno.EROFS):
         return ReadOnlyRegistryError(
-            f"registry {home} is read-only ({path or home}: {cause})"
-            + (f"; {op} needs write access" if op else "")
+            f"registry {home} is read-only ({path or home}: {cause})" + (f"; {op} needs write access" if op else "")
         )
     if path is None:
         path = home
@@ -177,8 +180,9 @@ def os_failure(exc: OSError, *, home: Path | None, read_only: bool = False, op: 
     return StorageError(f"{prefix}{cause}" + (f" (during {op})" if op else ""))
 
 
-def translate(exc: BaseException, *, home: Path | None, database: str, read_only: bool = False,
-              op: str | None = None) -> PvregError | None:
+def translate(
+    exc: BaseException, *, home: Path | None, database: str, read_only: bool = False, op: str | None = None
+) -> PvregError | None:
     """Dispatch: ``OSError``, raw ``sqlite3`` errors and SQLAlchemy-wrapped DBAPI errors."""
     from sqlalchemy.exc import DBAPIError
 
@@ -227,8 +231,13 @@ def _guard_method(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(self, *args, **kwargs)
         except Exception as exc:
             settings = self.settings
-            err = translate(exc, home=settings.home, database=database_label(settings.database_url),
-                            read_only=getattr(self, "read_only", False), op=fn.__name__)
+            err = translate(
+                exc,
+                home=settings.home,
+                database=database_label(settings.database_url),
+                read_only=getattr(self, "read_only", False),
+                op=fn.__name__,
+            )
             if err is None:
                 raise
             raise err from exc

@@ -12,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pvreg.registry.storage import tables
 from sqlalchemy.orm import DeclarativeBase, Mapped, relationship
+
+from pvreg.registry.storage import tables
 
 
 class Base(DeclarativeBase):

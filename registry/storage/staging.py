@@ -108,5 +108,7 @@ def publish_file(tmp: Path, out: Path, *, force: bool) -> None:
 
 
 def _appeared(out: Path) -> str:
-    return (f"{out}: something was created there while the output was being written; it was left alone "
-            f"and the new output discarded (use {opt('force', True)} to replace it)")
+    return (
+        f"{out}: something was created there while the output was being written; it was left alone "
+        f"and the new output discarded (use {opt('force', True)} to replace it)"
+    )

@@ -24,10 +24,11 @@ from pvreg.registry.storage.writes import NewVersion, insert_version
 from pvreg.schemas.vector import BaseModelInfo, VectorMeta
 
 if TYPE_CHECKING:
-    from pvreg.registry.sources.ingest import BlobStats, TensorSource
-    from pvreg.registry.tensors.fingerprint import FingerprintCache
     from sqlalchemy import Connection
     from sqlalchemy.orm import Session, sessionmaker
+
+    from pvreg.registry.sources.ingest import BlobStats, TensorSource
+    from pvreg.registry.tensors.fingerprint import FingerprintCache
 
 T = TypeVar("T")
 
@@ -42,7 +43,7 @@ class Store:
         self.read_only = read_only or access != db.RW
         self.engine = db.make_engine(settings.database_url, access=access)
         self.blobs = BlobStore(settings.blob_dir, settings.gc_lock)
-        self._session_factory: "sessionmaker[Session] | None" = None
+        self._session_factory: sessionmaker[Session] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -50,17 +51,17 @@ class Store:
     # --- transactions --------------------------------------------------------------
 
     @property
-    def sessions(self) -> "sessionmaker[Session]":
+    def sessions(self) -> sessionmaker[Session]:
         """ORM sessions for writers, built on first use: readers never import the ORM."""
         if self._session_factory is None:
             self._session_factory = db.sessions(self.engine)
         return self._session_factory
 
-    def read(self) -> "contextlib.AbstractContextManager[Connection]":
+    def read(self) -> contextlib.AbstractContextManager[Connection]:
         """A read-only snapshot connection (never waits for a writer)."""
         return db.read_connection(self.engine)
 
-    def transaction(self, work: "Callable[[Session], T]") -> T:
+    def transaction(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, retried on genuine contention only."""
         return db.run_transaction(self.sessions, work)
 
@@ -101,13 +102,15 @@ class Store:
         meta = self.resolve(ref)
         path = self.blobs.path(meta.sha256)
         if not path.is_file():
-            raise NotFoundError(f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing from the store (run pvreg verify)")
+            raise NotFoundError(
+                f"{meta.ref}: blob sha256:{meta.sha256[:12]} is missing from the store (run pvreg verify)"
+            )
         return path
 
     # --- bases ---------------------------------------------------------------------
 
     @property
-    def fingerprint_cache(self) -> "FingerprintCache":
+    def fingerprint_cache(self) -> FingerprintCache:
         from pvreg.registry.tensors.fingerprint import FingerprintCache
 
         return FingerprintCache(self.settings.cache_dir / "fingerprints")
@@ -120,12 +123,12 @@ class Store:
 
     def store_blob(
         self,
-        source: "TensorSource",
+        source: TensorSource,
         new: NewVersion,
         *,
         progress: Callable[[int], None] | None = None,
         expect_sha256: str | None = None,
-        after: "Callable[[BlobStats], None] | None" = None,
+        after: Callable[[BlobStats], None] | None = None,
     ) -> VectorMeta:
         """Write the blob and insert its version, holding gc off in between.
 
@@ -174,4 +177,3 @@ class Store:
         """
         version_id, _ = self.transaction(lambda s: insert_version(s, new))
         return self.meta_by_id(version_id)
-

@@ -58,19 +58,36 @@ def verify_versions(metas: Sequence[VectorMeta], store: BlobStore) -> VerifyRepo
                     report.problems.append(VerifyProblem(ref=r, problem=str(exc)))
             for m in group:
                 if actual != sha:
-                    report.problems.append(VerifyProblem(ref=m.ref, problem=f"blob content hashes to {actual[:12]}, expected {sha[:12]}"))
+                    report.problems.append(
+                        VerifyProblem(ref=m.ref, problem=f"blob content hashes to {actual[:12]}, expected {sha[:12]}")
+                    )
                     continue
                 if size != m.size_bytes:
-                    report.problems.append(VerifyProblem(ref=m.ref, problem=f"blob is {size} bytes, expected {m.size_bytes}"))
+                    report.problems.append(
+                        VerifyProblem(ref=m.ref, problem=f"blob is {size} bytes, expected {m.size_bytes}")
+                    )
                 if norms is None:
                     continue
                 if set(norms) != set(m.tensor_norms):
-                    report.problems.append(VerifyProblem(ref=m.ref, problem="blob tensor names differ from the recorded per-tensor norms"))
+                    report.problems.append(
+                        VerifyProblem(ref=m.ref, problem="blob tensor names differ from the recorded per-tensor norms")
+                    )
                     continue
-                bad = [n for n, v in norms.items() if not math.isclose(v, m.tensor_norms[n], rel_tol=REL_TOL, abs_tol=1e-30)]
+                bad = [
+                    n
+                    for n, v in norms.items()
+                    if not math.isclose(v, m.tensor_norms[n], rel_tol=REL_TOL, abs_tol=1e-30)
+                ]
                 if bad:
-                    report.problems.append(VerifyProblem(ref=m.ref, problem=f"norm of tensor {bad[0]!r} is {norms[bad[0]]:.9g}, recorded {m.tensor_norms[bad[0]]:.9g}"))
+                    report.problems.append(
+                        VerifyProblem(
+                            ref=m.ref,
+                            problem=f"norm of tensor {bad[0]!r} is {norms[bad[0]]:.9g}, recorded {m.tensor_norms[bad[0]]:.9g}",
+                        )
+                    )
                 total = math.sqrt(sum(v * v for v in norms.values()))
                 if not math.isclose(total, m.norm, rel_tol=1e-6):
-                    report.problems.append(VerifyProblem(ref=m.ref, problem=f"L2 norm is {total:.9g}, recorded {m.norm:.9g}"))
+                    report.problems.append(
+                        VerifyProblem(ref=m.ref, problem=f"L2 norm is {total:.9g}, recorded {m.norm:.9g}")
+                    )
     return report

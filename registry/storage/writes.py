@@ -20,9 +20,10 @@ from pvreg.registry.storage.bases import ResolvedBase
 from pvreg.schemas.vector import ParentRef, VectorMeta
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from pvreg.registry.sources.ingest import BlobStats
     from pvreg.registry.storage.models import Version
-    from sqlalchemy.orm import Session
 
 
 @dataclass
@@ -30,7 +31,7 @@ class NewVersion:
     """Everything needed to insert a version once its blob is stored."""
 
     name: str
-    stats: "BlobStats | None"
+    stats: BlobStats | None
     base: ResolvedBase
     kind: str = "file"
     dataset: str | None = None
@@ -48,17 +49,25 @@ class NewVersion:
         # written and before any row, so a bad field leaves the registry untouched.
         from pvreg.registry.refs import check_version_text
 
-        check_version_text(self.name, dataset=self.dataset, tags=self.tags, description=self.description,
-                           message=self.message, parents=self.parents)
+        check_version_text(
+            self.name,
+            dataset=self.dataset,
+            tags=self.tags,
+            description=self.description,
+            message=self.message,
+            parents=self.parents,
+        )
 
 
-def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
+def insert_version(s: Session, new: NewVersion) -> tuple[int, bool]:
     """Insert ``new`` inside the caller's transaction: (version id, whether a row was created).
 
     With ``new.dedupe`` an existing version of the same name with the same sha256 is
     returned (created False).  ``Store.commit_version`` runs it in a transaction of
     its own; ``pull`` runs one per vector in a single transaction (all or nothing).
     """
+    from sqlalchemy import func, select
+
     from pvreg.registry.storage.models import (
         BaseModelRow,
         Vector,
@@ -66,7 +75,6 @@ def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
         VersionParent,
         VersionTag,
     )
-    from sqlalchemy import func, select
 
     stats = new.stats
     assert stats is not None, "the blob is stored before its version is inserted"
@@ -78,9 +86,7 @@ def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
     elif new.description is not None:
         vec.description = new.description
     if new.dedupe:
-        existing = s.scalar(
-            select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256)
-        )
+        existing = s.scalar(select(Version.id).where(Version.vector_id == vec.id, Version.sha256 == stats.sha256))
         if existing is not None:
             return existing, False
     base_row = s.get(BaseModelRow, new.base.fingerprint)
@@ -113,14 +119,17 @@ def insert_version(s: "Session", new: NewVersion) -> tuple[int, bool]:
     s.add(row)
     s.flush()
     for pos, p in enumerate(new.parents):
-        s.add(VersionParent(version_id=row.id, position=pos, parent_ref=p.ref,
-                            parent_sha256=p.sha256, coefficient=p.coefficient))
+        s.add(
+            VersionParent(
+                version_id=row.id, position=pos, parent_ref=p.ref, parent_sha256=p.sha256, coefficient=p.coefficient
+            )
+        )
     for k, v in sorted(new.tags.items()):
         s.add(VersionTag(version_id=row.id, key=k, value=v))
     return row.id, True
 
 
-def resolve_row(s: "Session", ref: str) -> "Version":
+def resolve_row(s: Session, ref: str) -> Version:
     """The ORM row ``ref`` names, resolved inside the writer's own transaction."""
     from pvreg.registry.storage.models import Version
 
@@ -130,7 +139,7 @@ def resolve_row(s: "Session", ref: str) -> "Version":
     return row
 
 
-def set_alias(s: "Session", ref: str, alias: str) -> int:
+def set_alias(s: Session, ref: str, alias: str) -> int:
     """Point ``alias`` of the referenced vector at that version (moving it if set); the version id."""
     from pvreg.registry.storage.models import Alias
 
@@ -143,9 +152,10 @@ def set_alias(s: "Session", ref: str, alias: str) -> int:
     return row.id
 
 
-def remove_alias(s: "Session", name: str, alias: str) -> None:
-    from pvreg.registry.storage.models import Alias, Vector
+def remove_alias(s: Session, name: str, alias: str) -> None:
     from sqlalchemy import select
+
+    from pvreg.registry.storage.models import Alias, Vector
 
     vec = s.scalar(select(Vector).where(Vector.name == name))
     row = s.get(Alias, (vec.id, alias)) if vec else None
@@ -154,16 +164,17 @@ def remove_alias(s: "Session", name: str, alias: str) -> None:
     s.delete(row)
 
 
-def deprecate(s: "Session", ref: str) -> int:
+def deprecate(s: Session, ref: str) -> int:
     row = resolve_row(s, ref)
     row.state = "deprecated"
     return row.id
 
 
-def remove_version(s: "Session", ref: str) -> VectorMeta:
+def remove_version(s: Session, ref: str) -> VectorMeta:
     """Delete a version's rows (and its name when it was the last); returns what it was."""
-    from pvreg.registry.storage.models import Vector, Version
     from sqlalchemy import func, select
+
+    from pvreg.registry.storage.models import Vector, Version
 
     row = resolve_row(s, ref)
     meta = catalog.meta(s.connection(), row.id)
@@ -176,27 +187,42 @@ def remove_version(s: "Session", ref: str) -> VectorMeta:
     return meta
 
 
-def add_composition(s: "Session", *, method: str, spec: dict[str, Any], base_fingerprint: str, output_kind: str,
-                    output_path: Path | None, output_fingerprint: str, result: VectorMeta | None,
-                    pvreg_version: str) -> int:
+def add_composition(
+    s: Session,
+    *,
+    method: str,
+    spec: dict[str, Any],
+    base_fingerprint: str,
+    output_kind: str,
+    output_path: Path | None,
+    output_fingerprint: str,
+    result: VectorMeta | None,
+    pvreg_version: str,
+) -> int:
     """Record one compose run; its id."""
     from pvreg.registry.storage.models import Composition
 
     version_id = catalog.version_id(s.connection(), result.name, result.version) if result else None
     row = Composition(
-        method=method, spec=spec, base_fingerprint=base_fingerprint, output_kind=output_kind,
+        method=method,
+        spec=spec,
+        base_fingerprint=base_fingerprint,
+        output_kind=output_kind,
         output_path=str(output_path.resolve()) if output_path is not None else None,
-        output_fingerprint=output_fingerprint, result_version_id=version_id, pvreg_version=pvreg_version,
+        output_fingerprint=output_fingerprint,
+        result_version_id=version_id,
+        pvreg_version=pvreg_version,
     )
     s.add(row)
     s.flush()
     return int(row.id)
 
 
-def add_hub_records(s: "Session", rows: Sequence[dict[str, Any]]) -> None:
+def add_hub_records(s: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Record Hub transfers (push or pull), one row per version; a record already there is not repeated."""
-    from pvreg.registry.storage.models import HubRecord
     from sqlalchemy import select
+
+    from pvreg.registry.storage.models import HubRecord
 
     for r in rows:
         exists = s.scalar(select(HubRecord.id).where(*(getattr(HubRecord, k) == v for k, v in r.items())).limit(1))

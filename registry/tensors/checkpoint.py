@@ -26,10 +26,11 @@ from pvreg.registry.tensors.safetensors import SafetensorsFile, TensorInfo, show
 
 if TYPE_CHECKING:
     import torch
+
     from pvreg.registry.tensors.torchfile import TorchFile
 
 
-def _open_reader(file: Path) -> "SafetensorsFile | TorchFile":
+def _open_reader(file: Path) -> SafetensorsFile | TorchFile:
     if file.suffix == ".safetensors":
         return SafetensorsFile(file)
     from pvreg.registry.tensors.torchfile import TorchFile
@@ -57,9 +58,7 @@ class Checkpoint:
                         f"{source}: tensor {name!r} appears in both {self._owner[name].path.name} and {file.name}"
                     )
                 self._owner[name] = reader
-        self.infos: dict[str, TensorInfo] = {
-            n: info for r in self._readers for n, info in r.infos.items()
-        }
+        self.infos: dict[str, TensorInfo] = {n: info for r in self._readers for n, info in r.infos.items()}
 
     @property
     def directory(self) -> Path | None:
@@ -75,7 +74,7 @@ class Checkpoint:
     def names(self) -> list[str]:
         return sorted(self.infos)
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
         return self._owner[name].tensor(name)
 
     def raw(self, name: str) -> memoryview:
@@ -98,7 +97,7 @@ class Checkpoint:
         for r in self._readers:
             r.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -122,9 +121,7 @@ def checkpoint_files(path: Path) -> list[Path]:
         raise NotFoundError(f"{path}: no such file or directory")
     if stat.S_ISREG(mode):
         if path.suffix not in WEIGHT_SUFFIXES:
-            raise InvalidTensorFileError(
-                f"{path}: unsupported file type (expected .safetensors, .bin, .pt or .pth)"
-            )
+            raise InvalidTensorFileError(f"{path}: unsupported file type (expected .safetensors, .bin, .pt or .pth)")
         return [path]
     if not stat.S_ISDIR(mode):
         raise InvalidTensorFileError(f"{path}: is {file_kind(mode)}, not a weight file or a model directory")
@@ -196,7 +193,6 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 #: A model's config.json is a few KB; anything past this is not one.
 MAX_CONFIG_BYTES = 16 * 2**20
-
 
 
 def base_config_facts(directory: Path | None) -> dict[str, object]:

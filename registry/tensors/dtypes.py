@@ -38,10 +38,20 @@ TORCH_NAME_TO_CODE = {name: code for code, (_, name) in DTYPES.items()}
 
 #: What a user may type for a floating dtype (any case) -> safetensors code.
 SPELLINGS: dict[str, str] = {
-    "float32": "F32", "fp32": "F32", "f32": "F32", "float": "F32",
-    "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
-    "bfloat16": "BF16", "bf16": "BF16",
-    "float64": "F64", "fp64": "F64", "f64": "F64", "double": "F64",
+    "float32": "F32",
+    "fp32": "F32",
+    "f32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "fp16": "F16",
+    "f16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "float64": "F64",
+    "fp64": "F64",
+    "f64": "F64",
+    "double": "F64",
 }
 
 
@@ -53,8 +63,9 @@ def parse_dtype(name: str) -> str:
     """
     code = SPELLINGS.get(str(name).strip().lower())
     if code is None:
-        raise InvalidOptionError(f"invalid dtype {name!r} (expected float32, bfloat16, float16 or float64)",
-                                 option="dtype", value=name)
+        raise InvalidOptionError(
+            f"invalid dtype {name!r} (expected float32, bfloat16, float16 or float64)", option="dtype", value=name
+        )
     return code
 
 
@@ -67,13 +78,13 @@ def dtype_name(code: str) -> str:
     return DTYPES[code][1]
 
 
-def torch_dtype(code: str) -> "torch.dtype":
+def torch_dtype(code: str) -> torch.dtype:
     import torch
 
     return getattr(torch, DTYPES[code][1])  # type: ignore[no-any-return]
 
 
-def dtype_code(dtype: "torch.dtype") -> str:
+def dtype_code(dtype: torch.dtype) -> str:
     """The safetensors code of a torch dtype.
 
     Raises:

@@ -38,7 +38,9 @@ class Misfit:
         if self.kind == "missing":
             return f"lacks tensor {name} (shape {list(self.base_shape or ())} in {base_label})"
         if self.kind == "shape":
-            return f"tensor {name} has shape {list(self.shape or ())} but {base_label} has {list(self.base_shape or ())}"
+            return (
+                f"tensor {name} has shape {list(self.shape or ())} but {base_label} has {list(self.base_shape or ())}"
+            )
         return f"tensor {name} is {dtype_name(self.base_dtype or '')} in {base_label}, not floating point"
 
 
@@ -69,14 +71,21 @@ def fit_problems(
     return found
 
 
-def misfit_error(label: str, misfits: Sequence[Misfit], *, limit: int = 1, base_label: str = "the base",
-                 expected: str | None = None) -> BaseMismatchError:
+def misfit_error(
+    label: str, misfits: Sequence[Misfit], *, limit: int = 1, base_label: str = "the base", expected: str | None = None
+) -> BaseMismatchError:
     """One error for ``misfits`` (at least one), naming up to ``limit`` of them."""
     shown = ", ".join(m.message(base_label) for m in misfits[:limit])
     more = f" (and {len(misfits) - limit} more)" if len(misfits) > limit else ""
     first = misfits[0]
-    return BaseMismatchError(f"{label}: {shown}{more}", tensor=first.tensor, shape=first.shape,
-                             base_shape=first.base_shape, misfits=list(misfits), expected=expected)
+    return BaseMismatchError(
+        f"{label}: {shown}{more}",
+        tensor=first.tensor,
+        shape=first.shape,
+        base_shape=first.base_shape,
+        misfits=list(misfits),
+        expected=expected,
+    )
 
 
 def check_fit(label: str, shapes: Mapping[str, Shape], base: Mapping[str, Shape], *, exact: bool = False) -> None:

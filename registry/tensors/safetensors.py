@@ -118,7 +118,9 @@ class _HeaderSyntax(Exception):
 def _int_literal(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > _MAX_INT_DIGITS:
-        raise _HeaderSyntax(f"header holds a {digits}-digit integer (safetensors integers have at most {_MAX_INT_DIGITS})")
+        raise _HeaderSyntax(
+            f"header holds a {digits}-digit integer (safetensors integers have at most {_MAX_INT_DIGITS})"
+        )
     return int(text)
 
 
@@ -208,12 +210,16 @@ def _parse_metadata(path: Path, metadata: Any) -> dict[str, str]:
         raise _fail(path, f"__metadata__ has the key {shown(metadata.duplicates[0])} twice")  # type: ignore[attr-defined]
     for key, value in metadata.items():
         if not isinstance(value, str):
-            raise _fail(path, f"__metadata__ must map strings to strings ({shown(key)} maps to a JSON {_json_type(value)})")
+            raise _fail(
+                path, f"__metadata__ must map strings to strings ({shown(key)} maps to a JSON {_json_type(value)})"
+            )
         for text in (key, value):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise _fail(path, f"__metadata__ entry {shown(key)} contains a lone surrogate, which UTF-8 cannot encode") from None
+                raise _fail(
+                    path, f"__metadata__ entry {shown(key)} contains a lone surrogate, which UTF-8 cannot encode"
+                ) from None
     return dict(metadata)
 
 
@@ -221,8 +227,14 @@ def _json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for messages."""
     if value is None:
         return "null"
-    for kind, word in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"),
-                       (int, "integer"), (float, "number")):
+    for kind, word in (
+        (bool, "boolean"),
+        (dict, "object"),
+        (list, "array"),
+        (str, "string"),
+        (int, "integer"),
+        (float, "number"),
+    ):
         if isinstance(value, kind):
             return word
     return type(value).__name__
@@ -269,10 +281,14 @@ def _parse_entry(path: Path, name: str, entry: Any, data_start: int) -> _Slot:
     problem = _shape_problem(shape, itemsize)
     if problem:
         raise _fail(path, f"{where} has an invalid shape {shown(shape, 60)}: {problem}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_index(o) for o in offsets)
-            and offsets[0] <= offsets[1]):
-        raise _fail(path, f"{where} has invalid data_offsets {shown(offsets, 60)}: "
-                          "expected [begin, end] with integers 0 <= begin <= end < 2**63")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(_index(o) for o in offsets) and offsets[0] <= offsets[1]
+    ):
+        raise _fail(
+            path,
+            f"{where} has invalid data_offsets {shown(offsets, 60)}: "
+            "expected [begin, end] with integers 0 <= begin <= end < 2**63",
+        )
     expected = math.prod(shape) * itemsize
     if offsets[1] - offsets[0] != expected:
         raise _fail(
@@ -313,7 +329,7 @@ class SafetensorsFile:
         slot = self._slots[name]
         return memoryview(self._map())[slot.start : slot.start + slot.info.nbytes]
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
         import torch
 
         slot = self._slots[name]
@@ -353,9 +369,7 @@ class SafetensorsFile:
 # --- writing ---------------------------------------------------------------
 
 
-def build_header(
-    entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str] | None
-) -> bytes:
+def build_header(entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str] | None) -> bytes:
     """Length prefix + JSON header, with data offsets in the order given.
 
     The JSON is compact and padded with spaces to an 8-byte boundary (as the
@@ -374,7 +388,7 @@ def build_header(
     return struct.pack("<Q", len(body)) + body
 
 
-def tensor_bytes(t: "torch.Tensor") -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor, without a copy when contiguous."""
     import torch
 
@@ -413,7 +427,7 @@ class StreamingWriter:
             self._hash.update(data)
         self._file.write(data)
 
-    def write(self, name: str, data: "torch.Tensor | memoryview | bytes") -> None:
+    def write(self, name: str, data: torch.Tensor | memoryview | bytes) -> None:
         expected_name, code, shape = self._entries[self._next]
         if name != expected_name:
             raise AssertionError(f"tensor {name!r} written out of order; expected {expected_name!r}")
@@ -437,14 +451,14 @@ class StreamingWriter:
     def abort(self) -> None:
         self._file.abort()
 
-    def __enter__(self) -> "StreamingWriter":
+    def __enter__(self) -> StreamingWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
 
 
-def iter_chunks(t: "torch.Tensor", elements: int = 1 << 18) -> Iterator["torch.Tensor"]:
+def iter_chunks(t: torch.Tensor, elements: int = 1 << 18) -> Iterator[torch.Tensor]:
     """Flat chunks of a tensor, to bound temporaries of reductions.
 
     2^18 elements keeps a float64 temporary (2 MiB) in cache: reductions over

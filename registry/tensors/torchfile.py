@@ -47,12 +47,16 @@ class TorchFile:
         self.path = path
         self._tensors = load_torch_weights_only(path)
         self.infos = {
-            name: TensorInfo(name, TORCH_NAME_TO_CODE[str(t.dtype).removeprefix("torch.")], tuple(t.shape),
-                             t.numel() * t.element_size())
+            name: TensorInfo(
+                name,
+                TORCH_NAME_TO_CODE[str(t.dtype).removeprefix("torch.")],
+                tuple(t.shape),
+                t.numel() * t.element_size(),
+            )
             for name, t in self._tensors.items()
         }
 
-    def tensor(self, name: str) -> "torch.Tensor":
+    def tensor(self, name: str) -> torch.Tensor:
         return self._tensors[name]
 
     def raw(self, name: str) -> memoryview:
@@ -62,7 +66,7 @@ class TorchFile:
         self._tensors = {}
 
 
-def load_torch_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
+def load_torch_weights_only(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a ``.bin``/``.pt`` file, checked name by name and tensor by tensor.
 
     Raises:
@@ -98,7 +102,9 @@ def _torch_load(path: Path, *, mmap: bool) -> Any:
         # torch's message is a multi-line essay with ANSI codes; keep the line that names the global.
         text = str(exc).replace("\x1b[1m", "").replace("\x1b[0m", "").strip()
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["forbidden content"]
-        first = next((ln[ln.index("Unsupported"):].split(" was not", 1)[0] for ln in lines if "Unsupported" in ln), lines[0])
+        first = next(
+            (ln[ln.index("Unsupported") :].split(" was not", 1)[0] for ln in lines if "Unsupported" in ln), lines[0]
+        )
         raise UnsafeCheckpointError(
             f"{path}: refused: the pickle needs code execution or unsupported objects ({first[:160]})"
         ) from None
@@ -135,7 +141,11 @@ def _stored_records(path: Path) -> dict[int, int] | None:
                 name = info.filename.removeprefix(prefix)
                 if not info.filename.startswith(prefix) or not name.startswith("data/"):
                     continue
-                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1 or info.compress_size != info.file_size:
+                if (
+                    info.compress_type != zipfile.ZIP_STORED
+                    or info.flag_bits & 1
+                    or info.compress_size != info.file_size
+                ):
                     return None
                 f.seek(info.header_offset)
                 local = f.read(30)
@@ -149,12 +159,21 @@ def _stored_records(path: Path) -> dict[int, int] | None:
                     return None  # two records over the same bytes
                 records[offset] = info.file_size
             return records
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, OSError, ValueError, struct.error,
-            EOFError, NotImplementedError, AttributeError):  # AttributeError: a torch without these reader methods
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        RuntimeError,
+        OSError,
+        ValueError,
+        struct.error,
+        EOFError,
+        NotImplementedError,
+        AttributeError,
+    ):  # AttributeError: a torch without these reader methods
         return None  # the reference path reports what is wrong
 
 
-def _mapped_faithfully(tensors: Iterable["torch.Tensor"], records: Mapping[int, int]) -> bool:
+def _mapped_faithfully(tensors: Iterable[torch.Tensor], records: Mapping[int, int]) -> bool:
     """Whether every storage of a ``mmap=True`` load is exactly one stored record.
 
     Every storage is a slice of one private mapping of the whole file, so its address
@@ -186,7 +205,7 @@ def _mapped_faithfully(tensors: Iterable["torch.Tensor"], records: Mapping[int, 
     return all(records[ptr - base] == size for ptr, size in spans.items())
 
 
-def _state_dict(path: Path, obj: Any) -> dict[str, "torch.Tensor"]:
+def _state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     """The name -> tensor mapping in a loaded checkpoint, every key and tensor checked."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
@@ -208,7 +227,7 @@ def _checked_name(path: Path, key: Any) -> str:
     return key
 
 
-def _checked_tensor(path: Path, name: str, t: Any) -> "torch.Tensor":
+def _checked_tensor(path: Path, name: str, t: Any) -> torch.Tensor:
     """A dense CPU tensor of a supported dtype whose values are all really stored."""
     import torch
 

@@ -44,15 +44,16 @@ __all__ = [
 ]
 
 
-def build_options(**values: Any) -> "TrainOptions":
+def build_options(**values: Any) -> TrainOptions:
     """A validated :class:`~pvreg.schemas.training.TrainOptions`; ``None`` values mean "the default".
 
     Raises:
         TrainOptionsError: one line naming the first invalid option and why.
     """
+    from pydantic import ValidationError
+
     from pvreg.registry.errors import TrainOptionsError
     from pvreg.schemas.training import TrainOptions
-    from pydantic import ValidationError
 
     try:
         return TrainOptions.model_validate({k: v for k, v in values.items() if v is not None})

@@ -34,7 +34,7 @@ from typing import Any, Union
 from pvreg.registry.errors import PreferenceDataError, TrainOptionsError
 from pvreg.registry.training.readers import read_records
 
-__all__ = ["PreferencePair", "PreferenceData", "load_pairs", "split_pairs", "split_contrastive"]
+__all__ = ["PreferenceData", "PreferencePair", "load_pairs", "split_contrastive", "split_pairs"]
 
 Message = dict[str, str]
 Side = Union[str, list[Message]]
@@ -86,8 +86,13 @@ class PreferenceData:
         from pvreg.schemas.training import PreferenceDataInfo
 
         return PreferenceDataInfo(
-            path=str(self.path), sha256=self.sha256, format=self.format, layout=self.layout,  # type: ignore[arg-type]
-            conversational=self.conversational, rows=self.rows, label=self.label,
+            path=str(self.path),
+            sha256=self.sha256,
+            format=self.format,
+            layout=self.layout,  # type: ignore[arg-type]
+            conversational=self.conversational,
+            rows=self.rows,
+            label=self.label,
         )
 
 
@@ -108,8 +113,13 @@ def load_pairs(path: str | Path, *, label: str | None = None) -> PreferenceData:
     parser = _RowParser(p, layout)
     pairs = tuple(parser.parse(number, record) for number, record in records.rows)
     return PreferenceData(
-        path=p, sha256=records.sha256, format=records.format, layout=layout,
-        conversational=bool(parser.conversational), pairs=pairs, label=label,
+        path=p,
+        sha256=records.sha256,
+        format=records.format,
+        layout=layout,
+        conversational=bool(parser.conversational),
+        pairs=pairs,
+        label=label,
     )
 
 
@@ -145,8 +155,11 @@ def split_contrastive(first: str, second: str) -> tuple[str, str, str]:
         raise ValueError("the two texts are identical")
     diff = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
     cut = next(
-        (j for j in range(min(diff, len(first) - 1, len(second) - 1), 0, -1)
-         if first[j].isspace() and second[j].isspace() and first[j:].strip() and second[j:].strip()),
+        (
+            j
+            for j in range(min(diff, len(first) - 1, len(second) - 1), 0, -1)
+            if first[j].isspace() and second[j].isspace() and first[j:].strip() and second[j:].strip()
+        ),
         0,
     )
     if not first[:cut].strip():
@@ -179,15 +192,15 @@ def _layout(path: Path, keys: list[str], *, row: int | None) -> str:
         missing = "negative" if "positive" in have else "positive"
     else:
         found = ", ".join(sorted(keys)) or "none"
-        raise PreferenceDataError(
-            f"{where}: no prompt/chosen/rejected or positive/negative columns (found: {found})"
-        )
+        raise PreferenceDataError(f"{where}: no prompt/chosen/rejected or positive/negative columns (found: {found})")
     raise PreferenceDataError(f"{where}: missing column {missing!r}")
 
 
 def _kind(value: Any) -> str:
-    return "null" if value is None else {dict: "an object", list: "a list", str: "a string"}.get(
-        type(value), f"a {type(value).__name__}"
+    return (
+        "null"
+        if value is None
+        else {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
     )
 
 

@@ -55,7 +55,7 @@ from pvreg.registry.training.runtime import deterministic, first_line, quiet, ve
 if TYPE_CHECKING:
     from pvreg.schemas.training import PairResult, RunMetrics, TrainOptions
 
-__all__ = ["TrainProgress", "train_pair", "training_order", "RUNS"]
+__all__ = ["RUNS", "TrainProgress", "train_pair", "training_order"]
 
 #: (run name, swap chosen/rejected) for the two runs, in the order they are trained.
 RUNS = (("positive", False), ("negative", True))
@@ -72,7 +72,7 @@ class TrainProgress(Protocol):
     def step(self, n: int, loss: float) -> None: ...
 
 
-def training_order(n_train: int, options: "TrainOptions") -> list[int]:
+def training_order(n_train: int, options: TrainOptions) -> list[int]:
     """Row positions (0..n_train-1) in the order both runs consume them: whole optimizer steps of
     ``batch_size * grad_accum`` rows, taken from successive permutations seeded by ``options.seed``."""
     per_step = options.batch_size * options.grad_accum
@@ -93,12 +93,12 @@ def training_order(n_train: int, options: "TrainOptions") -> list[int]:
 def train_pair(
     base_dir: str | os.PathLike[str],
     data: PreferenceData,
-    options: "TrainOptions",
+    options: TrainOptions,
     work_dir: str | os.PathLike[str],
     progress: TrainProgress | None = None,
     *,
     on_trainer: Callable[[str, Any], None] | None = None,
-) -> "PairResult":
+) -> PairResult:
     """Train θ+ into ``work_dir/positive`` and θ− into ``work_dir/negative``; return metrics and versions.
 
     ``method="full"`` writes Hugging Face model directories (safetensors weights,
@@ -150,10 +150,23 @@ def train_pair(
         try:
             for number, (run, swap) in enumerate(RUNS):
                 metrics[run] = _train_run(
-                    _RunPlan(run=run, swap=swap, base=base, train=train_pairs, eval=eval_pairs, order=order,
-                             steps=steps, split_rows=len(train_idx), chat=use_chat, options=options,
-                             out=outputs[run], work=work),
-                    progress, number * steps, on_trainer,
+                    _RunPlan(
+                        run=run,
+                        swap=swap,
+                        base=base,
+                        train=train_pairs,
+                        eval=eval_pairs,
+                        order=order,
+                        steps=steps,
+                        split_rows=len(train_idx),
+                        chat=use_chat,
+                        options=options,
+                        out=outputs[run],
+                        work=work,
+                    ),
+                    progress,
+                    number * steps,
+                    on_trainer,
                 )
         except BaseException:
             for run in metrics:  # a θ+ without its θ− is no result: leave neither
@@ -163,11 +176,19 @@ def train_pair(
     from pvreg.schemas.training import PairResult
 
     return PairResult(
-        method=options.method, artifact="lora" if options.method == "lora" else "model",
-        positive_dir=str(outputs["positive"]), negative_dir=str(outputs["negative"]), base=str(base),
-        options=options, data=data.info(), chat_template=use_chat,
-        positive=metrics["positive"], negative=metrics["negative"], versions=versions(),
-        device=options.device, wall_seconds=time.perf_counter() - started,
+        method=options.method,
+        artifact="lora" if options.method == "lora" else "model",
+        positive_dir=str(outputs["positive"]),
+        negative_dir=str(outputs["negative"]),
+        base=str(base),
+        options=options,
+        data=data.info(),
+        chat_template=use_chat,
+        positive=metrics["positive"],
+        negative=metrics["negative"],
+        versions=versions(),
+        device=options.device,
+        wall_seconds=time.perf_counter() - started,
     )
 
 
@@ -182,13 +203,14 @@ class _RunPlan:
     steps: int
     split_rows: int
     chat: bool
-    options: "TrainOptions"
+    options: TrainOptions
     out: Path
     work: Path
 
 
-def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
-               on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
+def _train_run(
+    plan: _RunPlan, progress: TrainProgress | None, offset: int, on_trainer: Callable[[str, Any], None] | None
+) -> RunMetrics:
     """One DPO run from the base; writes ``plan.out`` and returns its metrics. Scratch goes, whatever happens."""
     import torch
 
@@ -204,12 +226,19 @@ def _train_run(plan: _RunPlan, progress: TrainProgress | None, offset: int,
             torch.cuda.empty_cache()
 
 
-def _fit(plan: _RunPlan, scratch: Path, partial: Path, progress: TrainProgress | None, offset: int,
-         on_trainer: Callable[[str, Any], None] | None) -> "RunMetrics":
+def _fit(
+    plan: _RunPlan,
+    scratch: Path,
+    partial: Path,
+    progress: TrainProgress | None,
+    offset: int,
+    on_trainer: Callable[[str, Any], None] | None,
+) -> RunMetrics:
     import torch
     from datasets import Dataset
-    from pvreg.schemas.training import RunMetrics
     from transformers import AutoModelForCausalLM
+
+    from pvreg.schemas.training import RunMetrics
 
     started = time.perf_counter()
     options = plan.options
@@ -294,31 +323,53 @@ def _trainer_class() -> type:
     return PvregDPOTrainer
 
 
-def _dpo_config(options: "TrainOptions", steps: int, scratch: Path) -> Any:
+def _dpo_config(options: TrainOptions, steps: int, scratch: Path) -> Any:
     from trl import DPOConfig
 
     wanted: dict[str, Any] = dict(
-        output_dir=str(scratch), max_steps=steps, num_train_epochs=1,
-        learning_rate=options.effective_lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-        beta=options.beta, max_length=options.max_length,
-        per_device_train_batch_size=options.batch_size, per_device_eval_batch_size=options.batch_size,
+        output_dir=str(scratch),
+        max_steps=steps,
+        num_train_epochs=1,
+        learning_rate=options.effective_lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        beta=options.beta,
+        max_length=options.max_length,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size,
         gradient_accumulation_steps=options.grad_accum,
-        seed=options.seed, data_seed=options.seed, use_cpu=options.device == "cpu",
-        bf16=False, fp16=False, gradient_checkpointing=False, activation_checkpointing=False,
+        seed=options.seed,
+        data_seed=options.seed,
+        use_cpu=options.device == "cpu",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        activation_checkpointing=False,
         precompute_ref_log_probs=options.precompute_ref,
-        logging_strategy="steps", logging_steps=1, eval_strategy="no", save_strategy="no",
-        report_to="none", push_to_hub=False, disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=False, dataset_num_proc=None,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        push_to_hub=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        dataset_num_proc=None,
     )
     known = {f.name for f in dataclasses.fields(DPOConfig)}
     return DPOConfig(**{k: v for k, v in wanted.items() if k in known})
 
 
-def _lora_config(options: "TrainOptions") -> Any:
+def _lora_config(options: TrainOptions) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=0.0, bias="none",
+        r=options.lora_rank,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=0.0,
+        bias="none",
         target_modules=list(options.lora_targets) if options.lora_targets else "all-linear",
         task_type="CAUSAL_LM",
     )
@@ -341,8 +392,9 @@ def _progress_callback(progress: TrainProgress, offset: int) -> Any:
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
             if logs and "loss" in logs:
                 progress.step(offset + int(state.global_step), float(logs["loss"]))
 
@@ -362,7 +414,9 @@ def _check_finite(run: str, model: Any, losses: list[float]) -> None:
 
     bad_step = next((i for i, loss in enumerate(losses, start=1) if not math.isfinite(loss)), None)
     if bad_step is not None:
-        raise TrainingDivergedError(f"{run} run: the DPO loss became {losses[bad_step - 1]} at step {bad_step}; lower lr")
+        raise TrainingDivergedError(
+            f"{run} run: the DPO loss became {losses[bad_step - 1]} at step {bad_step}; lower lr"
+        )
     for name, param in model.named_parameters():
         if param.requires_grad and not bool(torch.isfinite(param).all()):
             raise TrainingDivergedError(f"{run} run: parameter {name} holds NaN/Inf after training; lower lr")

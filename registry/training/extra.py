@@ -14,7 +14,7 @@ import re
 
 from pvreg.registry.errors import MissingExtraError
 
-__all__ = ["require", "require_training", "INSTALL_HINT"]
+__all__ = ["INSTALL_HINT", "require", "require_training"]
 
 INSTALL_HINT = "pip install 'pvreg[train]'"
 #: Import name -> (distribution name, minimum version) of what the extra pins.
@@ -35,7 +35,7 @@ def _installed(module: str) -> bool:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+", maxsplit=1)[0])[:3])
 
 
 def require(module: str, purpose: str) -> None:
@@ -49,9 +49,7 @@ def require(module: str, purpose: str) -> None:
         return  # importable but unpackaged (a source checkout): trust it
     if _version_tuple(version) < minimum:
         wanted = ".".join(map(str, minimum))
-        raise MissingExtraError(
-            f"{purpose} needs {dist}>={wanted}, but {dist} {version} is installed: {INSTALL_HINT}"
-        )
+        raise MissingExtraError(f"{purpose} needs {dist}>={wanted}, but {dist} {version} is installed: {INSTALL_HINT}")
 
 
 def require_training(method: str) -> None:

@@ -19,7 +19,7 @@ from pvreg.registry.training.runtime import first_line
 if TYPE_CHECKING:
     from pvreg.schemas.training import TrainOptions
 
-__all__ = ["trainer_row", "rows_sha256", "check_base", "load_tokenizer", "use_chat_template", "check_prompt_lengths"]
+__all__ = ["check_base", "check_prompt_lengths", "load_tokenizer", "rows_sha256", "trainer_row", "use_chat_template"]
 
 
 def trainer_row(pair: PreferencePair, *, swap: bool, chat: bool) -> dict[str, Side]:
@@ -60,10 +60,12 @@ def load_tokenizer(base: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(base, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
-        raise TrainOptionsError(f"{base}: cannot load a tokenizer from the base directory ({first_line(exc)})") from None
+        raise TrainOptionsError(
+            f"{base}: cannot load a tokenizer from the base directory ({first_line(exc)})"
+        ) from None
 
 
-def use_chat_template(tokenizer: Any, data: PreferenceData, base: Path, options: "TrainOptions") -> bool:
+def use_chat_template(tokenizer: Any, data: PreferenceData, base: Path, options: TrainOptions) -> bool:
     """Whether to apply the tokenizer's chat template: chat data needs one; plain data follows the option."""
     has = bool(getattr(tokenizer, "chat_template", None))
     if data.conversational:
@@ -77,8 +79,9 @@ def use_chat_template(tokenizer: Any, data: PreferenceData, base: Path, options:
     return has if options.chat_template == "auto" else options.chat_template == "on"
 
 
-def check_prompt_lengths(tokenizer: Any, data: PreferenceData, pairs: list[PreferencePair], chat: bool,
-                          max_length: int) -> None:
+def check_prompt_lengths(
+    tokenizer: Any, data: PreferenceData, pairs: list[PreferencePair], chat: bool, max_length: int
+) -> None:
     """Refuse pairs TRL would silently drop: a prompt that fills ``max_length`` leaves no completion."""
     for pair in pairs:
         prompt = trainer_row(pair, swap=False, chat=chat)["prompt"]

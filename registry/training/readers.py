@@ -19,7 +19,7 @@ from typing import Any
 
 from pvreg.registry.errors import NotFoundError, PreferenceDataError
 
-__all__ = ["Records", "read_records", "SUFFIXES"]
+__all__ = ["SUFFIXES", "Records", "read_records"]
 
 #: File suffix -> format name; a directory is read as a ``datasets`` save.
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -89,9 +89,7 @@ def _read_json(path: Path, text: str, digest: str) -> Records:
         hint = "; a file of one JSON object per line should be named .jsonl" if "Extra data" in str(exc) else ""
         raise PreferenceDataError(f"{path}: not a valid JSON document ({_json_reason(exc)}){hint}") from None
     if not isinstance(doc, list):
-        raise PreferenceDataError(
-            f"{path}: expected a JSON array of pair objects, got a JSON {_json_type(doc)}"
-        )
+        raise PreferenceDataError(f"{path}: expected a JSON array of pair objects, got a JSON {_json_type(doc)}")
     return Records("json", digest, list(enumerate(doc, start=1)), None)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from pvreg.registry.errors import DeviceUnavailableError
 
-__all__ = ["quiet", "deterministic", "versions", "first_line"]
+__all__ = ["deterministic", "first_line", "quiet", "versions"]
 
 _VERSIONED = ("trl", "transformers", "torch", "peft", "datasets", "accelerate")
 
@@ -88,9 +88,16 @@ def deterministic(device: str, threads: int | None) -> Iterator[None]:
 
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError("device=cuda was asked for, but torch sees no usable CUDA GPU here")
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    states = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if device == "cuda" and cublas is None:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
