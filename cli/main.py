@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deprecate": ("vectors", "deprecate"),
     "rm": ("vectors", "rm"),
     "export": ("vectors", "export"),
+    "train": ("train", "train"),
     "compose": ("compose", "compose"),
     "compositions": ("compose", "compositions"),
     "push": ("hub", "push"),

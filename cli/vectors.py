@@ -131,8 +131,35 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
         ("message", meta.message or "-"),
         ("description", meta.description or "-"),
     ]
+    rows.extend(_training_rows(meta.provenance.get("training")))
     for k, v in rows:
         say(f"{k + ':':<13}{v}")
+
+
+def _training_rows(record: object) -> list[tuple[str, str]]:
+    """The training summary of a vector made by ``pvreg train``."""
+    if not isinstance(record, dict):
+        return []
+    opts, data = record.get("options") or {}, record.get("data") or {}
+    rows = [
+        (
+            "trained",
+            f"{record.get('method')} DPO, seed {opts.get('seed')}, lr {opts.get('lr')}, "
+            f"beta {opts.get('beta')}, {record.get('wall_seconds', 0):.0f} s on {record.get('device')}",
+        ),
+        ("data", f"{data.get('rows')} pairs, sha256:{short(str(data.get('sha256', '')))}"),
+    ]
+    for run in ("positive", "negative"):
+        m = record.get(run) or {}
+        acc = m.get("eval_reward_accuracy")
+        rows.append(
+            (
+                f"run {run[:3]}",
+                f"{m.get('steps')} steps, loss {m.get('train_loss')}, eval loss "
+                f"{m.get('eval_loss')}, reward accuracy {acc}",
+            )
+        )
+    return rows
 
 
 def _parent(ref: str, coefficient: float | None) -> str:

@@ -34,6 +34,7 @@ from pvreg.schemas.vector import (
 if TYPE_CHECKING:
     from pvreg.registry.merge.apply import AppliedComposition
     from pvreg.registry.merge.writer import ComposeProgress
+    from pvreg.registry.training.dpo import TrainProgress
     from pvreg.registry.storage.blobstore import BlobStore
     from pvreg.schemas.compose import ComposeResult, ComposeSpec, CompositionRecord
     from pvreg.schemas.hub import PullResult, PushResult, RemoteListing
@@ -255,6 +256,75 @@ class Registry:
             message=message,
             tags=tag_map,
             progress=progress,
+        )
+
+    def train(
+        self,
+        name: str,
+        *,
+        base: str | os.PathLike[str],
+        data: str | os.PathLike[str],
+        dataset_label: str | None = None,
+        method: str | None = None,
+        steps: int | None = None,
+        epochs: float | None = None,
+        lr: float | None = None,
+        beta: float | None = None,
+        batch_size: int | None = None,
+        grad_accum: int | None = None,
+        max_length: int | None = None,
+        seed: int | None = None,
+        eval_fraction: float | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        lora_targets: Sequence[str] | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        keep_checkpoints: str | os.PathLike[str] | None = None,
+        message: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        progress: "TrainProgress | None" = None,
+    ) -> VectorMeta:
+        """Train θ+ and θ− with DPO from ``base`` on preference ``data`` and register φ = θ+ − θ−.
+
+        θ− sees the same pairs, in the same order, with chosen and rejected swapped;
+        both start from ``base`` with the same seed, and the frozen DPO reference is
+        the base. Options left at None take :class:`~pvreg.schemas.training.TrainOptions`'
+        defaults. Needs the ``pvreg[train]`` extra.
+
+        Raises:
+            PreferenceDataError: a bad data file or row (before any model loads).
+            TrainOptionsError, InvalidNameError, InvalidTextError, UnsafeOutputError: bad options.
+            MissingExtraError: trl, datasets or peft are not installed.
+            TrainingDivergedError, DeviceUnavailableError: the runs themselves failed.
+        """
+        from pvreg.registry.training.register import train
+
+        return train(
+            self.store,
+            name,
+            base=base,
+            data=data,
+            dataset_label=dataset_label,
+            keep_checkpoints=keep_checkpoints,
+            message=message,
+            tags=tags,
+            progress=progress,
+            method=method,
+            steps=steps,
+            epochs=epochs,
+            lr=lr,
+            beta=beta,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
+            seed=seed,
+            eval_fraction=eval_fraction,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=list(lora_targets) if lora_targets is not None else None,
+            device=device,
+            threads=threads,
         )
 
     # --- reading ---------------------------------------------------------------

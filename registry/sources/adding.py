@@ -9,8 +9,9 @@ streaming difference by :mod:`pvreg.registry.sources.extract`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pvreg.registry.errors import BaseMismatchError, InvalidNameError, UserError, opt
 from pvreg.registry.sources.exported import embedded_meta
@@ -92,8 +93,12 @@ def add_checkpoints(
     message: str | None,
     tags: dict[str, str],
     progress: Callable[[int], None] | None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> VectorMeta:
-    """Build φ from checkpoints (θ+ − θ−, θft − θbase, or LoRA ΔW) and store it."""
+    """Build φ from checkpoints (θ+ − θ−, θft − θbase, or LoRA ΔW) and store it.
+
+    ``provenance``: what the caller knows beyond the inputs (``train`` adds its training record).
+    """
     from pvreg.registry.sources import extract
 
     resolved = store.resolve_base(base)
@@ -118,7 +123,7 @@ def add_checkpoints(
             description=description,
             message=message,
             tags=tags,
-            provenance=made.provenance,
+            provenance={**made.provenance, **(provenance or {})},
         ),
         progress=progress,
         after=made.finish,

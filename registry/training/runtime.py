@@ -45,6 +45,7 @@ def quiet() -> Iterator[None]:
     """No progress bars, info logs or deprecation chatter from the libraries; restored on exit."""
     import datasets
     import datasets.utils as ds_tqdm
+    import huggingface_hub.utils as hf_tqdm
     import transformers
 
     tlog = transformers.utils.logging
@@ -56,6 +57,8 @@ def quiet() -> Iterator[None]:
     tlog.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     ds_tqdm.disable_progress_bars()
+    hf_bars_off = hf_tqdm.are_progress_bars_disabled()
+    hf_tqdm.disable_progress_bars()  # save_pretrained's "Writing model shards" bar
     for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["TQDM_DISABLE"] = "1"  # trl's reference-log-prob pass reads it
@@ -71,6 +74,8 @@ def quiet() -> Iterator[None]:
         datasets.logging.set_verbosity(ds_verbosity)
         if not ds_bars_off:
             ds_tqdm.enable_progress_bars()
+        if not hf_bars_off:
+            hf_tqdm.enable_progress_bars()
         for name, level in loggers.items():
             logging.getLogger(name).setLevel(level)
         if tqdm_env is None:
