@@ -146,10 +146,8 @@ class AtomicFile:
         if self.done:
             return
         self.done = True
-        try:
+        with contextlib.suppress(OSError):
             self.handle.close()  # flushes: fails again when the disk is full, and must not keep the temp file
-        except OSError:
-            pass
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 

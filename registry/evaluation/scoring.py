@@ -276,10 +276,10 @@ def tokenize_items(
         raise EvalError("append_eos=True but the tokenizer has no EOS token")
     seqs: list[list[int]] = []
     starts: list[int] = []
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    for i, (p_ids, c_ids) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
         where = labels[i] if labels is not None else f"item {i}"
-        if append_eos:
-            c = [*c, eos]
+        c = [*c_ids, eos] if append_eos else list(c_ids)
+        p = list(p_ids)
         if not c:
             raise EvalSetError(f"{where}: the completion has no tokens")
         if not p:
@@ -294,7 +294,7 @@ def tokenize_items(
                     f"{where}: the completion has {len(c)} tokens, more than max_length {max_length} allows"
                 )
             p = p[len(p) - keep :]
-        seqs.append(list(p) + list(c))
+        seqs.append(p + c)
         starts.append(len(p))
     return seqs, starts
 

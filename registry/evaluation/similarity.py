@@ -88,7 +88,7 @@ class _Vector:
         try:
             self.handle = stack.enter_context(safe_open(str(self.path), framework="pt"))
             self.shapes: dict[str, tuple[int, ...]] = {}
-            for name in self.handle.keys():
+            for name in self.handle.keys():  # noqa: SIM118 - safe_open is no dict: it has keys() but no __iter__
                 sl = self.handle.get_slice(name)
                 dtype = sl.get_dtype()
                 if dtype not in _FLOAT_DTYPES:
@@ -229,7 +229,7 @@ def similarity(
         for name in sorted(shapes):
             acc = _Acc(n)
             present = [i for i, v in enumerate(vectors) if name in v.shapes]
-            for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present)):
+            for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present), strict=True):
                 acc.add(present, torch.stack(pieces))
                 acc.numel += pieces[0].numel()
             if not present:
@@ -285,7 +285,7 @@ def diff(
             comparable = name in va.shapes and name in vb.shapes and va.shapes[name] == vb.shapes[name]
             if comparable:
                 max_abs = 0.0
-                for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements)):
+                for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements), strict=True):
                     d = xb - xa
                     sums["aa"] += float(xa @ xa)
                     sums["bb"] += float(xb @ xb)

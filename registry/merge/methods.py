@@ -194,7 +194,7 @@ class MergeMethod(ABC):
                 f"{self.name}: tensor {tensor_name!r} has dtype {first.dtype}; "
                 "expected float32 or float64 (cast before combining)"
             )
-        for d, k in zip(deltas, keys):
+        for d, k in zip(deltas, keys, strict=True):
             if d.dtype != first.dtype or d.device != first.device:
                 raise ValueError(
                     f"{self.name}: tensor {tensor_name!r} of vector {k} is {d.dtype} on "
@@ -205,7 +205,7 @@ class MergeMethod(ABC):
                     f"tensor {tensor_name!r} of vector {k} has shape {tuple(d.shape)}, expected {tuple(first.shape)}"
                 )
         ws = [float(w) for w in weights]
-        for w, k in zip(ws, keys):
+        for w, k in zip(ws, keys, strict=True):
             if not math.isfinite(w):
                 raise SpecError(f"weight {w} of vector {k} is not finite")
         ks = [str(k) for k in keys]

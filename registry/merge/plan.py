@@ -210,7 +210,7 @@ def prepare(
     inputs: list[Input] = []
     by_ref: dict[str, str] = {}
     by_sha: dict[str, tuple[str, str]] = {}
-    for term, meta in zip(spec.terms, store.resolve_many([t.ref for t in spec.terms])):
+    for term, meta in zip(spec.terms, store.resolve_many([t.ref for t in spec.terms]), strict=True):
         if isinstance(meta, PvregError):
             problems.add_error(meta)
             continue

@@ -139,7 +139,7 @@ class _Meter:
         import torch
 
         if stored.dtype != exact.dtype:
-            for e, s in zip(iter_chunks(exact), iter_chunks(stored)):
+            for e, s in zip(iter_chunks(exact), iter_chunks(stored), strict=True):
                 e64 = e.to(torch.float64)
                 d = s.to(torch.float64)
                 d.sub_(e64)

@@ -125,7 +125,7 @@ def resolve_many(conn: Connection, refs: Sequence[str]) -> list[VectorMeta | Pvr
     rows: list[Row[Any]] = []
     for chunk in _chunks(ids):
         rows.extend(conn.execute(_versions().where(versions.c.id.in_(chunk))).all())
-    by_id = {r.id: m for r, m in zip(rows, _metas(conn, rows))}
+    by_id = {r.id: m for r, m in zip(rows, _metas(conn, rows), strict=True)}
     return [by_id[f] if isinstance(f, int) else f for f in found]
 
 

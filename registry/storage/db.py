@@ -396,7 +396,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 @contextlib.contextmanager
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """One consistent read transaction, without the ORM and without taking write locks."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(**{READ_ONLY: True})
+    with engine.connect() as raw:
+        conn = raw.execution_options(**{READ_ONLY: True})
         with conn.begin():
             yield conn

@@ -10,6 +10,7 @@ costs page cache, not heap.  PyTorch ``.bin`` checkpoints are read only through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -359,10 +360,8 @@ class SafetensorsFile:
 
     def close(self) -> None:
         if self._mmap is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a tensor view is still alive; the map goes with it
                 self._mmap.close()
-            except BufferError:
-                pass  # a tensor view is still alive; the map goes with it
             self._mmap = None
 
 

@@ -27,9 +27,10 @@ with no common prefix, plain text mixed with chat messages.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from pvreg.registry.errors import PreferenceDataError, TrainOptionsError
 from pvreg.registry.training.readers import read_records
@@ -37,7 +38,7 @@ from pvreg.registry.training.readers import read_records
 __all__ = ["PreferenceData", "PreferencePair", "load_pairs", "split_contrastive", "split_pairs"]
 
 Message = dict[str, str]
-Side = Union[str, list[Message]]
+Side = str | list[Message]
 _LAYOUTS = {
     "prompt/chosen/rejected": ("prompt", "chosen", "rejected"),
     "chosen/rejected": ("chosen", "rejected"),
@@ -143,6 +144,11 @@ def split_pairs(data: PreferenceData, eval_fraction: float, seed: int) -> tuple[
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items ``a`` and ``b`` share; the shorter one bounds it, hence ``zip`` is not strict."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def split_contrastive(first: str, second: str) -> tuple[str, str, str]:
     """``(prompt, first ending, second ending)`` of two full texts, split at the last whitespace
     at or before their first differing character; both endings start with that whitespace.
@@ -153,7 +159,7 @@ def split_contrastive(first: str, second: str) -> tuple[str, str, str]:
     """
     if first == second:
         raise ValueError("the two texts are identical")
-    diff = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    diff = _common_prefix(first, second)
     cut = next(
         (
             j
@@ -281,7 +287,7 @@ class _RowParser:
             except ValueError as exc:
                 raise self.fail(number, f"{first} and {second}: {exc}") from None
         assert isinstance(b, list)
-        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        shared = _common_prefix(a, b)
         if shared == len(a) == len(b):
             raise self.fail(number, f"{first} and {second} are identical")
         if shared == 0:
