@@ -330,7 +330,7 @@ def score_completions(
     )
     dev = _model_device(model, device)
     pad = _pad_id(tokenizer)
-    results: list[ScoredItem | None] = [None] * len(seqs)
+    results: dict[int, ScoredItem] = {}  # item index -> score; batches go longest first
     with _EvalMode(model):
         for batch in _batches([len(s) for s in seqs], batch_size):
             ids, attn = _pad_right([seqs[i] for i in batch], pad, dev)
@@ -348,7 +348,7 @@ def score_completions(
             counts = scored.sum(dim=1).tolist()
             for row, i in enumerate(batch):
                 results[i] = ScoredItem(sums[row], int(counts[row]))
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(seqs))]
 
 
 # --- texts ---------------------------------------------------------------------------

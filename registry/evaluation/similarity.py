@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from pvreg.registry.errors import (
 if TYPE_CHECKING:
     import torch
 
-    from pvreg.schemas.evaluation import DiffReport, GroupStats, SimilarityReport
+    from pvreg.schemas.evaluation import DiffReport, GroupBy, GroupStats, SimilarityReport
 
 #: Default number of entries read from one tensor at once.
 CHUNK_ELEMENTS = 1 << 22
@@ -71,7 +71,7 @@ def module_type_of(name: str) -> str:
     return rest
 
 
-_GROUPERS = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
+_GROUPERS: dict[GroupBy, Callable[[str], str]] = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
 
 
 class _Vector:
@@ -205,7 +205,7 @@ def similarity(
     paths: Sequence[str | os.PathLike[str]],
     *,
     labels: Sequence[str] | None = None,
-    group_by: str | None = None,
+    group_by: GroupBy | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> SimilarityReport:
     """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
@@ -241,7 +241,7 @@ def similarity(
     return SimilarityReport(
         vectors=list(labels) if labels is not None else [str(p) for p in paths],
         whole=whole.stats("all"),
-        group_by=group_by,  # type: ignore[arg-type]
+        group_by=group_by,
         groups=[groups[k].stats(k) for k in sorted(groups, key=_natural_key)],
     )
 
