@@ -1,12 +1,14 @@
 # The two commands the README promises: `make demo` (the main job, end to end)
-# and `make test` (the whole suite, PostgreSQL included).  Both create the
-# virtual environment on first use.
+# and `make test` (lint, then the whole suite, PostgreSQL included).  Both create
+# the virtual environment on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
+# What ruff checks: the package and the benchmarks.  tests/ joins once its files are lint-clean.
+LINT_PATHS := __init__.py registry cli schemas migrations bench
 
-.PHONY: setup demo test bench
+.PHONY: setup demo lint test bench
 setup: $(VENV)/.installed
 	# An editable install gets no bytecode when PYTHONDONTWRITEBYTECODE is set; compile what changed
 	# (cheap when nothing did) so every `pvreg` start does not re-compile the package.
@@ -24,7 +26,15 @@ demo: setup
 	rm -rf $(DEMO_DIR)
 	PATH="$(abspath $(BIN)):$$PATH" bash tests/demo/run.sh $(DEMO_DIR)
 
-test: setup
+# ruff (lint and format) over LINT_PATHS, mypy over the package as configured in pyproject.toml.
+# mypy imports the repository root as ``pvreg`` through the link .mypy-path/pvreg -> .. (gitignored).
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	mkdir -p .mypy-path && ln -sfn .. .mypy-path/pvreg
+	$(BIN)/mypy
+
+test: lint
 	PVREG_TEST_POSTGRES_URL="$$(bash .ci/postgres.sh)" PVREG_REQUIRE_POSTGRES=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -101,6 +101,7 @@ def main() -> None:
             ],
             capture_output=True,
             text=True,
+            check=True,  # a probe that crashed must not read as "torch not loaded"
         ).stdout.strip()
     print("| measure | median s | target |")
     print("|---|---|---|")

@@ -160,7 +160,7 @@ def hand_written(model, tok, pairs, batch_size: int, device) -> list[float]:
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     prompts = tok([p for p, _ in items])["input_ids"]
     completions = tok([c for _, c in items], add_special_tokens=False)["input_ids"]
-    seqs = [p + c for p, c in zip(prompts, completions)]
+    seqs = [p + c for p, c in zip(prompts, completions, strict=True)]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     out = [0.0] * len(seqs)
     with torch.inference_mode():
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pvreg:        {mine:.4f} s  runs: {', '.join(f'{t:.4f}' for t in times['pvreg'])}")
     print(f"ratio pvreg / hand-written: {ratio:.2f}x (target <= 1.30x: {'met' if ratio <= 1.3 else 'MISSED'})")
     print(f"ratio of the fastest runs: {best:.2f}x")
-    print(f"max |pvreg - hand-written| log-prob: {max(abs(a - b) for a, b in zip(ours, ref)):.3g}")
+    print(f"max |pvreg - hand-written| log-prob: {max(abs(a - b) for a, b in zip(ours, ref, strict=True)):.3g}")
     return 0
 
 

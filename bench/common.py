@@ -152,7 +152,7 @@ def generate_models(
     models = ["base", *variants]
     dirs = {m: root / m for m in models}
     total = sum(math.prod(s) * 2 for _, s in layout)
-    for m, d in dirs.items():
+    for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         weight_map = {}
@@ -164,7 +164,7 @@ def generate_models(
     g = torch.Generator()
     for k, shard in enumerate(shards, 1):
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        handles = {m: open(dirs[m] / fname, "wb") for m in models}  # noqa: SIM115
+        handles = {m: open(dirs[m] / fname, "wb") for m in models}  # noqa: SIM115 - a dict of files: closed in the finally below
         try:
             header = _header(shard)
             for f in handles.values():
@@ -269,7 +269,9 @@ def measure(cmd: list, log: Path, *, env: dict | None = None, cwd: Path | None =
         out.write(("\n$ " + " ".join(cmd) + "\n").encode())
         out.flush()
         t0 = time.perf_counter()
-        proc = subprocess.run(wrapped, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc = subprocess.run(
+            wrapped, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False
+        )  # rc goes in the Sample
         wall = time.perf_counter() - t0
     try:
         maxrss_kib = int(rss_file.read_text().split()[-1])
@@ -362,7 +364,7 @@ def _tensor_map(model_dir: Path) -> dict[str, Path]:
     out = {}
     for f in weight_files(model_dir):
         with safe_open(str(f), framework="pt") as h:
-            out |= {n: f for n in h.keys()}
+            out |= {n: f for n in h.keys()}  # noqa: SIM118 - safe_open is no dict: it has keys() but no __iter__
     return out
 
 
@@ -424,7 +426,9 @@ def machine_description(workdir: Path) -> list[str]:
             versions.append(f"{mod} {version(mod)}")
         except Exception:
             versions.append(f"{mod} (not installed)")
-    fs = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True).stdout.splitlines()[-1:]
+    fs = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True, check=False).stdout.splitlines()[
+        -1:
+    ]  # best effort
     return [
         f"CPU: {first('/proc/cpuinfo', 'model name')}, nproc {os.cpu_count()} (usable {len(os.sched_getaffinity(0))})",
         f"RAM: {int(mem_kb) / 2**20:.1f} GiB",

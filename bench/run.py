@@ -40,6 +40,7 @@ tools do not.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -52,6 +53,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+# After the sys.path line above, which makes bench's sibling modules importable.
 import bench_list  # noqa: E402
 import common  # noqa: E402
 from common import Sample, dir_bytes, measure, weight_files  # noqa: E402
@@ -383,19 +385,19 @@ def status(ok: bool | None) -> str:
 
 
 def mib(x: float) -> str:
-    return "-" if x != x else f"{x / MiB:.0f}"
+    return "-" if math.isnan(x) else f"{x / MiB:.0f}"
 
 
 def sec(x: float) -> str:
-    return "-" if x != x else f"{x:.2f}"
+    return "-" if math.isnan(x) else f"{x:.2f}"
 
 
 def ratio(a: float, b: float) -> float:
-    return a / b if a == a and b == b and b > 0 else float("nan")
+    return a / b if not math.isnan(a) and not math.isnan(b) and b > 0 else float("nan")
 
 
 def fmt_ratio(x: float) -> str:
-    return "-" if x != x else f"{x:.2f}×"
+    return "-" if math.isnan(x) else f"{x:.2f}×"
 
 
 def main() -> None:

@@ -69,6 +69,8 @@ class PvregGroup(TyperGroup):
         if cmd_name not in self._built:
             module, attr = COMMANDS[cmd_name]
             target = getattr(importlib.import_module(f"pvreg.cli.{module}"), attr)
+            # Any: recent typer returns commands of its vendored click (typer._click), older releases click's own.
+            command: Any
             if isinstance(target, typer.Typer):  # a command group (db, remote)
                 command = typer.main.get_group(target)
             else:

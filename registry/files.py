@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +29,7 @@ _RENAME_NOREPLACE = 1  # linux/fs.h
 _AT_FDCWD = -100
 
 
-def _renameat2() -> object | None:
+def _renameat2() -> Callable[..., int] | None:
     """glibc's ``renameat2`` (Linux >= 3.15, glibc >= 2.28), or None where it is missing."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -57,7 +57,7 @@ def rename_noreplace(src: Path, dst: Path) -> None:
         FileExistsError: ``dst`` exists.
     """
     if _RENAMEAT2 is not None:
-        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)  # type: ignore[operator]
+        rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
         if rc == 0:
             return
         err = ctypes.get_errno()
@@ -146,10 +146,8 @@ class AtomicFile:
         if self.done:
             return
         self.done = True
-        try:
+        with contextlib.suppress(OSError):
             self.handle.close()  # flushes: fails again when the disk is full, and must not keep the temp file
-        except OSError:
-            pass
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 

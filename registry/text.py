@@ -93,11 +93,11 @@ def check_dataset(value: str | None) -> str | None:
 
 def check_tag(key: object, value: object) -> tuple[str, str]:
     """One ``KEY=VALUE`` tag: the key is a label without ``=`` (it must survive ``--tag KEY=VALUE``)."""
-    check_line(key, "tag key", max_len=TAG_KEY_MAX)
-    if "=" in key:  # type: ignore[operator]
-        raise _fail("tag key", key, "contains '='")  # type: ignore[arg-type]
-    check_line(value, f"value of tag {printable(key)}", max_len=TAG_VALUE_MAX, allow_empty=True, label=False)
-    return key, value  # type: ignore[return-value]
+    k = check_line(key, "tag key", max_len=TAG_KEY_MAX)
+    if "=" in k:
+        raise _fail("tag key", k, "contains '='")
+    v = check_line(value, f"value of tag {printable(k)}", max_len=TAG_VALUE_MAX, allow_empty=True, label=False)
+    return k, v
 
 
 def check_tags(tags: Mapping[str, str]) -> dict[str, str]:

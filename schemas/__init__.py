@@ -34,7 +34,28 @@ _WHERE = {
     "RemoteVector": "hub",
 }
 
-__all__ = sorted(_WHERE)
+# A literal (not ``sorted(_WHERE)``) so static tools see the names; it lists exactly _WHERE's keys.
+__all__ = [
+    "BaseModelInfo",
+    "ComposeResult",
+    "ComposeSpec",
+    "ComposeTerm",
+    "CompositionRecord",
+    "GcReport",
+    "HubBaseInfo",
+    "HubVectorFile",
+    "ListEntry",
+    "ParentRef",
+    "PullResult",
+    "PulledVector",
+    "PushResult",
+    "PushedVector",
+    "RemoteListing",
+    "RemoteVector",
+    "VectorMeta",
+    "VerifyProblem",
+    "VerifyReport",
+]
 
 if TYPE_CHECKING:
     from pvreg.schemas.compose import (

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pvreg.schemas.vector import VectorMeta
 
 Accumulate = Literal["float32", "float64"]
+#: What a compose run wrote: a whole model directory, or one vector file.
+OutputKind = Literal["model", "vector"]
 
 
 class ComposeTerm(BaseModel):
@@ -55,7 +57,7 @@ class ComposeResult(BaseModel):
     """What one compose run produced."""
 
     out: str | None = Field(description="Output directory (model) or file (vector); None if only registered")
-    output_kind: Literal["model", "vector"]
+    output_kind: OutputKind
     output_fingerprint: str
     files: list[str] = Field(default_factory=list, description="Files written, relative to out for a model")
     composition_id: int

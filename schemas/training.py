@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pvreg.schemas.vector import VectorMeta
 
 Method = Literal["lora", "full"]
+#: The containers preference data is read from, and the three row layouts (pvreg.registry.training.data).
+DataFormat = Literal["jsonl", "json", "parquet", "datasets"]
+DataLayout = Literal["prompt/chosen/rejected", "chosen/rejected", "positive/negative"]
+#: The two DPO runs of a pair: θ+ on the pairs, θ− on them with chosen and rejected swapped.
+Run = Literal["positive", "negative"]
 #: Learning rates used when ``lr`` is not given: LoRA adapters need ~10x the full fine-tune's rate.
 DEFAULT_LR: dict[str, float] = {"full": 5e-6, "lora": 5e-5}
 
@@ -112,8 +117,8 @@ class PreferenceDataInfo(BaseModel):
 
     path: str
     sha256: str = Field(description="Of the file's bytes; for a datasets directory, of its sorted file manifest")
-    format: Literal["jsonl", "json", "parquet", "datasets"]
-    layout: Literal["prompt/chosen/rejected", "chosen/rejected", "positive/negative"] = Field(
+    format: DataFormat
+    layout: DataLayout = Field(
         description="prompt/chosen/rejected: explicit prompt; the other two are full texts or conversations "
         "split at their common prefix"
     )
@@ -125,7 +130,7 @@ class PreferenceDataInfo(BaseModel):
 class RunMetrics(BaseModel):
     """One DPO run (θ+ or θ−): how it went, measured by TRL on its own data."""
 
-    run: Literal["positive", "negative"]
+    run: Run
     steps: int
     train_loss: float = Field(description="DPO loss of the last optimizer step")
     mean_train_loss: float = Field(description="Mean DPO loss over all steps")

@@ -71,7 +71,7 @@ def read_texts(path: str | os.PathLike[str]) -> list[str]:
     p, text = _read_text_file(path)
     docs: list[str] = []
     block: list[str] = []
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if line.strip():
             block.append(line)
         elif block:

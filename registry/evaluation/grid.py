@@ -129,4 +129,4 @@ def grid_points(axes: Sequence[GridAxis]) -> list[dict[str, float]]:
         raise GridError("the sweep grid is empty: give at least one REF=VALUES axis")
     grid_size(axes)
     refs = [a.ref for a in axes]
-    return [dict(zip(refs, combo)) for combo in itertools.product(*(a.values for a in axes))]
+    return [dict(zip(refs, combo, strict=True)) for combo in itertools.product(*(a.values for a in axes))]

@@ -56,7 +56,9 @@ def _save(fig: Any, out: str | os.PathLike[str]) -> Path:
 def _value(v: MetricValue | float | None) -> float:
     if v is None:
         return math.nan
-    return float(getattr(v, "value", v))
+    if isinstance(v, (int, float)):
+        return float(v)
+    return float(v.value)
 
 
 def plot_line(

@@ -276,10 +276,10 @@ def tokenize_items(
         raise EvalError("append_eos=True but the tokenizer has no EOS token")
     seqs: list[list[int]] = []
     starts: list[int] = []
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    for i, (p_ids, c_ids) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
         where = labels[i] if labels is not None else f"item {i}"
-        if append_eos:
-            c = [*c, eos]
+        c = [*c_ids, eos] if append_eos else list(c_ids)
+        p = list(p_ids)
         if not c:
             raise EvalSetError(f"{where}: the completion has no tokens")
         if not p:
@@ -294,7 +294,7 @@ def tokenize_items(
                     f"{where}: the completion has {len(c)} tokens, more than max_length {max_length} allows"
                 )
             p = p[len(p) - keep :]
-        seqs.append(list(p) + list(c))
+        seqs.append(p + c)
         starts.append(len(p))
     return seqs, starts
 
@@ -330,7 +330,7 @@ def score_completions(
     )
     dev = _model_device(model, device)
     pad = _pad_id(tokenizer)
-    results: list[ScoredItem | None] = [None] * len(seqs)
+    results: dict[int, ScoredItem] = {}  # item index -> score; batches go longest first
     with _EvalMode(model):
         for batch in _batches([len(s) for s in seqs], batch_size):
             ids, attn = _pad_right([seqs[i] for i in batch], pad, dev)
@@ -348,7 +348,7 @@ def score_completions(
             counts = scored.sum(dim=1).tolist()
             for row, i in enumerate(batch):
                 results[i] = ScoredItem(sums[row], int(counts[row]))
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(seqs))]
 
 
 # --- texts ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from pvreg.registry.errors import (
 if TYPE_CHECKING:
     import torch
 
-    from pvreg.schemas.evaluation import DiffReport, GroupStats, SimilarityReport
+    from pvreg.schemas.evaluation import DiffReport, GroupBy, GroupStats, SimilarityReport
 
 #: Default number of entries read from one tensor at once.
 CHUNK_ELEMENTS = 1 << 22
@@ -71,7 +71,7 @@ def module_type_of(name: str) -> str:
     return rest
 
 
-_GROUPERS = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
+_GROUPERS: dict[GroupBy, Callable[[str], str]] = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
 
 
 class _Vector:
@@ -88,7 +88,7 @@ class _Vector:
         try:
             self.handle = stack.enter_context(safe_open(str(self.path), framework="pt"))
             self.shapes: dict[str, tuple[int, ...]] = {}
-            for name in self.handle.keys():
+            for name in self.handle.keys():  # noqa: SIM118 - safe_open is no dict: it has keys() but no __iter__
                 sl = self.handle.get_slice(name)
                 dtype = sl.get_dtype()
                 if dtype not in _FLOAT_DTYPES:
@@ -205,7 +205,7 @@ def similarity(
     paths: Sequence[str | os.PathLike[str]],
     *,
     labels: Sequence[str] | None = None,
-    group_by: str | None = None,
+    group_by: GroupBy | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> SimilarityReport:
     """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
@@ -229,7 +229,7 @@ def similarity(
         for name in sorted(shapes):
             acc = _Acc(n)
             present = [i for i, v in enumerate(vectors) if name in v.shapes]
-            for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present)):
+            for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present), strict=True):
                 acc.add(present, torch.stack(pieces))
                 acc.numel += pieces[0].numel()
             if not present:
@@ -241,7 +241,7 @@ def similarity(
     return SimilarityReport(
         vectors=list(labels) if labels is not None else [str(p) for p in paths],
         whole=whole.stats("all"),
-        group_by=group_by,  # type: ignore[arg-type]
+        group_by=group_by,
         groups=[groups[k].stats(k) for k in sorted(groups, key=_natural_key)],
     )
 
@@ -285,7 +285,7 @@ def diff(
             comparable = name in va.shapes and name in vb.shapes and va.shapes[name] == vb.shapes[name]
             if comparable:
                 max_abs = 0.0
-                for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements)):
+                for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements), strict=True):
                     d = xb - xa
                     sums["aa"] += float(xa @ xa)
                     sums["bb"] += float(xb @ xb)

@@ -5,7 +5,7 @@ can apply vectors in place and compare without a second model in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pvreg.registry.errors import EvalError, EvalSetError
@@ -58,7 +58,7 @@ def text_windows(
 
 def _text_batches(
     model: Any, tokenizer: Any, windows: Sequence[tuple[int, tuple[int, ...]]], batch_size: int, device: Any
-):
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per batch: (window indices, logit rows [N, V], targets [N], log Z [N], mask [B, T−1])."""
     import torch
 
@@ -155,7 +155,8 @@ def _kl_rows(
         idx = ref_ids[s : s + step]
         lm = r.gather(1, idx).double() - z
         kl = (lb.exp() * (lb - lm)).sum(dim=1)
-        rest_b = ref_rest[s : s + step].double()  # type: ignore[index]
+        assert ref_rest is not None  # top-k references store ids and the rest's log-mass together
+        rest_b = ref_rest[s : s + step].double()
         rest_m = r.float().scatter(1, idx, float("-inf")).logsumexp(dim=1).double() - z.squeeze(1)
         tail = torch.where(torch.isinf(rest_b), torch.zeros_like(rest_b), rest_b.exp() * (rest_b - rest_m))
         out[s : s + step] = kl + tail

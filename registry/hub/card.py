@@ -31,7 +31,7 @@ _EOL_RE = re.compile(r"\r?\n")
 
 def _split_front_matter(text: str) -> tuple[str | None, str]:
     """(front matter YAML or None, body) of a card."""
-    if text.startswith("---\n") or text.startswith("---\r\n"):
+    if text.startswith(("---\n", "---\r\n")):
         first_nl = text.index("\n") + 1
         rest = text[first_nl:]
         for marker in ("\n---\n", "\n---\r\n"):

@@ -159,7 +159,7 @@ def map_error(exc: BaseException, ctx: Call) -> PvregError | None:
     try:
         import httpx2 as _http  # the transport of huggingface_hub 2.x
     except ImportError:  # pragma: no cover - older clients use httpx
-        import httpx as _http  # type: ignore[no-redef]
+        import httpx as _http  # type: ignore[no-redef]  # one name for whichever transport is installed
 
     from huggingface_hub.errors import HFValidationError
 

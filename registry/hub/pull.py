@@ -286,7 +286,7 @@ def pull(
                             "commit_sha": commit,
                             "path": c.path,
                         }
-                        for (vid, _), c in zip(inserted, checked)
+                        for (vid, _), c in zip(inserted, checked, strict=True)
                     ],
                 )
                 s.flush()
@@ -308,7 +308,7 @@ def pull(
             meta=store.meta_by_id(vid),
             registered=created,
         )
-        for (vid, created), c in zip(inserted, checked)
+        for (vid, created), c in zip(inserted, checked, strict=True)
     ]
     return PullResult(
         repo=repo_id, revision=rev or DEFAULT_REVISION, endpoint=safe_ep, commit_sha=commit, vectors=results

@@ -132,7 +132,7 @@ def apply(
     try:
         params = dict(model.named_parameters(remove_duplicate=False))
         names = sorted({n for i in plan.inputs for n in i.file.infos})
-        mapping, missing = map_names(names, params)
+        mapping, _ = map_names(names, params)  # unmapped names are misfits below
         # The model is the base: each vector tensor against the parameter its name maps to.
         shapes = {n: next(i.file.infos[n].shape for i in plan.inputs if n in i.file.infos) for n in names}
         model_shapes = {n: tuple(params[p].shape) for n, p in mapping.items()}

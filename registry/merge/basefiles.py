@@ -41,11 +41,7 @@ def base_files(src: Path) -> tuple[list[tuple[str, Path]], list[str]]:
             name = p.name
             if name.startswith(".") or (
                 not prefix
-                and (
-                    name.endswith(WEIGHT_SUFFIXES)
-                    or name.endswith(".index.json")
-                    or name in (MODEL_CARD, COMPOSITION_RECORD)
-                )
+                and (name.endswith((*WEIGHT_SUFFIXES, ".index.json")) or name in (MODEL_CARD, COMPOSITION_RECORD))
             ):
                 continue
             try:

@@ -39,14 +39,14 @@ from pvreg.registry.storage.staging import publish_dir, publish_file, staging
 from pvreg.registry.storage.store import Store
 from pvreg.registry.tensors.hfnames import COMPOSITION_RECORD, MODEL_CARD
 from pvreg.registry.version import __version__
-from pvreg.schemas.compose import ComposeResult, ComposeSpec
+from pvreg.schemas.compose import ComposeResult, ComposeSpec, OutputKind
 from pvreg.schemas.vector import ParentRef, VectorMeta
 
 #: The staged file name of a vector that is only registered (no ``out``).
 _UNNAMED_VECTOR = "vector.safetensors"
 
 
-def composition_document(plan: Plan, fingerprint: str, written: Written, kind: str) -> dict[str, Any]:
+def composition_document(plan: Plan, fingerprint: str, written: Written, kind: OutputKind) -> dict[str, Any]:
     """``pvreg-composition.json``: everything needed to reproduce the output (no timestamps)."""
     return {
         "pvreg_version": __version__,
@@ -153,7 +153,7 @@ def compose(
                 publish_dir(tmp, out_path, rewrite, force=force)
     finally:
         plan.close()
-    kind = "vector" if vector_only else "model"
+    kind: OutputKind = "vector" if vector_only else "model"
     cid = store.transaction(
         lambda s: writes.add_composition(
             s,

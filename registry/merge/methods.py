@@ -194,7 +194,7 @@ class MergeMethod(ABC):
                 f"{self.name}: tensor {tensor_name!r} has dtype {first.dtype}; "
                 "expected float32 or float64 (cast before combining)"
             )
-        for d, k in zip(deltas, keys):
+        for d, k in zip(deltas, keys, strict=True):
             if d.dtype != first.dtype or d.device != first.device:
                 raise ValueError(
                     f"{self.name}: tensor {tensor_name!r} of vector {k} is {d.dtype} on "
@@ -205,7 +205,7 @@ class MergeMethod(ABC):
                     f"tensor {tensor_name!r} of vector {k} has shape {tuple(d.shape)}, expected {tuple(first.shape)}"
                 )
         ws = [float(w) for w in weights]
-        for w, k in zip(ws, keys):
+        for w, k in zip(ws, keys, strict=True):
             if not math.isfinite(w):
                 raise SpecError(f"weight {w} of vector {k} is not finite")
         ks = [str(k) for k in keys]
@@ -258,6 +258,7 @@ class Ties(MergeMethod):
 
     name = "ties"
     params = TiesParams
+    config: TiesParams  # what __init__ checked it is
 
     def _combine(
         self,
@@ -272,7 +273,7 @@ class Ties(MergeMethod):
         numel = like.numel()
         if numel == 0:
             return torch.zeros_like(like)
-        density: float = self.config.density  # type: ignore[attr-defined]
+        density = self.config.density
         k = trim_count(density, numel)
         # Thresholds are found once (one selection per vector) and reused in pass 2.
         thresholds: dict[int, torch.Tensor | None] = {}
@@ -301,11 +302,12 @@ class _Dare(MergeMethod):
     """Shared DARE drop-and-rescale: ``δ'_i = δ_i·m_i / density``, ``m_i ~ Bernoulli(density)``."""
 
     params = DareParams
+    config: DareParams  # what __init__ checked it is
     uses_seed = True
 
     def _rescaled(self, delta: torch.Tensor, *, tensor_name: str, key: str) -> torch.Tensor:
         """Fresh tensor ``δ·m / density`` with the mask derived from (seed, tensor, key)."""
-        density: float = self.config.density  # type: ignore[attr-defined]
+        density = self.config.density
         assert self.seed is not None
         if density == 1.0:
             return delta.clone()  # every mask entry is kept: rand() < 1 always

@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +128,7 @@ class Plan:
 
 
 def _shape_problems(
-    label: str, infos: dict[str, TensorInfo], base: dict[str, TensorInfo], problems: Problems, *, limit: int = 3
+    label: str, infos: Mapping[str, TensorInfo], base: Mapping[str, TensorInfo], problems: Problems, *, limit: int = 3
 ) -> None:
     misfits = fit_problems(
         {n: i.shape for n, i in infos.items()},
@@ -210,7 +210,7 @@ def prepare(
     inputs: list[Input] = []
     by_ref: dict[str, str] = {}
     by_sha: dict[str, tuple[str, str]] = {}
-    for term, meta in zip(spec.terms, store.resolve_many([t.ref for t in spec.terms])):
+    for term, meta in zip(spec.terms, store.resolve_many([t.ref for t in spec.terms]), strict=True):
         if isinstance(meta, PvregError):
             problems.add_error(meta)
             continue
@@ -304,17 +304,17 @@ def prepare(
 
     if resolved is not None and resolved.infos is not None:
         for i in inputs:
-            _shape_problems(f"{i.meta.ref}", i.file.infos, resolved.infos, problems)  # type: ignore[arg-type]
+            _shape_problems(f"{i.meta.ref}", i.file.infos, resolved.infos, problems)
     else:
         shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
         for i in inputs:
-            for name, info in i.file.infos.items():
-                seen = shapes.setdefault(name, (i.meta.ref, info.shape))
-                if seen[1] != info.shape:
+            for name, tensor in i.file.infos.items():
+                seen = shapes.setdefault(name, (i.meta.ref, tensor.shape))
+                if seen[1] != tensor.shape:
                     problems.add(
                         BaseMismatchError,
                         f"tensor {name!r} has shape {list(seen[1])} in {seen[0]} "
-                        f"but {list(info.shape)} in {i.meta.ref}",
+                        f"but {list(tensor.shape)} in {i.meta.ref}",
                     )
     extra_files: list[tuple[str, Path]] = []
     if need_base and resolved is not None and resolved.path is not None and resolved.path.is_dir():

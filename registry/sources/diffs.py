@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,7 @@ def _shape(info: TensorInfo) -> list[int]:
     return list(info.shape)
 
 
-def _check_layouts(sides: list[tuple[str, Mapping[str, TensorInfo]]], base: Mapping[str, TensorInfo]) -> None:
+def _check_layouts(sides: Sequence[tuple[str, Mapping[str, TensorInfo]]], base: Mapping[str, TensorInfo]) -> None:
     """Every side must have exactly the base's names and shapes; report the first offence by name."""
     base_shapes = {n: b.shape for n, b in base.items()}
     found = [
@@ -71,7 +71,7 @@ def _check_layouts(sides: list[tuple[str, Mapping[str, TensorInfo]]], base: Mapp
         raise misfit_error(label, [first])
 
 
-def _check_floating(sides: list[tuple[str, Mapping[str, TensorInfo]]]) -> None:
+def _check_floating(sides: Sequence[tuple[str, Mapping[str, TensorInfo]]]) -> None:
     for label, infos in sides:
         for name in sorted(infos):
             code = infos[name].dtype
@@ -139,7 +139,7 @@ class _Meter:
         import torch
 
         if stored.dtype != exact.dtype:
-            for e, s in zip(iter_chunks(exact), iter_chunks(stored)):
+            for e, s in zip(iter_chunks(exact), iter_chunks(stored), strict=True):
                 e64 = e.to(torch.float64)
                 d = s.to(torch.float64)
                 d.sub_(e64)

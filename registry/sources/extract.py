@@ -35,6 +35,7 @@ was rounded).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,10 +59,10 @@ __all__ = ["Made", "build_source"]
 def build_source(
     resolved: ResolvedBase,
     *,
-    positive: str | Path | None,
-    negative: str | Path | None,
-    finetuned: str | Path | None,
-    lora: str | Path | None,
+    positive: str | os.PathLike[str] | None,
+    negative: str | os.PathLike[str] | None,
+    finetuned: str | os.PathLike[str] | None,
+    lora: str | os.PathLike[str] | None,
     dtype: str | None,
     cache: FingerprintCache,
 ) -> Made:
@@ -126,12 +127,3 @@ def _parse_dtype(dtype: str | None) -> str | None:
 
 def _is_adapter(path: Path) -> bool:
     return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
-
-
-# --------------------------------------------------------------------------- error meter
-
-
-# --------------------------------------------------------------------------- dense sources
-
-
-# --------------------------------------------------------------------------- LoRA

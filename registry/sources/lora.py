@@ -239,7 +239,7 @@ class LoraAdapter:
         # Index base names by their name without the first component, for "add one".
         by_tail: dict[str, list[str]] = {}
         for name in base_shapes:
-            head, sep, tail = name.partition(".")
+            _, sep, tail = name.partition(".")
             if sep:
                 by_tail.setdefault(tail, []).append(name)
 

@@ -58,8 +58,7 @@ class BlobStore:
     def iter_temp(self) -> Iterator[Path]:
         if not self.root.is_dir():
             return
-        for p in self.root.rglob(f"{TEMP_PREFIX}*"):
-            yield p
+        yield from self.root.rglob(f"{TEMP_PREFIX}*")
 
     def delete(self, sha256: str) -> int:
         p = self.path(sha256)

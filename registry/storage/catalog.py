@@ -102,7 +102,7 @@ def meta(conn: Connection, version_id: int) -> VectorMeta:
     rows = conn.execute(_versions().where(versions.c.id == version_id)).all()
     if not rows:
         raise NotFoundError(f"version id {version_id} vanished (removed concurrently?)")
-    return _metas(conn, rows)[0]
+    return _metas(conn, rows, VectorMeta)[0]
 
 
 def show(conn: Connection, ref: str | Ref) -> VectorMeta:
@@ -125,7 +125,7 @@ def resolve_many(conn: Connection, refs: Sequence[str]) -> list[VectorMeta | Pvr
     rows: list[Row[Any]] = []
     for chunk in _chunks(ids):
         rows.extend(conn.execute(_versions().where(versions.c.id.in_(chunk))).all())
-    by_id = {r.id: m for r, m in zip(rows, _metas(conn, rows))}
+    by_id = {r.id: m for r, m in zip(rows, _metas(conn, rows, VectorMeta), strict=True)}
     return [by_id[f] if isinstance(f, int) else f for f in found]
 
 
@@ -135,12 +135,12 @@ def history(conn: Connection, name: str) -> list[VectorMeta]:
     if vector_id is None:
         raise NotFoundError(f"unknown vector {name!r}")
     rows = conn.execute(_versions().where(versions.c.vector_id == vector_id).order_by(versions.c.version.desc())).all()
-    return _metas(conn, rows)
+    return _metas(conn, rows, VectorMeta)
 
 
 def everything(conn: Connection) -> list[VectorMeta]:
     """Every version, by name then version number."""
-    return _metas(conn, conn.execute(_versions().order_by(vectors.c.name, versions.c.version)).all())
+    return _metas(conn, conn.execute(_versions().order_by(vectors.c.name, versions.c.version)).all(), VectorMeta)
 
 
 def latest(conn: Connection) -> list[ListEntry]:
@@ -202,7 +202,7 @@ def _chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
 def _metas(
     conn: Connection,
     rows: Sequence[Row[Any]],
-    model: type[M] = VectorMeta,  # type: ignore[assignment]
+    model: type[M],  # no default: mypy cannot type a default for a TypeVar parameter
     extra: Callable[[Row[Any]], dict[str, Any]] = lambda _row: {},
 ) -> list[M]:
     """``model`` instances for version rows (from :func:`_versions`), in the same order.
@@ -216,18 +216,18 @@ def _metas(
     alias_names: dict[int, list[str]] = {}
     p, t, a = version_parents.c, version_tags.c, aliases.c
     for chunk in _chunks(ids):
-        for r in conn.execute(
+        for pr in conn.execute(
             select(p.version_id, p.parent_ref, p.parent_sha256, p.coefficient)
             .where(p.version_id.in_(chunk))
             .order_by(p.version_id, p.position)
         ):
-            parents.setdefault(r.version_id, []).append(
-                ParentRef(ref=r.parent_ref, sha256=r.parent_sha256, coefficient=r.coefficient)
+            parents.setdefault(pr.version_id, []).append(
+                ParentRef(ref=pr.parent_ref, sha256=pr.parent_sha256, coefficient=pr.coefficient)
             )
-        for r in conn.execute(select(t.version_id, t.key, t.value).where(t.version_id.in_(chunk))):
-            tags.setdefault(r.version_id, {})[r.key] = r.value
-        for r in conn.execute(select(a.version_id, a.alias).where(a.version_id.in_(chunk)).order_by(a.alias)):
-            alias_names.setdefault(r.version_id, []).append(r.alias)
+        for tr in conn.execute(select(t.version_id, t.key, t.value).where(t.version_id.in_(chunk))):
+            tags.setdefault(tr.version_id, {})[tr.key] = tr.value
+        for ar in conn.execute(select(a.version_id, a.alias).where(a.version_id.in_(chunk)).order_by(a.alias)):
+            alias_names.setdefault(ar.version_id, []).append(ar.alias)
     return [
         model(
             name=r.name,

@@ -60,6 +60,7 @@ from pvreg.registry.storage import environment
 from pvreg.registry.storage.blobstore import BlobStore
 
 if TYPE_CHECKING:  # the ORM is imported only by writers (see catalog.py for why)
+    from alembic.config import Config
     from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -187,7 +188,7 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _alembic_config(connection: object) -> object:
+def _alembic_config(connection: Connection) -> Config:
     from alembic.config import Config
 
     config = Config()
@@ -257,7 +258,7 @@ def upgrade(
         hint = f"; the database is unchanged and a backup is at {backup}" if backup else ""
         try:
             with engine.begin() as conn:
-                command.upgrade(_alembic_config(conn), target)  # type: ignore[arg-type]
+                command.upgrade(_alembic_config(conn), target)
         except StorageError as exc:  # disk full, read-only, ...: say what did not happen
             raise type(exc)(f"{exc}; migration from {before or '(empty)'} not done{hint}") from exc
         except PvregError:
@@ -376,10 +377,11 @@ def run_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]
             if not is_retryable(exc):
                 raise
             if attempt == attempts - 1:
-                bind = session.get_bind()
+                url = session.get_bind().engine.url  # get_bind() may be a Connection: .engine is on both
+                reason = environment.first_line(exc.orig if exc.orig is not None else exc)
                 raise StorageError(
-                    f"{environment.database_label(bind.url)}: gave up after {attempts} attempts: the database "
-                    f"stayed locked by, or kept conflicting with, other writers ({environment.first_line(exc.orig)})"
+                    f"{environment.database_label(url)}: gave up after {attempts} attempts: the database "
+                    f"stayed locked by, or kept conflicting with, other writers ({reason})"
                 ) from exc
             time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
         finally:
@@ -396,7 +398,7 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 @contextlib.contextmanager
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """One consistent read transaction, without the ORM and without taking write locks."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(**{READ_ONLY: True})
+    with engine.connect() as raw:
+        conn = raw.execution_options(**{READ_ONLY: True})
         with conn.begin():
             yield conn

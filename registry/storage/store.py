@@ -162,12 +162,12 @@ class Store:
         the blob, and then it writes the blob afresh.  Best effort: when even
         the check fails (the database is unreachable), the blob stays for gc.
         """
-        with contextlib.suppress(Exception):  # the original failure is what the user must see
-            with self.blobs.gc_lock():
-                with self.read() as conn:
-                    if catalog.refs_by_blob(conn, [sha256]).get(sha256):
-                        return
-                self.blobs.delete(sha256)
+        # Suppressed: the original failure is what the user must see.
+        with contextlib.suppress(Exception), self.blobs.gc_lock():
+            with self.read() as conn:
+                if catalog.refs_by_blob(conn, [sha256]).get(sha256):
+                    return
+            self.blobs.delete(sha256)
 
     def commit_version(self, new: NewVersion) -> VectorMeta:
         """Insert a version for a blob already in the store (one transaction, retried).

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from pvreg.registry.errors import (
     InvalidTensorFileError,
@@ -223,5 +223,5 @@ def base_config_facts(directory: Path | None) -> dict[str, object]:
     return facts
 
 
-def _short_text(value: object) -> bool:
+def _short_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()

@@ -81,7 +81,7 @@ def dtype_name(code: str) -> str:
 def torch_dtype(code: str) -> torch.dtype:
     import torch
 
-    return getattr(torch, DTYPES[code][1])  # type: ignore[no-any-return]
+    return getattr(torch, DTYPES[code][1])
 
 
 def dtype_code(dtype: torch.dtype) -> str:

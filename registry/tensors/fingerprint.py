@@ -11,6 +11,7 @@ Hashing a multi-GB base is slow, so per-file results are cached by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ def _file_entries(checkpoint: Checkpoint, file: Path, infos: dict[str, TensorInf
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = list(pool.map(lambda n: _hash_and_release(checkpoint, n), names))
-    return [(n, infos[n].dtype, infos[n].shape, d) for n, d in zip(names, digests)]
+    return [(n, infos[n].dtype, infos[n].shape, d) for n, d in zip(names, digests, strict=True)]
 
 
 class FingerprintCache:
@@ -86,10 +87,8 @@ class FingerprintCache:
         if slot is None:
             return
         payload = {"stamp": self._stamp(file), "entries": [[n, d, list(s), h] for n, d, s, h in entries]}
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache only costs speed
             write_bytes_atomic(slot, json.dumps(payload).encode())
-        except OSError:
-            pass  # a read-only cache only costs speed
 
 
 def fingerprint_checkpoint(checkpoint: Checkpoint, cache: FingerprintCache | None = None) -> str:

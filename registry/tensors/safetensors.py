@@ -10,6 +10,7 @@ costs page cache, not heap.  PyTorch ``.bin`` checkpoints are read only through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -97,8 +98,12 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
-class _Object(dict):  # type: ignore[type-arg]
-    """A JSON object that remembers the keys it saw twice (``json`` keeps the last one silently)."""
+class _Object(dict[str, Any]):
+    """A JSON object that remembers the keys it saw twice (``json`` keeps the last one silently).
+
+    Every object the header decoder returns is one, so ``isinstance(x, _Object)``
+    is the "is a JSON object" test that also tells the type checker about ``duplicates``.
+    """
 
     duplicates: tuple[str, ...] = ()
 
@@ -107,7 +112,12 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     obj = _Object(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        twice: list[str] = []
+        for k, _ in pairs:
+            if k in seen:
+                twice.append(k)
+            seen.add(k)
+        obj.duplicates = tuple(twice)
     return obj
 
 
@@ -177,11 +187,11 @@ def parse_header(path: Path) -> tuple[dict[str, _Slot], dict[str, str], int]:
     """
     raw, size = _read_header(path)
     header = _decode_header(path, raw)
-    if not isinstance(header, dict):
+    if not isinstance(header, _Object):
         raise _fail(path, "header is not a JSON object")
-    if header.duplicates:  # type: ignore[attr-defined]
+    if header.duplicates:
         # json keeps the last entry; other readers may keep the first: the file means two things.
-        twice = header.duplicates[0]  # type: ignore[attr-defined]
+        twice = header.duplicates[0]
         what = "__metadata__" if twice == "__metadata__" else f"tensor {shown(twice)}"
         raise _fail(path, f"{what} appears twice in the header")
     metadata = _parse_metadata(path, header.pop("__metadata__", None))
@@ -204,10 +214,10 @@ def parse_header(path: Path) -> tuple[dict[str, _Slot], dict[str, str], int]:
 def _parse_metadata(path: Path, metadata: Any) -> dict[str, str]:
     if metadata is None:  # absent or null, as the reference reader allows
         return {}
-    if not isinstance(metadata, dict):
+    if not isinstance(metadata, _Object):
         raise _fail(path, f"__metadata__ must map strings to strings, not be a JSON {_json_type(metadata)}")
-    if metadata.duplicates:  # type: ignore[attr-defined]
-        raise _fail(path, f"__metadata__ has the key {shown(metadata.duplicates[0])} twice")  # type: ignore[attr-defined]
+    if metadata.duplicates:
+        raise _fail(path, f"__metadata__ has the key {shown(metadata.duplicates[0])} twice")
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise _fail(
@@ -267,10 +277,10 @@ def _parse_entry(path: Path, name: str, entry: Any, data_start: int) -> _Slot:
     problem = tensor_name_problem(name)
     if problem:
         raise _fail(path, f"tensor name {shown(name)} {problem}")
-    if not isinstance(entry, dict):
+    if not isinstance(entry, _Object):
         raise _fail(path, f"entry for {where} is not an object")
-    if entry.duplicates:  # type: ignore[attr-defined]
-        raise _fail(path, f"entry for {where} has the key {shown(entry.duplicates[0])} twice")  # type: ignore[attr-defined]
+    if entry.duplicates:
+        raise _fail(path, f"entry for {where} has the key {shown(entry.duplicates[0])} twice")
     for key in ("dtype", "shape", "data_offsets"):
         if key not in entry:
             raise _fail(path, f"{where} has no {key!r}")
@@ -359,10 +369,8 @@ class SafetensorsFile:
 
     def close(self) -> None:
         if self._mmap is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a tensor view is still alive; the map goes with it
                 self._mmap.close()
-            except BufferError:
-                pass  # a tensor view is still alive; the map goes with it
             self._mmap = None
 
 
@@ -393,7 +401,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     import torch
 
     flat = t.detach().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data  # the array's own buffer, as a memoryview
 
 
 class StreamingWriter:

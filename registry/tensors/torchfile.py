@@ -153,7 +153,9 @@ def _stored_records(path: Path) -> dict[int, int] | None:
                     return None
                 name_len, extra_len = struct.unpack("<HH", local[26:30])
                 offset = info.header_offset + 30 + name_len + extra_len
-                if reader.get_record_offset(name) != offset or reader.get_record_size(name) != info.file_size:
+                # torch's stub (torch/_C/__init__.pyi) lacks get_record_offset, which torch.load(mmap=True) itself calls.
+                at = reader.get_record_offset(name)  # type: ignore[attr-defined]
+                if at != offset or reader.get_record_size(name) != info.file_size:
                     return None
                 if offset in records:
                     return None  # two records over the same bytes

@@ -27,18 +27,22 @@ with no common prefix, plain text mixed with chat messages.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any
 
 from pvreg.registry.errors import PreferenceDataError, TrainOptionsError
 from pvreg.registry.training.readers import read_records
 
+if TYPE_CHECKING:
+    from pvreg.schemas.training import DataFormat, DataLayout
+
 __all__ = ["PreferenceData", "PreferencePair", "load_pairs", "split_contrastive", "split_pairs"]
 
 Message = dict[str, str]
-Side = Union[str, list[Message]]
-_LAYOUTS = {
+Side = str | list[Message]
+_LAYOUTS: dict[DataLayout, tuple[str, ...]] = {
     "prompt/chosen/rejected": ("prompt", "chosen", "rejected"),
     "chosen/rejected": ("chosen", "rejected"),
     "positive/negative": ("positive", "negative"),
@@ -70,8 +74,8 @@ class PreferenceData:
 
     path: Path
     sha256: str
-    format: str
-    layout: str
+    format: DataFormat
+    layout: DataLayout
     conversational: bool
     pairs: tuple[PreferencePair, ...]
     label: str | None = None
@@ -89,7 +93,7 @@ class PreferenceData:
             path=str(self.path),
             sha256=self.sha256,
             format=self.format,
-            layout=self.layout,  # type: ignore[arg-type]
+            layout=self.layout,
             conversational=self.conversational,
             rows=self.rows,
             label=self.label,
@@ -143,6 +147,11 @@ def split_pairs(data: PreferenceData, eval_fraction: float, seed: int) -> tuple[
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items ``a`` and ``b`` share; the shorter one bounds it, hence ``zip`` is not strict."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def split_contrastive(first: str, second: str) -> tuple[str, str, str]:
     """``(prompt, first ending, second ending)`` of two full texts, split at the last whitespace
     at or before their first differing character; both endings start with that whitespace.
@@ -153,7 +162,7 @@ def split_contrastive(first: str, second: str) -> tuple[str, str, str]:
     """
     if first == second:
         raise ValueError("the two texts are identical")
-    diff = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    diff = _common_prefix(first, second)
     cut = next(
         (
             j
@@ -179,7 +188,7 @@ def _keys(path: Path, number: int, record: Any) -> list[str]:
     return list(record)
 
 
-def _layout(path: Path, keys: list[str], *, row: int | None) -> str:
+def _layout(path: Path, keys: list[str], *, row: int | None) -> DataLayout:
     have = set(keys)
     where = f"{path}: row {row}" if row is not None else str(path)
     if {"chosen", "rejected"} <= have:
@@ -196,18 +205,18 @@ def _layout(path: Path, keys: list[str], *, row: int | None) -> str:
     raise PreferenceDataError(f"{where}: missing column {missing!r}")
 
 
+_KINDS: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+
+
 def _kind(value: Any) -> str:
-    return (
-        "null"
-        if value is None
-        else {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
-    )
+    """How a message names a JSON value's type: "an object", "null", "a float"."""
+    return "null" if value is None else _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 class _RowParser:
     """Validates rows of one layout and remembers whether the file is conversational."""
 
-    def __init__(self, path: Path, layout: str) -> None:
+    def __init__(self, path: Path, layout: DataLayout) -> None:
         self.path = path
         self.layout = layout
         self.fields = _LAYOUTS[layout]
@@ -228,7 +237,8 @@ class _RowParser:
         if self.layout == "prompt/chosen/rejected":
             prompt, chosen, rejected = values["prompt"], values["chosen"], values["rejected"]
             if isinstance(prompt, str):
-                chosen, rejected = _spaced(prompt, chosen), _spaced(prompt, rejected)  # type: ignore[arg-type]
+                assert isinstance(chosen, str) and isinstance(rejected, str)  # one kind per row: _check_uniform
+                chosen, rejected = _spaced(prompt, chosen), _spaced(prompt, rejected)
         else:
             a, b = (values[name] for name in self.fields)
             prompt, chosen, rejected = self._split(number, a, b)
@@ -276,12 +286,13 @@ class _RowParser:
     def _split(self, number: int, a: Side, b: Side) -> tuple[Side, Side, Side]:
         first, second = self.fields
         if isinstance(a, str):
+            assert isinstance(b, str)  # one kind per row: _check_uniform
             try:
-                return split_contrastive(a, b)  # type: ignore[arg-type]
+                return split_contrastive(a, b)
             except ValueError as exc:
                 raise self.fail(number, f"{first} and {second}: {exc}") from None
         assert isinstance(b, list)
-        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        shared = _common_prefix(a, b)
         if shared == len(a) == len(b):
             raise self.fail(number, f"{first} and {second} are identical")
         if shared == 0:

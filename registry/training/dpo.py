@@ -53,12 +53,12 @@ from pvreg.registry.training.inputs import (
 from pvreg.registry.training.runtime import deterministic, first_line, quiet, versions
 
 if TYPE_CHECKING:
-    from pvreg.schemas.training import PairResult, RunMetrics, TrainOptions
+    from pvreg.schemas.training import PairResult, Run, RunMetrics, TrainOptions
 
 __all__ = ["RUNS", "TrainProgress", "train_pair", "training_order"]
 
 #: (run name, swap chosen/rejected) for the two runs, in the order they are trained.
-RUNS = (("positive", False), ("negative", True))
+RUNS: tuple[tuple[Run, bool], ...] = (("positive", False), ("negative", True))
 
 
 class TrainProgress(Protocol):
@@ -146,7 +146,7 @@ def train_pair(
         work.mkdir(parents=True, exist_ok=True)
         if progress is not None:
             progress.start(2 * steps)
-        metrics: dict[str, RunMetrics] = {}
+        metrics: dict[Run, RunMetrics] = {}
         try:
             for number, (run, swap) in enumerate(RUNS):
                 metrics[run] = _train_run(
@@ -194,7 +194,7 @@ def train_pair(
 
 @dataclasses.dataclass(frozen=True)
 class _RunPlan:
-    run: str
+    run: Run
     swap: bool
     base: Path
     train: list[PreferencePair]
@@ -280,7 +280,7 @@ def _fit(
     steps = int(trainer.state.global_step)
     train_seconds = float(output.metrics.get("train_runtime", 0.0))
     return RunMetrics(
-        run=plan.run,  # type: ignore[arg-type]
+        run=plan.run,
         steps=steps,
         train_loss=losses[-1],
         mean_train_loss=float(output.training_loss),
@@ -312,7 +312,7 @@ def _trainer_class() -> type:
         def __len__(self) -> int:
             return len(self.order)
 
-    class PvregDPOTrainer(DPOTrainer):  # type: ignore[misc]
+    class PvregDPOTrainer(DPOTrainer):
         def __init__(self, *args: Any, order: Sequence[int], **kwargs: Any) -> None:
             self.pvreg_order = list(order)
             super().__init__(*args, **kwargs)
@@ -367,7 +367,8 @@ def _lora_config(options: TrainOptions) -> Any:
 
     return LoraConfig(
         r=options.lora_rank,
-        lora_alpha=options.lora_alpha,
+        # peft annotates lora_alpha as int but only divides by it (scaling = alpha / r): a float alpha is honoured.
+        lora_alpha=options.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=0.0,
         bias="none",
         target_modules=list(options.lora_targets) if options.lora_targets else "all-linear",
@@ -391,7 +392,7 @@ def _check_lora_layers(model: Any, base: Path) -> None:
 def _progress_callback(progress: TrainProgress, offset: int) -> Any:
     from transformers import TrainerCallback
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
         ) -> None:

@@ -15,14 +15,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvreg.registry.errors import NotFoundError, PreferenceDataError
+
+if TYPE_CHECKING:
+    from pvreg.schemas.training import DataFormat
 
 __all__ = ["SUFFIXES", "Records", "read_records"]
 
 #: File suffix -> format name; a directory is read as a ``datasets`` save.
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+SUFFIXES: dict[str, DataFormat] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -30,7 +33,7 @@ _PARQUET_MAGIC = b"PAR1"
 class Records:
     """Raw rows of one file: ``rows`` holds ``(row number, record)``; ``columns`` is set for columnar formats."""
 
-    format: str
+    format: DataFormat
     sha256: str
     rows: list[tuple[int, Any]]
     columns: list[str] | None
