@@ -34,8 +34,8 @@ from pvreg.schemas.vector import (
 if TYPE_CHECKING:
     from pvreg.registry.merge.apply import AppliedComposition
     from pvreg.registry.merge.writer import ComposeProgress
-    from pvreg.registry.training.dpo import TrainProgress
     from pvreg.registry.storage.blobstore import BlobStore
+    from pvreg.registry.training.dpo import TrainProgress
     from pvreg.schemas.compose import ComposeResult, ComposeSpec, CompositionRecord
     from pvreg.schemas.hub import PullResult, PushResult, RemoteListing
 
@@ -283,7 +283,7 @@ class Registry:
         keep_checkpoints: str | os.PathLike[str] | None = None,
         message: str | None = None,
         tags: Mapping[str, str] | None = None,
-        progress: "TrainProgress | None" = None,
+        progress: TrainProgress | None = None,
     ) -> VectorMeta:
         """Train θ+ and θ− with DPO from ``base`` on preference ``data`` and register φ = θ+ − θ−.
 

@@ -40,7 +40,7 @@ def train(
     keep_checkpoints: str | os.PathLike[str] | None = None,
     message: str | None = None,
     tags: Mapping[str, str] | None = None,
-    progress: "TrainProgress | None" = None,
+    progress: TrainProgress | None = None,
     **options: object,
 ) -> VectorMeta:
     """Train θ+ and θ− from ``base`` on ``data`` and register φ = θ+ − θ− as the next version of ``name``.
@@ -54,7 +54,7 @@ def train(
     tag_map = dict(tags or {})
     label = dataset_label if dataset_label is not None else Path(data).stem
     check_version_text(name, dataset=label, tags=tag_map, message=message)
-    pairs = load_pairs(data, label=label)
+    pairs = load_pairs(Path(data), label=label)
     opts = build_options(**options)
     require_training(opts.method)
     base_dir = Path(base)
