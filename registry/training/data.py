@@ -26,6 +26,7 @@ with no common prefix, plain text mixed with chat messages.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class PreferenceData:
         )
 
 
-def load_pairs(path: str | Path, *, label: str | None = None) -> PreferenceData:
+def load_pairs(path: str | os.PathLike[str], *, label: str | None = None) -> PreferenceData:
     """Read and validate every pair of ``path``; ``label`` is a free-form dataset name kept for provenance.
 
     Raises:
