@@ -106,6 +106,8 @@ def load_spec_file(path: str | os.PathLike[str]) -> ComposeSpec:
         return ComposeSpec.model_validate(_string_terms(data))
     except ValidationError as exc:
         raise SpecError(f"{p}: invalid spec at {_validation_message(exc)}") from None
+    except SpecError as exc:  # a bad "REF:COEF" string term
+        raise SpecError(f"{p}: {exc}") from None
 
 
 def _string_terms(data: dict[str, Any]) -> dict[str, Any]:
