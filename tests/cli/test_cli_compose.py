@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from factories import make_base, make_vector
+from helpers.factories import make_base, make_vector
 from pvreg.registry.files import TEMP_PREFIX
 
 

@@ -12,25 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import llama_shapes, random_tensors, save_checkpoint
+from helpers.cli import one_error_line
+from helpers.factories import llama_shapes, random_tensors, save_checkpoint
+from helpers.models import LORA_LLAMA, build_llama
 from pvreg.registry.api import Registry
 from safetensors.torch import load_file, save_file
-from test_extract import assert_one_line_error
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _tiny_llama() -> LlamaForCausalLM:
-    return LlamaForCausalLM(
-        LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, vocab_size=128)
-    )
 
 
 def _adapter(base_dir: Path, out: Path, targets: list[str], seed: int | None, **kw) -> Path:
@@ -55,9 +49,8 @@ def _merged(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("lora")
-    torch.manual_seed(0)
     base_dir = tmp / "base"
-    _tiny_llama().save_pretrained(base_dir)
+    build_llama(seed=0, attn=None, config=LORA_LLAMA).save_pretrained(base_dir)
     base = load_file(str(base_dir / "model.safetensors"))
     pos = _adapter(base_dir, tmp / "pos", ALL_TARGETS, seed=1)
     neg = _adapter(base_dir, tmp / "neg", ["q_proj", "v_proj", "down_proj"], seed=2)
@@ -146,22 +139,22 @@ def test_lora_zero_modules_omitted_and_all_zero_refused(world, tmp_path: Path, c
 
     fresh = _adapter(world["base_dir"], tmp_path / "fresh", ["q_proj"], seed=None)  # peft init: B = 0
     before = snapshot()
-    assert_one_line_error(cli("add", "z", "--lora", fresh, "--base", world["base_dir"]), 2, "all deltas are zero")
+    one_error_line(cli("add", "z", "--lora", fresh, "--base", world["base_dir"]), 2, "all deltas are zero")
     res = cli("add", "z", "--positive", world["pos"], "--negative", world["pos"], "--base", world["base_dir"])
-    assert_one_line_error(res, 2, "all deltas are zero")
+    one_error_line(res, 2, "all deltas are zero")
     assert snapshot() == before
 
 
 def test_lora_adapter_mixed_with_checkpoint_refused(world, cli) -> None:
     res = cli("add", "x", "--positive", world["pos"], "--negative", world["base_dir"], "--base", world["base_dir"])
-    assert_one_line_error(res, 2, "LoRA adapter")
+    one_error_line(res, 2, "LoRA adapter")
     res = cli("add", "x", "--finetuned", world["pos"], "--base", world["base_dir"])
-    assert_one_line_error(res, 2, "--lora")
+    one_error_line(res, 2, "--lora")
 
 
 def test_lora_needs_base_weights(world, cli) -> None:
     res = cli("add", "x", "--lora", world["pos"], "--base", "cd" * 32)
-    assert_one_line_error(res, 2, "--base as a path")
+    one_error_line(res, 2, "--base as a path")
 
 
 # ---------------------------------------------------------------- unsafe pickles
@@ -194,7 +187,7 @@ def test_unsafe_pickle_refused(tmp_path: Path, base_dir: Path, base_tensors, cli
     else:
         args = ["--finetuned", evil_dir / "pytorch_model.bin"]
     res = cli("add", "x", *args, "--base", base_dir)
-    assert_one_line_error(res, 2, "pytorch_model.bin", "refused", "Unsupported global")
+    one_error_line(res, 2, "pytorch_model.bin", "refused", "Unsupported global")
     assert not marker.exists()
     assert snapshot() == before
 
@@ -234,17 +227,17 @@ def test_mismatch_is_one_line(tmp_path: Path, base_dir: Path, cli, snapshot, pos
         reg.resolve_base(base_dir)
     before = snapshot()
     res = cli("add", "x", "--positive", pos, "--negative", neg, "--base", base_dir)
-    assert_one_line_error(res, 2, *fragments)
+    one_error_line(res, 2, *fragments)
     assert snapshot() == before
 
 
 def test_finetuned_mismatch_is_one_line(tmp_path: Path, base_dir: Path, cli) -> None:
     save_checkpoint(tmp_path / "ft", random_tensors({**SHAPES, "model.norm.weight": (8,)}, seed=3))
     res = cli("add", "x", "--finetuned", tmp_path / "ft", "--base", base_dir)
-    assert_one_line_error(res, 2, "--finetuned", "'model.norm.weight' has shape [8] but the base has [16]")
+    one_error_line(res, 2, "--finetuned", "'model.norm.weight' has shape [8] but the base has [16]")
 
 
 def test_bad_dtype_is_one_line(base_dir: Path, tmp_path: Path, cli) -> None:
     save_checkpoint(tmp_path / "ft", random_tensors(SHAPES, seed=3))
     res = cli("add", "x", "--finetuned", tmp_path / "ft", "--base", base_dir, "--dtype", "int8")
-    assert_one_line_error(res, 2, "'int8'", "float32, bfloat16, float16 or float64")
+    one_error_line(res, 2, "'int8'", "float32, bfloat16, float16 or float64")

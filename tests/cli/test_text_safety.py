@@ -22,21 +22,12 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from factories import make_base, make_vector
+from helpers.cli import BIDI, assert_terminal_safe
+from helpers.factories import make_base, make_vector
+from helpers.paths import REPO
 from safetensors.torch import load_file, save_file
 
-BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
 HOSTILE = "ev\x1b]0;pwned\x07il\x1b[2J\r\x9b31m\u202egnp.exe\u2028x"
-
-
-def unsafe_chars(text: str) -> list[str]:
-    """Characters a terminal would act on, by Unicode category (independent of pvreg.registry.text)."""
-    return [c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\n" or c in BIDI]
-
-
-def assert_terminal_safe(text: str) -> None:
-    bad = unsafe_chars(text)
-    assert not bad, f"raw control characters reached the terminal: {bad!r} in {text!r}"
 
 
 # --- the escaping itself ---------------------------------------------------------------------------------------------
@@ -255,7 +246,7 @@ def test_error_lines_carry_no_raw_control_characters(cli, argv):
 
 def test_every_cli_renderer_goes_through_the_escaping_layer():
     """No module of the CLI writes to a terminal except through cli/output.py (say/table/emit_json)."""
-    cli_dir = Path(__file__).resolve().parents[1] / "cli"
+    cli_dir = REPO / "cli"
     direct = re.compile(r"\bprint\(|sys\.std(out|err)\.write|typer\.echo|click\.echo|secho\(")
     offenders = []
     for path in sorted(cli_dir.glob("*.py")):

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["HubServer", "FileEntry", "Commit"]
+__all__ = ["HubServer", "FileEntry", "Commit", "NotAHub", "isolate_hf_client"]
 
 LFS_THRESHOLD = 10 * 1024 * 1024  # files strictly larger than this go through LFS
 LFS_SUFFIXES: tuple[str, ...] = (".safetensors",)
@@ -1083,3 +1083,36 @@ def isolate_hf_client(monkeypatch: Any, home: Path, *, token: str | None = None)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     return home
+
+
+class NotAHub:
+    """A plain web server at 127.0.0.1: every request gets an HTML page (``status``) -- not a Hub."""
+
+    def __init__(self, status: int) -> None:
+        page = b"<!doctype html><html><body>Welcome to nginx!</body></html>"
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(page)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

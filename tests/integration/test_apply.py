@@ -6,20 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import SMALL_LLAMA, build_llama
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import BaseMismatchError
 from pvreg.registry.merge.apply import map_names
 from safetensors.torch import load_file, save_file
 
-CFG = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
-
 
 def _lm(tied: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**CFG, tie_word_embeddings=tied)).eval()
+    return build_llama(seed=0, attn=None, config=SMALL_LLAMA, tie_word_embeddings=tied)
 
 
 @pytest.fixture(scope="module")

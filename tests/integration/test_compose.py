@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from factories import make_base, make_vector
+from helpers.factories import make_base, make_vector
+from helpers.models import SMALL_LLAMA, build_llama
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import (
     BaseMismatchError,
@@ -343,12 +344,7 @@ def test_validation_happens_before_reading_tensors(reg: Registry, tmp_path: Path
 @pytest.fixture(scope="module")
 def hf_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LlamaForCausalLM saved by transformers itself (config, generation config)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                         max_position_embeddings=64))
+    model = build_llama(seed=0, attn=None, config=SMALL_LLAMA)
     d = tmp_path_factory.mktemp("hf") / "base"
     model.save_pretrained(d)
     return d

@@ -26,24 +26,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import make_vector
+from helpers.cli import one_error_line
+from helpers.factories import make_vector
 from safetensors.torch import load_file
 
 ROOT = os.geteuid() == 0
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------------
-
-
-def one_error_line(r, code: int, *needles: str) -> str:
-    """The result failed with ``code`` and exactly one ``error:`` line containing every needle."""
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def blob_files(home: Path) -> dict[str, str]:
@@ -180,15 +170,6 @@ def check_unprivileged_works(tmp_path: Path) -> None:
         probe.chmod(0o755)
     if r.returncode == 0:
         pytest.skip("setpriv did not drop CAP_DAC_OVERRIDE here")
-
-
-def proc_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # --- 6: an empty or missing database over existing blobs -----------------------------------------------------------
@@ -507,7 +488,7 @@ def test_read_only_by_permissions(cli, tmp_path, home, base_dir, base_tensors) -
             assert r.returncode == 0 and r.stderr == "", (argv, r.stderr)
             assert r.stdout == expected[" ".join(argv)], argv
         for argv in _writes(tmp_path, base_dir):
-            proc_error(pvreg_process(argv, home=home, unprivileged=True), 1, "read-only")
+            one_error_line(pvreg_process(argv, home=home, unprivileged=True), 1, "read-only")
         assert tree(home) == before
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(home)], check=True)
@@ -526,7 +507,7 @@ def test_read_only_database_file_in_a_writable_directory(cli, tmp_path, home, ba
         for argv in READS:
             r = pvreg_process(argv, home=home, unprivileged=True)
             assert r.returncode == 0 and r.stdout == expected[" ".join(argv)], (argv, r.stderr)
-        proc_error(pvreg_process(_writes(tmp_path, base_dir)[0], home=home, unprivileged=True), 1,
+        one_error_line(pvreg_process(_writes(tmp_path, base_dir)[0], home=home, unprivileged=True), 1,
                    "registry database is read-only")
         assert blob_files(home) == blobs  # the add's blob went again
         assert (home / "registry.db").read_bytes() == db_bytes

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from eval_factories import VOCAB, build_llama, build_tokenizer, perturb_, words
+from helpers.models import VOCAB, build_llama, build_tokenizer, perturb_, words
 from pvreg.registry.errors import EvalError, EvalSetError
 from pvreg.registry.evaluation.evalsets import ChoiceItem, PreferencePair
 from pvreg.registry.evaluation.metrics import (

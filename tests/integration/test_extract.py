@@ -12,24 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import llama_shapes, make_base, random_tensors, save_checkpoint
+from helpers.cli import one_error_line
+from helpers.factories import llama_shapes, make_base, random_tensors, save_checkpoint
 from pvreg.registry.api import Registry
 from pvreg.registry.errors import BaseMismatchError, InvalidVectorError, UserError
 from safetensors.torch import load_file
 
 SHAPES = llama_shapes()
 NAMES = sorted(SHAPES)
-
-
-def assert_one_line_error(res, code: int = 2, *fragments: str) -> str:
-    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def _blob(meta) -> dict[str, torch.Tensor]:
@@ -230,7 +220,7 @@ def test_all_zero_refused(tmp_path: Path, base_dir: Path, base_tensors, snapshot
     with pytest.raises(InvalidVectorError, match="all deltas are zero"):
         _add(finetuned=tmp_path / "same", base=base_dir)
     res = cli("add", "v", "--positive", tmp_path / "same", "--negative", base_dir, "--base", base_dir)
-    assert_one_line_error(res, 2, "all deltas are zero")
+    one_error_line(res, 2, "all deltas are zero")
     assert snapshot() == before
 
 
@@ -264,7 +254,7 @@ def test_float16_overflow_is_one_line(tmp_path: Path, base_dir: Path, base_tenso
     ft["lm_head.weight"] = ft["lm_head.weight"] + 1e6
     save_checkpoint(tmp_path / "ft", ft)
     res = cli("add", "v", "--finetuned", tmp_path / "ft", "--base", base_dir, "--dtype", "float16")
-    assert_one_line_error(res, 2, "'lm_head.weight'", "float16")
+    one_error_line(res, 2, "'lm_head.weight'", "float16")
 
 
 def test_nan_in_input_is_one_line(tmp_path: Path, base_dir: Path, base_tensors, snapshot, cli) -> None:
@@ -275,7 +265,7 @@ def test_nan_in_input_is_one_line(tmp_path: Path, base_dir: Path, base_tensors, 
     save_checkpoint(tmp_path / "ft", ft)
     before = snapshot()
     res = cli("add", "v", "--finetuned", tmp_path / "ft", "--base", base_dir)
-    assert_one_line_error(res, 2, "'model.norm.weight'", "NaN or Inf")
+    one_error_line(res, 2, "'model.norm.weight'", "NaN or Inf")
     assert snapshot() == before
 
 
@@ -293,7 +283,7 @@ def test_base_known_only_by_fingerprint_is_refused(pair, base_dir: Path, tmp_pat
 def test_dtype_checked_before_anything(pair, base_dir: Path, cli) -> None:
     pos_dir, neg_dir = pair
     res = cli("add", "v", "--positive", pos_dir, "--negative", neg_dir, "--base", base_dir, "--dtype", "int8")
-    assert_one_line_error(res, 2, "'int8'")
+    one_error_line(res, 2, "'int8'")
 
 
 def test_non_float_tensor_refused(tmp_path: Path) -> None:
@@ -307,7 +297,7 @@ def test_non_float_tensor_refused(tmp_path: Path) -> None:
 def test_incomplete_pair_refused(pair, base_dir: Path, cli) -> None:
     pos_dir, _ = pair
     res = cli("add", "v", "--positive", pos_dir, "--base", base_dir)
-    assert_one_line_error(res, 2, "--negative")
+    one_error_line(res, 2, "--negative")
 
 
 def test_mismatch_reported_before_hashing(tmp_path: Path, pair, base_dir: Path, monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""push / pull / remote ls against tests/hubserver.HubServer, through the real huggingface_hub client.
+"""push / pull / remote ls against helpers.hubserver.HubServer, through the real huggingface_hub client.
 
 Layout of every test: vectors are added to a *source* registry (``--registry src``) and pushed; pulls go into the
 default registry (``PVREG_HOME``), which the ``snapshot`` fixture watches.  The client reads its settings into
@@ -12,15 +12,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from factories import make_base, make_vector
+from helpers import postgres
+from helpers.cards import BEGIN, CARDS, END, owner_text
+from helpers.cli import assert_terminal_safe, one_error_line
+from helpers.factories import make_base, make_vector
+from helpers.hubserver import HubError as ServerHubError
+from helpers.hubserver import HubServer, NotAHub, _Handler, isolate_hf_client
 from huggingface_hub import CommitOperationAdd, HfApi, constants
-
-try:
-    from hubserver import HubError as ServerHubError
-    from hubserver import HubServer, _Handler, isolate_hf_client
-except ImportError:  # pragma: no cover
-    from .hubserver import HubError as ServerHubError
-    from .hubserver import HubServer, _Handler, isolate_hf_client
 
 TOKEN = "hf_dummy_token_123"
 REPO = "alice/prefs"
@@ -88,12 +86,6 @@ def local_shas(registry=None):
 
     with Registry.open(registry) as reg:
         return {m.ref: m.sha256 for m in reg.store.all_versions()}
-
-
-def one_error_line(r):
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 # --- round trip ------------------------------------------------------------------------------------------------------
@@ -513,45 +505,9 @@ def test_bad_repo_ids_are_usage_errors_for_every_command(server, src, cli, repo_
     assert len(server.request_log) == n  # refused before any request
 
 
-class _NotAHub:
-    """A plain web server at 127.0.0.1: every request gets an HTML page (``status``) -- not a Hub."""
-
-    def __init__(self, status: int) -> None:
-        import http.server
-        import threading
-
-        page = b"<!doctype html><html><body>Welcome to nginx!</body></html>"
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self):
-                length = int(self.headers.get("content-length") or 0)
-                if length:
-                    self.rfile.read(length)
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(page)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(page)
-
-            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _answer
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture(params=[200, 404], ids=["html-page", "404-everything"])
 def not_a_hub(request, hf_env):
-    srv = _NotAHub(request.param)
+    srv = NotAHub(request.param)
     yield srv
     srv.stop()
 
@@ -614,8 +570,6 @@ def _copy_as(server, src_name: str, folder: str, **changes) -> None:
 
 
 def test_hostile_remote_entries_are_listed_escaped_and_never_pulled(server, src, cli, snapshot):
-    from test_text_safety import assert_terminal_safe
-
     assert push(cli, server, src, "a", extra=["--create"]).exit_code == 0
     evil = "Evil\x1b]0;pwned\x07 Name\u202e"
     _copy_as(server, "a", evil, name=evil, dataset="ds\x1b[2J")
@@ -679,14 +633,12 @@ def _fail_inserts_of(name: str) -> None:
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])
 def test_pull_registers_nothing_when_a_later_row_fails(server, src, cli, snapshot, monkeypatch, request, db):
     """a, b and c are pulled in one transaction: b's insert failing leaves no trace of a (rows or blob)."""
-    import conftest
-
     assert push(cli, server, src, "a", "b", "c", extra=["--create"]).exit_code == 0
     if db == "postgres":  # only the pulling registry moves to PostgreSQL; src stays on its own SQLite file
-        if not conftest.POSTGRES_URL:
+        if not postgres.POSTGRES_URL:
             pytest.skip("PostgreSQL not configured (set PVREG_TEST_POSTGRES_URL)")
-        name, url = conftest._postgres_database()
-        request.addfinalizer(lambda: conftest._drop_postgres_database(name))
+        name, url = postgres.create_database()
+        request.addfinalizer(lambda: postgres.drop_database(name))
         monkeypatch.setenv("PVREG_DATABASE_URL", url)
     assert cli("list").exit_code == 0
     _fail_inserts_of("b")
@@ -699,111 +651,7 @@ def test_pull_registers_nothing_when_a_later_row_fails(server, src, cli, snapsho
     assert local_shas() == {"a@1": src.metas["a"]["sha256"], "c@1": src.metas["c"]["sha256"]}
 
 
-# --- the model card: markers in any state, idempotent re-push -----------------------------------------------------
-
-
-def _vec(name: str, dataset: str | None = None):
-    from pvreg.schemas.hub import HubVectorFile
-
-    return HubVectorFile(name=name, version=1, sha256=name[0] * 64, size_bytes=10, base_fingerprint="f" * 64,
-                         dataset=dataset, norm=1.5, dtype="float32", num_tensors=1, num_params=4,
-                         created_at="2026-01-01T00:00:00Z")
-
-
-B, E = "<!-- pvreg:begin -->", "<!-- pvreg:end -->"
-CARDS = {
-    "end-before-begin": f"Intro OWNER1\n{E}\nmiddle OWNER2\n{B}\nold table\nOWNER3 after\n",
-    "duplicated-sections": f"OWNER1\n{B}\nold one\n{E}\nOWNER2\n{B}\nold two\n{E}\nOWNER3\n",
-    "only-begin": f"OWNER1\n{B}\nOWNER2\n",
-    "only-end": f"OWNER1\n{E}\nOWNER2\n",
-    "two-begins-one-end": f"OWNER1\n{B}\nx\n{B}\ny\n{E}\nOWNER2\n",
-    "markers-inline": f"OWNER1 {B}old{E} OWNER2\n",
-    "crlf": f"---\r\nlicense: mit\r\n---\r\nOWNER1\r\n{B}\r\nold\r\n{E}\r\nOWNER2\r\n",
-    "front-matter-only": "---\nlicense: mit\n---\n",
-    "no-markers": "# Mine\n\nOWNER1\n",
-    "bom": f"\ufeff# Mine OWNER1\n{B}\nold\n{E}\n",
-}
-
-
-def _owner_text(card: str) -> list[str]:
-    """The OWNER tokens outside pvreg's part, computed independently: drop BEGIN..first END pairs, then stray markers."""
-    import re
-
-    outside = re.sub(re.escape(B) + ".*?" + re.escape(E), "", card, flags=re.S).replace(B, "").replace(E, "")
-    return re.findall(r"OWNER\d", outside)
-
-
-@pytest.mark.parametrize("card", list(CARDS.values()), ids=list(CARDS))
-def test_card_markers_in_any_state_leave_exactly_one_section(card):
-    from pvreg.registry.hub.card import render_card
-
-    vectors = [_vec("alpha", "org/ds:helpful"), _vec("beta")]
-    out = render_card(REPO, vectors, card)
-    assert out.count(B) == 1 and out.count(E) == 1 and out.index(B) < out.index(E)
-    assert _owner_text(out) == _owner_text(card)  # every owner token kept, in order
-    assert "| alpha | 1 | +1 | 1.5 | org/ds:helpful |" in out and "| beta |" in out
-    assert render_card(REPO, vectors, out) == out  # a re-push of the same vectors changes nothing
-    front = out.split("---", 2)[1]
-    import yaml
-
-    meta = yaml.safe_load(front)
-    assert meta["library_name"] == "pvreg" and meta["datasets"] == ["org/ds"]
-    if "license: mit" in card:
-        assert meta["license"] == "mit"
-
-
-def test_card_render_is_a_fixpoint_for_any_marker_soup():
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from pvreg.registry.hub.card import render_card
-
-    pieces = st.sampled_from([B, E, "\n", "\r\n", "OWNER1", "OWNER2", " ", "---\n", "| x |", "text", "<!--", "-->"])
-
-    @settings(max_examples=300, deadline=None)
-    @given(st.lists(pieces, max_size=14), st.sampled_from([None, "x<!-- pvreg:end -->y", "a|b"]))
-    def check(parts, dataset):
-        card = "".join(parts)
-        vectors = [_vec("alpha", dataset)]
-        out = render_card(REPO, vectors, card)
-        assert out.count(B) == 1 and out.count(E) == 1 and out.index(B) < out.index(E), out
-        assert render_card(REPO, vectors, out) == out, (card, out)
-
-    check()
-
-
-def test_card_cells_cannot_forge_markers_or_columns():
-    from pvreg.registry.hub.card import render_section
-
-    section = render_section(REPO, [_vec("alpha", f"evil {E} | col\nrow")])
-    assert section.count(E) == 1 and section.endswith(E + "\n")
-    row = [ln for ln in section.splitlines() if ln.startswith("| alpha")][0]
-    assert row.count(" | ") == 6 and "\\|" in row and "&lt;!-- pvreg:end --&gt;" not in row and "&lt;!--" in row
-
-
-def test_composed_model_card_renderer():
-    """modelcard.render_model_card: front matter Hugging Face can parse, one table row per input, escaped cells."""
-    from types import SimpleNamespace
-
-    import yaml
-    from pvreg.registry.merge.modelcard import render_model_card
-    from pvreg.schemas.vector import BaseModelInfo
-    from pvreg.schemas.compose import ComposeSpec
-
-    spec = ComposeSpec(terms=[{"ref": "a", "coefficient": 1}, {"ref": "b@2", "coefficient": -0.5}], method="ties",
-                       density=0.5)
-    inputs = [SimpleNamespace(term=t, meta=SimpleNamespace(ref=r, sha256=c * 64, sign=s, dataset=d))
-              for t, r, c, s, d in zip(spec.terms, ["a@1", "b@2"], "ab", [1, -1], ["x|y\nz", None])]
-    plan = SimpleNamespace(spec=spec, inputs=inputs, base_fingerprint="f" * 64, params={"density": 0.5, "seed": None},
-                           method=SimpleNamespace(name="ties"))
-    card = render_model_card(plan, BaseModelInfo(fingerprint="f" * 64, hub_id=HUB_ID), "e" * 64)
-    assert card == render_model_card(plan, BaseModelInfo(fingerprint="f" * 64, hub_id=HUB_ID), "e" * 64)
-    front = yaml.safe_load(card.split("---\n")[1])
-    assert front == {"base_model": HUB_ID, "tags": ["pvreg", "preference-vector", "merge"],
-                     "library_name": "transformers"}
-    rows = [ln for ln in card.splitlines() if ln.startswith("| a") or ln.startswith("| b")]
-    assert rows == ["| a | a@1 | `" + "a" * 12 + "` | 1 | +1 | x\\|y z |",
-                    "| b@2 | b@2 | `" + "b" * 12 + "` | -0.5 | -1 | - |"]
-    assert "- Method: `ties` (density=0.5)" in card and f"`{'e' * 64}`" in card
+# --- the model card: idempotent re-push after the owner broke the markers (rendering: unit/test_cards.py) -----
 
 
 @pytest.mark.parametrize("kind", ["end-before-begin", "duplicated-sections", "only-begin", "only-end"])
@@ -815,7 +663,7 @@ def test_repush_after_owner_broke_the_markers_is_idempotent(server, src, cli, ki
     assert r.exit_code == 0 and "pushed b@1" in r.stdout, r.stdout
     n = len(server.commits(REPO))
     card = server.file_bytes(REPO, "README.md").decode()
-    assert card.count(B) == 1 and card.count(E) == 1 and _owner_text(card) == _owner_text(CARDS[kind])
+    assert card.count(BEGIN) == 1 and card.count(END) == 1 and owner_text(card) == owner_text(CARDS[kind])
     for _ in range(2):
         r = push(cli, server, src, "a", "b")
         assert r.exit_code == 0 and "no changes" in r.stdout, r.stdout

@@ -1,4 +1,4 @@
-"""Tests for tests/hubserver.py, driven only through the real huggingface_hub client (no mocks).
+"""Tests for tests/helpers/hubserver.py, driven only through the real huggingface_hub client (no mocks).
 
 Client facts these tests pin down (huggingface_hub 2.4):
 * HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HUB_OFFLINE, HF_HOME/HF_HUB_CACHE and HF_TOKEN_PATH are read ONCE, at import
@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.hubserver import HubServer, isolate_hf_client
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -34,11 +35,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-try:  # tests/ is a plain rootdir-inserted folder (no __init__.py); support package mode too
-    from hubserver import HubServer, isolate_hf_client
-except ImportError:  # pragma: no cover
-    from .hubserver import HubServer, isolate_hf_client
 
 TOKEN = "hf_alice_token"
 OTHER_TOKEN = "hf_bob_token"

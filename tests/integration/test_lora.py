@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers.models import LORA_GPT2, LORA_LLAMA, build_gpt2, build_llama  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from pvreg.registry.errors import (  # noqa: E402
     BaseMismatchError,
@@ -27,34 +28,10 @@ from pvreg.registry.errors import (  # noqa: E402
     UnsupportedAdapterError,
 )
 from pvreg.registry.sources.lora import LoraAdapter  # noqa: E402
-from transformers import (  # noqa: E402
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from transformers import GPT2LMHeadModel, LlamaForCausalLM  # noqa: E402
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
-
-
-def _llama() -> LlamaForCausalLM:
-    return LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=128,
-        )
-    )
-
-
-def _gpt2() -> GPT2LMHeadModel:
-    return GPT2LMHeadModel(
-        GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0)
-    )
 
 
 def _base_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -72,8 +49,10 @@ def _randomise_lora(model, seed: int) -> None:
 
 def _make(tmp: Path, family: str, seed: int = 0, **lora_kwargs) -> tuple[Path, Path]:
     """Save a tiny base and a randomised LoRA adapter for it; return (base_dir, adapter_dir)."""
-    torch.manual_seed(seed)
-    model = _llama() if family == "llama" else _gpt2()
+    if family == "llama":
+        model = build_llama(seed=seed, attn=None, config=LORA_LLAMA)
+    else:
+        model = build_gpt2(seed=seed, config=LORA_GPT2)
     base_dir, adapter_dir = tmp / "base", tmp / "adapter"
     model.save_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(**lora_kwargs))

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from factories import insert_legacy_rows
+from helpers.factories import insert_legacy_rows
 from pvreg import Registry
 from pvreg.migrations import HEAD, SCRIPT_LOCATION
 from pvreg.registry.errors import DatabaseVersionError

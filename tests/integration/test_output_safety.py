@@ -309,7 +309,7 @@ def test_large_spec_is_one_bounded_line(reg: Registry, tmp_path: Path, base_dir:
 
 def test_many_good_terms_resolve_in_bulk(reg: Registry, tmp_path: Path, base_dir: Path, base_tensors) -> None:
     """Every term resolved and applied: the result matches an independent sum."""
-    from factories import make_vector
+    from helpers.factories import make_vector
 
     names = [f"v{i}" for i in range(40)]
     expected = {k: v.clone().float() for k, v in base_tensors.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import make_vector
+from helpers.factories import make_vector
 from pvreg import Registry
 from pvreg.registry.errors import (
     AmbiguousReferenceError,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from factories import make_base, make_vector
+from helpers.factories import make_base, make_vector
 from safetensors.torch import save_file
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -55,7 +55,7 @@ class Env:
     @property
     def server(self):
         if self._server is None:
-            from hubserver import HubServer, isolate_hf_client
+            from helpers.hubserver import HubServer, isolate_hf_client
 
             isolate_hf_client(self.monkeypatch, self.tmp / "hf-home", token=TOKEN)
             self._server = HubServer(self.tmp / "hubdata", tokens={TOKEN: "alice"}).start()
@@ -476,11 +476,10 @@ def nothing_named_evil(env: Env) -> None:
 def not_a_hub(status: int) -> Callable[[Env], None]:
     """``{url}`` is a plain web server answering every request with an HTML page (HTTP ``status``)."""
     def make(env: Env) -> None:
-        from hubserver import isolate_hf_client
-        from test_hub import _NotAHub
+        from helpers.hubserver import NotAHub, isolate_hf_client
 
         isolate_hf_client(env.monkeypatch, env.tmp / "hf-home", token=TOKEN)
-        env._server = _NotAHub(status)  # stopped by the fixture like the Hub server
+        env._server = NotAHub(status)  # stopped by the fixture like the Hub server
     return make
 
 

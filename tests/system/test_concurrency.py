@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factories import make_vector
+from helpers.factories import make_vector
 
 pytestmark = pytest.mark.usefixtures("backend")
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from factories import insert_legacy_rows, make_base, make_vector
+from helpers.cli import run_cli
+from helpers.factories import insert_legacy_rows, make_base, make_vector
 from pvreg import Registry
 from pvreg.migrations import HEAD
 from pvreg.registry.files import TEMP_PREFIX
@@ -377,7 +377,7 @@ def test_compose_killed_at_random_moments(zygote, tmp_path, compose_registry) ->
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from hubserver import HubServer, isolate_hf_client
+    from helpers.hubserver import HubServer, isolate_hf_client
 
     isolate_hf_client(monkeypatch, tmp_path / "hf-test", token=TOKEN)
     with HubServer(tmp_path / "hubdata", tokens={TOKEN: "alice"}) as srv:

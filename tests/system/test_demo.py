@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "tests" / "demo" / "run.sh"
-README = (ROOT / "README.md").read_text()
+DEMO = REPO / "tests" / "demo" / "run.sh"
+README = (REPO / "README.md").read_text()
 
 
 def _block(heading: str, lang: str) -> str:
@@ -48,7 +48,7 @@ def test_demo_runs(demo) -> None:
 
 
 def test_makefile_demo_runs_this_script() -> None:
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     assert "bash tests/demo/run.sh $(DEMO_DIR)" in makefile
 
 

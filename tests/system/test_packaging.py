@@ -16,8 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

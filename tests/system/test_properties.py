@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import make_base, make_vector
+from helpers.factories import make_base, make_vector
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pvreg.registry.errors import PvregError, SpecError
@@ -156,7 +156,7 @@ def _fingerprint(path: Path) -> str:
 @SLOW
 @given(tensors=tensor_sets(), data=st.data())
 def test_fingerprint_ignores_sharding_file_order_and_format(tmp_path, tensors, data) -> None:
-    from factories import save_checkpoint
+    from helpers.factories import save_checkpoint
 
     root = tmp_path / uuid.uuid4().hex
     one = save_checkpoint(root / "one", tensors)

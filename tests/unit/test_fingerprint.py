@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import llama_shapes, random_tensors, save_checkpoint
+from helpers.factories import llama_shapes, random_tensors, save_checkpoint
 from pvreg import Registry
 from pvreg.registry.tensors import fingerprint as fp_module
 from safetensors.torch import save_file

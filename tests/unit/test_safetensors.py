@@ -1,40 +1,29 @@
-"""Direct tests of pvreg's tensor readers and writer (registry/tensorio.py, registry/torchfile.py).
+"""The safetensors parser (``parse_header``, ``SafetensorsFile``) and writer (``StreamingWriter``), directly.
 
-The references are independent implementations: ``safetensors.torch`` (the format's own reader and
-writer) for safetensors files, and ``torch.load(weights_only=True)`` without mmap for PyTorch
-checkpoints.  Files are real files; every expectation is computed from a reference, not from pvreg.
+The reference is an independent implementation: ``safetensors.torch``, the format's own reader and
+writer.  Files are real files; every expectation is computed from the reference, not from pvreg.
+(Non-regular input files: test_inputfiles.py; PyTorch checkpoints: test_torchfile.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import re
 import struct
-import threading
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from factories import make_vector
+from helpers.tensors import as_bytes, assert_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pvreg.registry.errors import InvalidTensorFileError, NotFoundError, SpecError
-from pvreg.registry.tensors.checkpoint import checkpoint_files, open_checkpoint
-from pvreg.registry.tensors.inputfile import read_capped
+from pvreg.registry.errors import InvalidTensorFileError
 from pvreg.registry.tensors.safetensors import (
     SafetensorsFile,
     StreamingWriter,
     parse_header,
-    tensor_bytes,
 )
-from pvreg.registry.tensors.torchfile import load_torch_weights_only
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -59,37 +48,10 @@ def sample_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def as_bytes(t: torch.Tensor) -> bytes:
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def assert_same(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape
-    assert as_bytes(a) == as_bytes(b)  # bit-exact, NaN and float8 included
-
-
 def write_header(path: Path, header: Any, data: bytes = b"", *, text: str | None = None) -> Path:
     body = (text if text is not None else json.dumps(header)).encode("utf-8")
     path.write_bytes(struct.pack("<Q", len(body)) + body + data)
     return path
-
-
-def finishes(fn: Callable[[], Any], seconds: float = 10.0) -> Any:
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it blocks."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{fn} blocked for {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 # --- the safetensors parser against the reference -------------------------------------------------------------------
@@ -390,254 +352,3 @@ def test_corrupted_byte_anywhere_in_a_header_fails_cleanly(tmp_path: Path, posit
     assert sorted(ours) == sorted(reference)
     for name, ref in reference.items():
         assert_same(ours[name], ref)
-
-
-# --- files that are not regular files ----------------------------------------------------------------------------------
-
-
-def test_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
-    fifo = tmp_path / "p.safetensors"
-    os.mkfifo(fifo)
-    with pytest.raises(InvalidTensorFileError, match=re.escape(f"{fifo}: is a FIFO (named pipe), not a regular file")):
-        finishes(lambda: parse_header(fifo))
-    with pytest.raises(InvalidTensorFileError, match="is a FIFO"):
-        finishes(lambda: open_checkpoint(fifo))
-    with pytest.raises(InvalidTensorFileError, match="is a FIFO"):
-        finishes(lambda: load_torch_weights_only(fifo))
-
-
-def test_fifo_in_a_model_directory_is_refused(tmp_path: Path) -> None:
-    from pvreg.registry.tensors.fingerprint import fingerprint_path
-
-    model = tmp_path / "model"
-    model.mkdir()
-    save_file({"a": torch.ones(2)}, str(model / "model-1.safetensors"))
-    os.mkfifo(model / "model-2.safetensors")
-    for fn in (lambda: checkpoint_files(model), lambda: fingerprint_path(model)):
-        with pytest.raises(InvalidTensorFileError, match=re.escape(f"{model / 'model-2.safetensors'}: is a FIFO")):
-            finishes(fn)
-
-
-def test_unused_fifo_and_directories_named_like_weights_are_not_opened(tmp_path: Path) -> None:
-    """Only files pvreg would read are checked: a .bin FIFO next to safetensors shards is never opened."""
-    model = tmp_path / "model"
-    (model / "sub.safetensors").mkdir(parents=True)
-    save_file({"a": torch.ones(2)}, str(model / "model.safetensors"))
-    os.mkfifo(model / "pytorch_model.bin")
-    assert finishes(lambda: checkpoint_files(model)) == [model / "model.safetensors"]
-
-
-def test_file_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path: Path, monkeypatch) -> None:
-    """The open itself never blocks: O_NONBLOCK, then fstat on the descriptor."""
-    import pvreg.registry.tensors.inputfile as inputfile
-
-    fifo = tmp_path / "swap"
-    os.mkfifo(fifo)
-    # Simulate the race: the path passed the stat check as a regular file, then became a FIFO.
-    monkeypatch.setattr(inputfile, "check_regular", lambda path, error: None)
-    with pytest.raises(InvalidTensorFileError, match="is a FIFO"):
-        finishes(lambda: inputfile.open_regular(fifo, InvalidTensorFileError))
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_read_cap_applies_to_what_is_read_not_to_st_size() -> None:
-    status = Path("/proc/self/status")
-    assert status.stat().st_size == 0  # it lies about its size
-    assert b"Name:" in read_capped(status, 1 << 20, SpecError)
-    with pytest.raises(SpecError, match=re.escape("/proc/self/status: spec file is larger than the 64 bytes limit")):
-        read_capped(status, 64, SpecError, "spec file")
-
-
-def test_spec_file_reading_is_bounded(tmp_path: Path) -> None:
-    from pvreg.registry.merge.spec import MAX_SPEC_BYTES, load_spec_file
-
-    with pytest.raises(SpecError, match="/dev/zero: is a character device, not a regular file"):
-        finishes(lambda: load_spec_file("/dev/zero"))
-    fifo = tmp_path / "s.yaml"
-    os.mkfifo(fifo)
-    with pytest.raises(SpecError, match="is a FIFO"):
-        finishes(lambda: load_spec_file(fifo))
-    big = tmp_path / "big.yaml"
-    big.write_bytes(b"terms: [helpful]\n" + b"#" * MAX_SPEC_BYTES)
-    with pytest.raises(SpecError, match="larger than the 16 MiB limit"):
-        load_spec_file(big)
-    ok = tmp_path / "ok.json"  # just under the cap (JSON: PyYAML takes seconds over 16 MiB)
-    ok.write_bytes(b'{"terms": ["helpful"]}' + b" " * (MAX_SPEC_BYTES - 100))
-    assert [t.ref for t in load_spec_file(ok).terms] == ["helpful"]
-    with pytest.raises(NotFoundError, match="no such spec file"):
-        load_spec_file(tmp_path / "none.yaml")
-
-
-# --- PyTorch checkpoints against torch.load ----------------------------------------------------------------------------
-
-
-def _state() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    shared = torch.randn(6, 8, generator=g)
-    return {
-        "a.weight": torch.randn(32, 16, generator=g),
-        "b.bias": torch.randn(7, generator=g, dtype=torch.float64),
-        "c.half": torch.randn(5, 3, generator=g).half(),
-        "d.bf16": torch.randn(9, generator=g).bfloat16(),
-        "e.tied": shared,                      # two names, one storage
-        "f.view": shared[2:4],                 # a view at an offset into it
-        "g.transposed": torch.randn(4, 6, generator=g).t(),
-        "h.scalar": torch.tensor(2.5),
-        "i.empty": torch.zeros(0, 3),
-        "j.int": torch.arange(10, dtype=torch.int32),
-    }
-
-
-def _rezip(src: Path, dst: Path, compress: Callable[[zipfile.ZipInfo], int],
-           edit: Callable[[str, bytes], bytes] = lambda name, data: data) -> Path:
-    """Copy a torch zip checkpoint record by record with Python's zipfile (no 64-byte alignment padding)."""
-    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
-        for info in zi.infolist():
-            zo.writestr(info.filename, edit(info.filename, zi.read(info)), compress_type=compress(info))
-    return dst
-
-
-def _big_endian(name: str, data: bytes) -> bytes:
-    if name.endswith("/byteorder"):
-        return b"big"
-    if name.endswith("/data/0"):
-        return np.frombuffer(data, "<f4").byteswap().tobytes()
-    return data
-
-
-def _make(kind: str, tmp: Path) -> Path:
-    src = tmp / "src.bin"
-    state = _state() if kind != "big-endian" else {"a.weight": torch.randn(32, 16)}
-    torch.save(state, src)
-    stored, deflated = (lambda i: zipfile.ZIP_STORED), (lambda i: zipfile.ZIP_DEFLATED)
-    if kind == "stored":
-        return src
-    if kind == "deflated":
-        return _rezip(src, tmp / "deflated.bin", deflated)
-    if kind == "mixed-data-deflated":
-        return _rezip(src, tmp / "mixed.bin", lambda i: zipfile.ZIP_DEFLATED if i.filename.endswith(("/data/0", "/data/2")) else zipfile.ZIP_STORED)
-    if kind == "mixed-pickle-deflated":
-        return _rezip(src, tmp / "mixed2.bin", lambda i: zipfile.ZIP_DEFLATED if i.filename.endswith("data.pkl") else zipfile.ZIP_STORED)
-    if kind == "stored-misaligned":
-        return _rezip(src, tmp / "misaligned.bin", stored)
-    if kind == "big-endian":
-        return _rezip(src, tmp / "big-endian.bin", stored, _big_endian)
-    if kind == "legacy":
-        torch.save(state, tmp / "legacy.bin", _use_new_zipfile_serialization=False)
-        return tmp / "legacy.bin"
-    if kind == "wrapped-state-dict":
-        torch.save({"state_dict": state, "epoch": 3}, tmp / "wrapped.bin")
-        return tmp / "wrapped.bin"
-    raise AssertionError(kind)
-
-
-BIN_KINDS = ["stored", "deflated", "mixed-data-deflated", "mixed-pickle-deflated", "stored-misaligned", "big-endian",
-             "legacy", "wrapped-state-dict"]
-
-
-def _mapped(path: Path) -> bool:
-    """Whether this process has ``path`` memory-mapped (observed by the kernel, not by pvreg)."""
-    return str(path.resolve()) in Path("/proc/self/maps").read_text()
-
-
-@pytest.mark.parametrize("kind", BIN_KINDS)
-def test_bin_loads_exactly_as_torch_load(tmp_path: Path, kind: str) -> None:
-    path = _make(kind, tmp_path)
-    reference = torch.load(path, map_location="cpu", weights_only=True)  # the default: no mmap
-    reference = reference.get("state_dict", reference)
-    ours = load_torch_weights_only(path)
-    assert sorted(ours) == sorted(reference)
-    for name, ref in reference.items():
-        assert_same(ours[name], ref)
-        assert bytes(tensor_bytes(ours[name])) == as_bytes(ref)
-    if Path("/proc/self/maps").exists():
-        # Stored records stay memory-mapped (page cache, not heap); anything compressed is read through the zip.
-        assert _mapped(path) == (kind in ("stored", "mixed-pickle-deflated", "stored-misaligned", "big-endian", "wrapped-state-dict")), kind
-
-
-@pytest.mark.parametrize("cut", [16, -16], ids=["record-shorter", "record-longer"])
-def test_bin_record_of_the_wrong_length_is_refused_not_misread(tmp_path: Path, cut: int) -> None:
-    """torch's mmap path would read a short record's storage on into the next record's bytes."""
-    src = tmp_path / "src.bin"
-    torch.save({"a": torch.arange(8.0), "b": torch.arange(100.0, 108.0)}, src)
-
-    def edit(name: str, data: bytes) -> bytes:
-        if not name.endswith("/data/0"):
-            return data
-        return data[:cut] if cut > 0 else data + b"\0" * -cut
-    bad = _rezip(src, tmp_path / "bad.bin", lambda i: zipfile.ZIP_STORED, edit)
-    with pytest.raises(InvalidTensorFileError, match="record size .* does not match expected size"):
-        load_torch_weights_only(bad)
-
-
-def test_bin_negative_view_is_resolved(tmp_path: Path) -> None:
-    path = tmp_path / "neg.bin"
-    torch.save({"a": torch.arange(4.0)._neg_view()}, path)
-    ours = load_torch_weights_only(path)
-    assert not ours["a"].is_neg()
-    assert bytes(tensor_bytes(ours["a"])) == as_bytes(-torch.arange(4.0))
-
-
-# --- end to end: pvreg add of .bin files, compared with torch.load ----------------------------------------------------
-
-
-def _vector_bin(path: Path, base_tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    tmp = path.parent / f"{kind}-work"
-    tmp.mkdir()
-    tensors = make_vector(tmp / "v.safetensors", base_tensors, seed=5, names=sorted(base_tensors)[:6])
-    torch.save(tensors, tmp / "src.bin")
-    if kind == "stored":
-        made = tmp / "src.bin"
-    elif kind == "deflated":
-        made = _rezip(tmp / "src.bin", tmp / "x.bin", lambda i: zipfile.ZIP_DEFLATED)
-    elif kind == "mixed":
-        made = _rezip(tmp / "src.bin", tmp / "x.bin", lambda i: zipfile.ZIP_DEFLATED if i.filename.endswith("/data/1") else zipfile.ZIP_STORED)
-    else:
-        torch.save(tensors, tmp / "x.bin", _use_new_zipfile_serialization=False)
-        made = tmp / "x.bin"
-    made.rename(path)
-    return tensors
-
-
-@pytest.mark.parametrize("kind", ["stored", "deflated", "mixed", "legacy"])
-def test_add_bin_vector_stores_what_torch_load_reads(tmp_path: Path, cli, backend, base_dir, base_tensors, kind: str) -> None:
-    from pvreg import Registry
-
-    path = tmp_path / "vec.bin"
-    _vector_bin(path, base_tensors, kind)
-    expected = torch.load(path, map_location="cpu", weights_only=True)
-    r = cli("add", "v", "--vector", path, "--base", base_dir)
-    assert r.exit_code == 0, r.stderr
-    with Registry.open() as reg:
-        meta = reg.resolve("v")
-        stored = load_file(str(reg.blob_path("v")))
-    assert sorted(stored) == sorted(expected)
-    for name, t in expected.items():
-        assert_same(stored[name], t)
-    norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in expected.values()))
-    assert meta.norm == pytest.approx(norm, rel=1e-12)
-    v = cli("verify")
-    assert v.exit_code == 0, v.stderr
-
-
-def test_add_finetuned_from_deflated_bin_checkpoint(tmp_path: Path, cli, base_dir, base_tensors) -> None:
-    """θft − θbase where θft is a re-zipped (DEFLATE) pytorch_model.bin: values must be torch.load's."""
-    from pvreg import Registry
-
-    g = torch.Generator().manual_seed(9)
-    ft = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in base_tensors.items()}
-    work = tmp_path / "ft-src"
-    work.mkdir()
-    torch.save(ft, work / "pytorch_model.bin")
-    ft_dir = tmp_path / "ft"
-    ft_dir.mkdir()
-    _rezip(work / "pytorch_model.bin", ft_dir / "pytorch_model.bin", lambda i: zipfile.ZIP_DEFLATED)
-    r = cli("add", "ft", "--finetuned", ft_dir, "--base", base_dir)
-    assert r.exit_code == 0, r.stderr
-    loaded = torch.load(ft_dir / "pytorch_model.bin", weights_only=True)
-    with Registry.open() as reg:
-        stored = load_file(str(reg.blob_path("ft")))
-    for name, t in stored.items():
-        exact = loaded[name].double() - base_tensors[name].double()
-        assert torch.allclose(t.double(), exact, rtol=0, atol=1e-6), name
-    assert max(float(t.abs().max()) for t in stored.values()) < 0.2  # garbage from compressed bytes would be ~1e11

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import llama_shapes
+from helpers.factories import llama_shapes
 from pvreg.registry.errors import (
     BaseMismatchError,
     EvalError,
