@@ -1,4 +1,4 @@
-"""`pvreg add` through the CLI: the happy path (bad inputs: tests/test_bad_inputs.py)."""
+"""`pvreg add` through the CLI: the happy path (bad inputs: tests/system/test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_add_by_base_fingerprint(cli, vector_file: Path, base_dir: Path) -> None
 
 
 # Bad inputs for add (malformed files, dtypes, NaN/Inf, names, paths, options) live in the data-driven
-# catalogue tests/test_bad_inputs.py.
+# catalogue tests/system/test_bad_inputs.py.
 
 
 def test_debug_shows_traceback(cli, tmp_path, base_dir) -> None:
