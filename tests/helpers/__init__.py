@@ -11,5 +11,6 @@ folder's own ``conftest.py``), and no test module imports another test module.
 - :mod:`helpers.postgres` -- throwaway PostgreSQL databases;
 - :mod:`helpers.tensors` -- byte-exact tensor comparison and torch zip re-packing;
 - :mod:`helpers.cards` -- Hub model cards with their markers in every state;
+- :mod:`helpers.locks` -- ``flock`` probes and holders in a second process;
 - :mod:`helpers.paths` -- where the repository is.
 """
