@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from eval_factories import WORDS, save_tiny_lm
+            from helpers.models import WORDS, save_tiny_lm
 
             model_dir, vocab = save_tiny_lm(Path(tmp) / "tiny"), WORDS
         else:

@@ -1,0 +1,34 @@
+"""The benchmark scripts (`make bench`, bench/bench_scoring.py) still run end to end, at a toy size.
+
+The real figures come from `python bench/run.py` on a 0.5B model; this only
+keeps the script from rotting (mergekit is benchmark-only, so it is skipped).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers.paths import REPO
+
+
+def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--params", "3e6", "--repeats", "1", "--skip-mergekit",
+         "--list-versions", "30", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = out.read_text()
+    for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "pvreg verify", "pvreg list", "### Targets"):
+        assert needle in report
+
+
+def test_bench_script_runs_and_prints_ratio(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_scoring.py"), "--pairs", "24", "--repeats", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "ratio pvreg / hand-written" in r.stdout
+    assert "max |pvreg - hand-written| log-prob" in r.stdout
