@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from pvreg.cli.output import emit_json, say
 from pvreg.cli.state import open_registry
 from pvreg.cli.vectors import JsonOpt, describe, parse_tags
+
+if TYPE_CHECKING:
+    from pvreg.schemas.training import TrainOptionsKwargs
 
 
 class StepProgress:
@@ -85,6 +88,25 @@ def train(
 ) -> None:
     """Train θ+ on the pairs and θ− on the same pairs swapped (DPO), and register φ = θ+ − θ−."""
     tags = parse_tags(tag or [])
+    given = {
+        "method": method,
+        "steps": steps,
+        "epochs": epochs,
+        "lr": lr,
+        "beta": beta,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "max_length": max_length,
+        "seed": seed,
+        "eval_fraction": eval_fraction,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_targets": lora_targets,
+        "device": device,
+        "threads": threads,
+    }
+    # Options not given take TrainOptions' defaults; the values are validated there, with their names.
+    options = cast("TrainOptionsKwargs", {k: v for k, v in given.items() if v is not None})
     progress = StepProgress()
     try:
         with open_registry(ctx) as reg:
@@ -93,21 +115,7 @@ def train(
                 base=base,
                 data=data,
                 dataset_label=dataset_label,
-                method=method,
-                steps=steps,
-                epochs=epochs,
-                lr=lr,
-                beta=beta,
-                batch_size=batch_size,
-                grad_accum=grad_accum,
-                max_length=max_length,
-                seed=seed,
-                eval_fraction=eval_fraction,
-                lora_rank=lora_rank,
-                lora_alpha=lora_alpha,
-                lora_targets=lora_targets,
-                device=device,
-                threads=threads,
+                **options,
                 keep_checkpoints=keep_checkpoints,
                 message=message,
                 tags=tags,

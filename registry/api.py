@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.errors import InvalidNameError, InvalidOptionError, UserError, opt
 from pvreg.registry.refs import check_alias, check_name
 from pvreg.registry.settings import Settings
 from pvreg.registry.storage import catalog, db, environment, writes
@@ -32,20 +31,17 @@ from pvreg.schemas.vector import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from pvreg.registry.merge.apply import AppliedComposition
     from pvreg.registry.merge.writer import ComposeProgress
     from pvreg.registry.storage.blobstore import BlobStore
     from pvreg.registry.training.dpo import TrainProgress
     from pvreg.schemas.compose import ComposeResult, ComposeSpec, CompositionRecord
     from pvreg.schemas.hub import PullResult, PushResult, RemoteListing
+    from pvreg.schemas.training import TrainOptionsKwargs
 
 SpecLike = "ComposeSpec | str | Sequence[str]"
-
-
-def _check_sign(sign: int) -> int:
-    if sign not in (1, -1):
-        raise InvalidOptionError(f"invalid sign {sign!r}: must be 1 or -1", option="sign", value=sign)
-    return sign
 
 
 @environment.guarded
@@ -205,56 +201,23 @@ class Registry:
             InvalidNameError, InvalidTextError, NotFoundError, InvalidTensorFileError,
             InvalidVectorError, BaseMismatchError, UnsupportedAdapterError, InvalidOptionError.
         """
-        from pvreg.registry.sources.adding import add_checkpoints, add_file
+        from pvreg.registry.sources.adding import add
 
-        sources = {
-            opt("vector"): vector is not None,
-            f"{opt('positive')}/{opt('negative')}": positive is not None or negative is not None,
-            opt("finetuned"): finetuned is not None,
-            opt("lora"): lora is not None and positive is None,
-        }
-        chosen = [k for k, v in sources.items() if v]
-        if len(chosen) != 1:
-            raise UserError(
-                f"give exactly one source: {opt('vector')} FILE, {opt('positive')} DIR {opt('negative')} DIR, "
-                f"{opt('finetuned')} DIR or {opt('lora')} DIR" + (f" (got {', '.join(chosen)})" if chosen else "")
-            )
-        if name is not None:
-            check_name(name)
-        tag_map = dict(tags or {})
-        if sign is not None:
-            _check_sign(sign)
-        if vector is not None:
-            return add_file(
-                self.store,
-                name,
-                Path(vector),
-                base=base,
-                dataset=dataset,
-                sign=sign,
-                description=description,
-                message=message,
-                tags=tag_map,
-                progress=progress,
-            )
-        if name is None:
-            raise InvalidNameError("a vector name is required")
-        if base is None:
-            raise UserError(f"{opt('base')} is required to build a vector from checkpoints")
-        return add_checkpoints(
+        return add(
             self.store,
             name,
+            vector,
             base=base,
             positive=positive,
             negative=negative,
             finetuned=finetuned,
             lora=lora,
-            dtype=dtype,
             dataset=dataset,
-            sign=sign or 1,
+            sign=sign,
             description=description,
             message=message,
-            tags=tag_map,
+            tags=dict(tags or {}),
+            dtype=dtype,
             progress=progress,
         )
 
@@ -265,32 +228,18 @@ class Registry:
         base: str | os.PathLike[str],
         data: str | os.PathLike[str],
         dataset_label: str | None = None,
-        method: str | None = None,
-        steps: int | None = None,
-        epochs: float | None = None,
-        lr: float | None = None,
-        beta: float | None = None,
-        batch_size: int | None = None,
-        grad_accum: int | None = None,
-        max_length: int | None = None,
-        seed: int | None = None,
-        eval_fraction: float | None = None,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        lora_targets: Sequence[str] | None = None,
-        device: str | None = None,
-        threads: int | None = None,
         keep_checkpoints: str | os.PathLike[str] | None = None,
         message: str | None = None,
         tags: Mapping[str, str] | None = None,
         progress: TrainProgress | None = None,
+        **options: Unpack[TrainOptionsKwargs],
     ) -> VectorMeta:
         """Train θ+ and θ− with DPO from ``base`` on preference ``data`` and register φ = θ+ − θ−.
 
         θ− sees the same pairs, in the same order, with chosen and rejected swapped;
         both start from ``base`` with the same seed, and the frozen DPO reference is
-        the base. Options left at None take :class:`~pvreg.schemas.training.TrainOptions`'
-        defaults. Needs the ``pvreg[train]`` extra.
+        the base. ``options`` are :class:`~pvreg.schemas.training.TrainOptions`' fields
+        (``method``, ``steps``, ``lr``, ``seed``, ...). Needs the ``pvreg[train]`` extra.
 
         Raises:
             PreferenceDataError: a bad data file or row (before any model loads).
@@ -310,21 +259,7 @@ class Registry:
             message=message,
             tags=tags,
             progress=progress,
-            method=method,
-            steps=steps,
-            epochs=epochs,
-            lr=lr,
-            beta=beta,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            max_length=max_length,
-            seed=seed,
-            eval_fraction=eval_fraction,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=list(lora_targets) if lora_targets is not None else None,
-            device=device,
-            threads=threads,
+            **options,
         )
 
     # --- reading ---------------------------------------------------------------

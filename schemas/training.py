@@ -11,7 +11,7 @@ records as provenance (:meth:`PairResult.provenance`).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -110,6 +110,29 @@ class TrainOptions(BaseModel):
         if self.steps is None and self.epochs is None:
             update["epochs"] = 1.0
         return self.model_copy(update=update)
+
+
+class TrainOptionsKwargs(TypedDict, total=False):
+    """:class:`TrainOptions` as keyword arguments (``Registry.train(..., steps=30, lr=1e-3)``), typed for IDEs."""
+
+    method: Method
+    steps: int
+    epochs: float
+    lr: float
+    beta: float
+    batch_size: int
+    grad_accum: int
+    max_length: int
+    seed: int
+    eval_fraction: float
+    max_eval_pairs: int
+    device: Literal["cpu", "cuda"]
+    threads: int
+    chat_template: Literal["auto", "on", "off"]
+    precompute_ref: bool
+    lora_rank: int
+    lora_alpha: float
+    lora_targets: list[str]
 
 
 class PreferenceDataInfo(BaseModel):

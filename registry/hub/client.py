@@ -262,8 +262,11 @@ def hf_module() -> Any:
 
 
 @contextlib.contextmanager
-def progress_bars() -> Iterator[None]:
+def progress_bars(*, never: bool = False) -> Iterator[None]:
     """The client's progress bars only on an interactive terminal (stderr stays clean in scripts).
+
+    ``never``: none at all, whatever the terminal (``train`` draws its own bar while transformers'
+    ``save_pretrained`` would draw the client's "Writing model shards" one).
 
     The client's log warnings (e.g. "No files matched allow_patterns") are silenced too: they would
     add lines to pvreg's one-line errors; every failure reaches the user through :func:`map_error`.
@@ -277,7 +280,7 @@ def progress_bars() -> Iterator[None]:
     )
     from huggingface_hub.utils import logging as hf_logging
 
-    quiet = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    quiet = never or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     was_disabled = are_progress_bars_disabled()
     if quiet and not was_disabled:
         disable_progress_bars()

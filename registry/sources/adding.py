@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pvreg.registry.errors import BaseMismatchError, InvalidNameError, UserError, opt
+from pvreg.registry.errors import BaseMismatchError, InvalidNameError, InvalidOptionError, UserError, opt
+from pvreg.registry.refs import check_name
 from pvreg.registry.sources.exported import embedded_meta
 from pvreg.registry.storage.store import Store
 from pvreg.registry.storage.writes import NewVersion
@@ -127,4 +128,74 @@ def add_checkpoints(
         ),
         progress=progress,
         after=made.finish,
+    )
+
+
+def add(
+    store: Store,
+    name: str | None,
+    vector: str | os.PathLike[str] | None,
+    *,
+    base: str | os.PathLike[str] | None,
+    positive: str | os.PathLike[str] | None,
+    negative: str | os.PathLike[str] | None,
+    finetuned: str | os.PathLike[str] | None,
+    lora: str | os.PathLike[str] | None,
+    dataset: str | None,
+    sign: int | None,
+    description: str | None,
+    message: str | None,
+    tags: dict[str, str],
+    dtype: str | None,
+    progress: Callable[[int], None] | None,
+) -> VectorMeta:
+    """Exactly one source, checked, then stored (see :meth:`pvreg.Registry.add`)."""
+    sources = {
+        opt("vector"): vector is not None,
+        f"{opt('positive')}/{opt('negative')}": positive is not None or negative is not None,
+        opt("finetuned"): finetuned is not None,
+        opt("lora"): lora is not None and positive is None,
+    }
+    chosen = [k for k, v in sources.items() if v]
+    if len(chosen) != 1:
+        raise UserError(
+            f"give exactly one source: {opt('vector')} FILE, {opt('positive')} DIR {opt('negative')} DIR, "
+            f"{opt('finetuned')} DIR or {opt('lora')} DIR" + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
+    if name is not None:
+        check_name(name)
+    if sign is not None and sign not in (1, -1):
+        raise InvalidOptionError(f"invalid sign {sign!r}: must be 1 or -1", option="sign", value=sign)
+    if vector is not None:
+        return add_file(
+            store,
+            name,
+            Path(vector),
+            base=base,
+            dataset=dataset,
+            sign=sign,
+            description=description,
+            message=message,
+            tags=tags,
+            progress=progress,
+        )
+    if name is None:
+        raise InvalidNameError("a vector name is required")
+    if base is None:
+        raise UserError(f"{opt('base')} is required to build a vector from checkpoints")
+    return add_checkpoints(
+        store,
+        name,
+        base=base,
+        positive=positive,
+        negative=negative,
+        finetuned=finetuned,
+        lora=lora,
+        dtype=dtype,
+        dataset=dataset,
+        sign=sign or 1,
+        description=description,
+        message=message,
+        tags=tags,
+        progress=progress,
     )

@@ -53,7 +53,8 @@ class BlobStore:
             if not sub.is_dir() or len(sub.name) != 2:
                 continue
             for f in sorted(sub.glob("*.safetensors")):
-                yield sub.name + f.name.removesuffix(".safetensors"), f
+                if f.is_file() and not f.is_symlink():  # a blob is a regular file; anything else is not ours
+                    yield sub.name + f.name.removesuffix(".safetensors"), f
 
     def iter_temp(self) -> Iterator[Path]:
         if not self.root.is_dir():

@@ -45,7 +45,6 @@ def quiet() -> Iterator[None]:
     """No progress bars, info logs or deprecation chatter from the libraries; restored on exit."""
     import datasets
     import datasets.utils as ds_tqdm
-    import huggingface_hub.utils as hf_tqdm
     import transformers
 
     tlog = transformers.utils.logging
@@ -57,13 +56,13 @@ def quiet() -> Iterator[None]:
     tlog.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     ds_tqdm.disable_progress_bars()
-    hf_bars_off = hf_tqdm.are_progress_bars_disabled()
-    hf_tqdm.disable_progress_bars()  # save_pretrained's "Writing model shards" bar
     for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["TQDM_DISABLE"] = "1"  # trl's reference-log-prob pass reads it
+    from pvreg.registry.hub.client import progress_bars  # the only owner of the Hub client's bars
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), progress_bars(never=True):  # save_pretrained's "Writing model shards"
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
@@ -74,8 +73,6 @@ def quiet() -> Iterator[None]:
         datasets.logging.set_verbosity(ds_verbosity)
         if not ds_bars_off:
             ds_tqdm.enable_progress_bars()
-        if not hf_bars_off:
-            hf_tqdm.enable_progress_bars()
         for name, level in loggers.items():
             logging.getLogger(name).setLevel(level)
         if tqdm_env is None:

@@ -387,12 +387,13 @@ def test_failed_commit_removes_its_blob_unless_a_concurrent_writer_reused_it(tmp
     from pvreg import Registry
     from pvreg.registry.errors import ReadOnlyRegistryError
     from pvreg.registry.storage import db
+    from pvreg.registry.storage.store import Store
 
     vec = tmp_path / "same.safetensors"
     make_vector(vec, base_tensors, seed=77)
     with Registry.open(home) as b:
         b.fingerprint(base_dir)
-        a = Registry(b.settings, access=db.RO)  # same files, a connection that cannot write
+        a = Registry(Store(b.settings, access=db.RO))  # same files, a connection that cannot write
         try:
             # without a concurrent writer: A's blob goes again
             with pytest.raises(ReadOnlyRegistryError):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from pvreg import Registry
-from train_factories import make_tiny_llama, random_prompts, write_jsonl, yes_no_pairs
+from helpers.models import make_tiny_llama, random_prompts, write_jsonl, yes_no_pairs
 
 pytest.importorskip("trl")
 

@@ -28,7 +28,7 @@ from pvreg.registry.errors import (
     TrainOptionsError,
 )
 from pvreg.registry.training import build_options, load_pairs, split_pairs, train_pair, training_order
-from train_factories import random_prompts, write_jsonl, yes_no_pairs, make_tiny_llama
+from helpers.models import random_prompts, write_jsonl, yes_no_pairs, make_tiny_llama
 
 LEARN = {"full": dict(method="full", steps=15, lr=2e-3, batch_size=8),
          "lora": dict(method="lora", steps=15, lr=3e-2, batch_size=8)}
@@ -220,7 +220,7 @@ def test_only_the_pairs_the_steps_consume_are_prepared(tmp_path: Path, base: Pat
 
 
 def test_registers_through_the_pair_path(trained: dict[str, Any], base: Path) -> None:
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     work = trained["work"]
     res = run_cli("add", f"yes-{trained['method']}", "--positive", work / "positive", "--negative",
