@@ -319,11 +319,19 @@ class Registry:
         self.store.transaction(lambda s: writes.remove_alias(s, name, alias))
 
     def deprecate(self, ref: str) -> VectorMeta:
-        """Mark a version deprecated: bare ``NAME`` no longer resolves to it."""
+        """Mark a version deprecated: bare ``NAME`` no longer resolves to it.
+
+        Raises:
+            InvalidReferenceError, NotFoundError, AmbiguousReferenceError: for ``ref``.
+        """
         return self.store.meta_by_id(self.store.transaction(lambda s: writes.deprecate(s, ref)))
 
     def rm(self, ref: str) -> VectorMeta:
-        """Remove a version's metadata; its blob stays until ``gc`` finds it unreferenced."""
+        """Remove a version's metadata; its blob stays until ``gc`` finds it unreferenced.
+
+        Raises:
+            InvalidReferenceError, NotFoundError, AmbiguousReferenceError: for ``ref``.
+        """
         return self.store.transaction(lambda s: writes.remove_version(s, ref))
 
     # --- maintenance ------------------------------------------------------------------
@@ -355,7 +363,11 @@ class Registry:
         )
 
     def verify(self, ref: str | None = None) -> VerifyReport:
-        """Re-hash blobs and recompute norms; report every mismatch (never raises for them)."""
+        """Re-hash blobs and recompute norms; report every mismatch (never raises for them).
+
+        Raises:
+            InvalidReferenceError, NotFoundError, AmbiguousReferenceError: for ``ref``, when given.
+        """
         from pvreg.registry.storage.verify import verify_versions
 
         metas = [self.resolve(ref)] if ref is not None else self.store.all_versions()

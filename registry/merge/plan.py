@@ -273,6 +273,8 @@ def prepare(
                     BaseMismatchError,
                     f"base mismatch: {opt('base')} {os.fspath(base)} has fingerprint "
                     f"{resolved.fingerprint[:16]} but the vectors expect {expected[:16]} ({origins})",
+                    expected=expected,
+                    actual=resolved.fingerprint,
                 )
                 resolved = None
             elif need_base and resolved.infos is None:
