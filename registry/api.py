@@ -363,11 +363,7 @@ class Registry:
         )
 
     def verify(self, ref: str | None = None) -> VerifyReport:
-        """Re-hash blobs and recompute norms; report every mismatch (never raises for them).
-
-        Raises:
-            InvalidReferenceError, NotFoundError, AmbiguousReferenceError: for ``ref``, when given.
-        """
+        """Re-hash blobs and recompute norms; report every mismatch (raises only for a bad ``ref``)."""
         from pvreg.registry.storage.verify import verify_versions
 
         metas = [self.resolve(ref)] if ref is not None else self.store.all_versions()
