@@ -22,7 +22,6 @@ from pvreg.registry.errors import (
     InvalidTextError,
 )
 from pvreg.registry.text import check_dataset, check_tags, check_text, printable
-from pvreg.registry.text import printable as _printable
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 SHA_RE = re.compile(r"[0-9a-f]{8,64}")
@@ -40,7 +39,7 @@ def check_name(name: str, *, what: str = "name") -> str:
             why = "cannot start with '.' (it must be usable as a Hub folder name)"
         else:
             why = "may only contain lowercase letters, digits, '-', '_' and '.'"
-        raise InvalidNameError(f"invalid {what} {_printable(str(name))}: {why}")
+        raise InvalidNameError(f"invalid {what} {printable(str(name))}: {why}")
     return name
 
 
@@ -69,24 +68,24 @@ def parse_ref(text: str) -> Ref:
     if text.startswith("sha256:"):
         hexpart = text[len("sha256:") :].lower()
         if not SHA_RE.fullmatch(hexpart):
-            raise InvalidReferenceError(f"invalid reference {_printable(text)}: sha256: needs 8 to 64 hex digits")
+            raise InvalidReferenceError(f"invalid reference {printable(text)}: sha256: needs 8 to 64 hex digits")
         return Ref(text=text, sha_prefix=hexpart)
     name, sep, selector = text.partition("@")
     try:
         check_name(name)
     except InvalidNameError as exc:
-        raise InvalidReferenceError(f"invalid reference {_printable(text)}: {exc}") from None
+        raise InvalidReferenceError(f"invalid reference {printable(text)}: {exc}") from None
     if not sep:
         return Ref(text=text, name=name)
     if selector.isdigit() and selector.isascii():
         version = int(selector)
         if version < 1:
-            raise InvalidReferenceError(f"invalid reference {_printable(text)}: versions start at 1")
+            raise InvalidReferenceError(f"invalid reference {printable(text)}: versions start at 1")
         return Ref(text=text, name=name, version=version)
     try:
         check_name(selector, what="alias")
     except InvalidNameError as exc:
-        raise InvalidReferenceError(f"invalid reference {_printable(text)}: {exc}") from None
+        raise InvalidReferenceError(f"invalid reference {printable(text)}: {exc}") from None
     return Ref(text=text, name=name, alias=selector)
 
 

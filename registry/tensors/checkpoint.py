@@ -23,6 +23,7 @@ from pvreg.registry.errors import (
 from pvreg.registry.tensors.hfnames import INDEXES, NOT_WEIGHTS, WEIGHT_SUFFIXES
 from pvreg.registry.tensors.inputfile import file_kind, read_capped
 from pvreg.registry.tensors.safetensors import SafetensorsFile, TensorInfo, shown
+from pvreg.registry.text import LABEL_MAX
 
 if TYPE_CHECKING:
     import torch
@@ -224,4 +225,4 @@ def base_config_facts(directory: Path | None) -> dict[str, object]:
 
 
 def _short_text(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
+    return isinstance(value, str) and 0 < len(value) <= LABEL_MAX and value.isprintable()

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvreg.registry.files import remove_path
 from pvreg.registry.refs import check_name, check_version_text
 from pvreg.registry.storage.outputs import Protected, check_output, registry_paths
 from pvreg.registry.storage.staging import staging
@@ -86,7 +85,4 @@ def train(
     if keep is not None:
         return run(keep)
     with staging(store.settings.pending_dir, store.settings.home / _WORK) as (tmp, _rewrite):
-        try:
-            return run(tmp)
-        finally:
-            remove_path(tmp)
+        return run(tmp)  # staging removes the work directory (θ+, θ−) on the way out
