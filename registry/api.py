@@ -7,21 +7,28 @@ merging (:mod:`pvreg.registry.merge`) and the Hub (:mod:`pvreg.registry.hub.clie
 receive its :class:`~pvreg.registry.storage.store.Store`, never the facade.
 Heavy modules (torch, alembic, huggingface_hub) load inside the operations that
 need them, so read-only commands stay fast.
+
+The class is assembled from per-area parts: this module holds the lifecycle, adding
+and the catalogue; each area's operations live next to its code as a
+:class:`~pvreg.registry.storage.store.StoreFacade` mixin (``merge.ops``, ``hub.ops``,
+``training.ops``, ...), so one typed class serves every caller.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from pvreg.registry.hub.ops import HubOps
+from pvreg.registry.merge.ops import MergeOps
 from pvreg.registry.refs import check_alias, check_name
 from pvreg.registry.settings import Settings
 from pvreg.registry.storage import catalog, db, environment, writes
 from pvreg.registry.storage.bases import ResolvedBase
 from pvreg.registry.storage.store import Store
+from pvreg.registry.training.ops import TrainingOps
 from pvreg.schemas.vector import (
     BaseModelInfo,
     GcReport,
@@ -30,22 +37,9 @@ from pvreg.schemas.vector import (
     VerifyReport,
 )
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
-    from pvreg.registry.merge.apply import AppliedComposition
-    from pvreg.registry.merge.writer import ComposeProgress
-    from pvreg.registry.storage.blobstore import BlobStore
-    from pvreg.registry.training.dpo import TrainProgress
-    from pvreg.schemas.compose import ComposeResult, ComposeSpec, CompositionRecord
-    from pvreg.schemas.hub import PullResult, PushResult, RemoteListing
-    from pvreg.schemas.training import TrainOptionsKwargs
-
-SpecLike = "ComposeSpec | str | Sequence[str]"
-
 
 @environment.guarded
-class Registry:
+class Registry(MergeOps, HubOps, TrainingOps):
     """A preference-vector registry: metadata database plus blob store.
 
     Open one with :meth:`open`; it is a context manager that disposes of its
@@ -56,18 +50,6 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-
-    @property
-    def settings(self) -> Settings:
-        return self.store.settings
-
-    @property
-    def blobs(self) -> BlobStore:
-        return self.store.blobs
-
-    @property
-    def read_only(self) -> bool:
-        return self.store.read_only
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -221,47 +203,6 @@ class Registry:
             progress=progress,
         )
 
-    def train(
-        self,
-        name: str,
-        *,
-        base: str | os.PathLike[str],
-        data: str | os.PathLike[str],
-        dataset_label: str | None = None,
-        keep_checkpoints: str | os.PathLike[str] | None = None,
-        message: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        progress: TrainProgress | None = None,
-        **options: Unpack[TrainOptionsKwargs],
-    ) -> VectorMeta:
-        """Train θ+ and θ− with DPO from ``base`` on preference ``data`` and register φ = θ+ − θ−.
-
-        θ− sees the same pairs, in the same order, with chosen and rejected swapped;
-        both start from ``base`` with the same seed, and the frozen DPO reference is
-        the base. ``options`` are :class:`~pvreg.schemas.training.TrainOptions`' fields
-        (``method``, ``steps``, ``lr``, ``seed``, ...). Needs the ``pvreg[train]`` extra.
-
-        Raises:
-            PreferenceDataError: a bad data file or row (before any model loads).
-            TrainOptionsError, InvalidNameError, InvalidTextError, UnsafeOutputError: bad options.
-            MissingExtraError: trl, datasets or peft are not installed.
-            TrainingDivergedError, DeviceUnavailableError: the runs themselves failed.
-        """
-        from pvreg.registry.training.register import train
-
-        return train(
-            self.store,
-            name,
-            base=base,
-            data=data,
-            dataset_label=dataset_label,
-            keep_checkpoints=keep_checkpoints,
-            message=message,
-            tags=tags,
-            progress=progress,
-            **options,
-        )
-
     # --- reading ---------------------------------------------------------------
 
     def resolve(self, ref: str) -> VectorMeta:
@@ -379,170 +320,3 @@ class Registry:
         from pvreg.registry.sources.exported import export
 
         return export(self.store, ref, Path(path), force=force)
-
-    # --- composing ---------------------------------------------------------------
-
-    def compose(
-        self,
-        spec: ComposeSpec | str | Sequence[str],
-        *,
-        base: str | os.PathLike[str] | None = None,
-        out: str | os.PathLike[str] | None = None,
-        method: str | None = None,
-        density: float | None = None,
-        seed: int | None = None,
-        normalize: bool | None = None,
-        accumulate: str | None = None,
-        dtype: str | None = None,
-        shard_size: str | int = "5GB",
-        force: bool = False,
-        vector_only: bool = False,
-        register: str | None = None,
-        progress: ComposeProgress | None = None,
-    ) -> ComposeResult:
-        """Merge registered vectors into a base model directory, or into one vector file.
-
-        θ = θ_base + Σ η_i·s_i·φ_i (``method="linear"``) or a TIES/DARE variant.
-        Options left at ``None`` come from ``spec`` when it is a ``ComposeSpec``.
-        ``register`` (with ``vector_only``) stores the result as a new version;
-        ``out`` may then be None.
-
-        Raises:
-            SpecError, NotFoundError, BaseMismatchError, OutputExistsError,
-            UnsafeOutputError: before any tensor data is read, every problem in one
-            error (a ``ProblemsError`` that is also an instance of each problem's class).
-            OutputExistsError: something appeared at ``out`` while writing (without ``force``).
-            SpecError: an output tensor would hold Inf/NaN in its dtype.
-        """
-        from pvreg.registry.merge.compose import compose
-
-        return compose(
-            self.store,
-            spec,
-            base=base,
-            out=out,
-            method=method,
-            density=density,
-            seed=seed,
-            normalize=normalize,
-            accumulate=accumulate,
-            dtype=dtype,
-            shard_size=shard_size,
-            force=force,
-            vector_only=vector_only,
-            register=register,
-            progress=progress,
-        )
-
-    def compositions(self) -> builtins.list[CompositionRecord]:
-        """Every recorded compose run, oldest first."""
-        with self.store.read() as conn:
-            return catalog.compositions(conn)
-
-    def apply(
-        self,
-        model: Any,
-        spec: ComposeSpec | str | Sequence[str],
-        *,
-        method: str | None = None,
-        density: float | None = None,
-        seed: int | None = None,
-        normalize: bool | None = None,
-        accumulate: str | None = None,
-    ) -> AppliedComposition:
-        """Add a composed delta into a loaded ``torch.nn.Module`` in place.
-
-        The return value is also a context manager that restores the original
-        parameters bit-exactly on exit.  See :mod:`pvreg.registry.merge.apply`.
-
-        Raises:
-            SpecError, NotFoundError, BaseMismatchError: before any parameter changes.
-        """
-        from pvreg.registry.merge.apply import apply
-
-        return apply(
-            self.store,
-            model,
-            spec,
-            method=method,
-            density=density,
-            seed=seed,
-            normalize=normalize,
-            accumulate=accumulate,
-        )
-
-    # --- Hub ---------------------------------------------------------------------
-
-    def push(
-        self,
-        refs: Sequence[str],
-        repo: str,
-        *,
-        revision: str | None = None,
-        private: bool = False,
-        create: bool = False,
-        message: str | None = None,
-        endpoint: str | None = None,
-        token: str | None = None,
-    ) -> PushResult:
-        """Publish versions and the regenerated card to a Hub model repo in one commit.
-
-        Raises:
-            HubNotFoundError, HubAuthError, HubEndpointError, HubContentError (exit 2);
-            HubError for an unreachable Hub or rate limiting.
-        """
-        from pvreg.registry.hub.push import push
-
-        return push(
-            self.store,
-            refs,
-            repo,
-            revision=revision,
-            private=private,
-            create=create,
-            message=message,
-            endpoint=endpoint,
-            token=token,
-        )
-
-    def pull(
-        self,
-        repo: str,
-        *,
-        revision: str | None = None,
-        names: Sequence[str] | None = None,
-        as_name: str | None = None,
-        endpoint: str | None = None,
-        token: str | None = None,
-    ) -> PullResult:
-        """Download vectors from a Hub repo, verify every one, and register them all or none.
-
-        Raises:
-            HubNotFoundError, HubAuthError, HubEndpointError; IntegrityError for a
-            tampered or inconsistent file; InvalidNameError/InvalidTextError for bad text.
-        """
-        from pvreg.registry.hub.pull import pull
-
-        return pull(self.store, repo, revision=revision, names=names, as_name=as_name, endpoint=endpoint, token=token)
-
-    def remote_ls(
-        self,
-        repo: str,
-        *,
-        revision: str | None = None,
-        endpoint: str | None = None,
-        token: str | None = None,
-    ) -> RemoteListing:
-        """List the vectors in a Hub repo without downloading blobs.
-
-        Raises:
-            HubNotFoundError, HubAuthError, HubEndpointError.
-        """
-        from pvreg.registry.hub.pull import remote_ls
-
-        return remote_ls(self.store, repo, revision=revision, endpoint=endpoint, token=token)
-
-    def hub_records(self, ref: str) -> builtins.list[dict[str, Any]]:
-        """Every push/pull recorded for the version ``ref`` points at, oldest first."""
-        with self.store.read() as conn:
-            return catalog.hub_records(conn, catalog.resolve_id(conn, ref))

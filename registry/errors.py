@@ -270,3 +270,18 @@ class TrainingDivergedError(UserError, ArithmeticError):
 
 class DeviceUnavailableError(PvregError, RuntimeError):
     """The requested training device (e.g. ``cuda``) is not available on this machine; exit code 1."""
+
+
+# --- train (#14) ---
+
+
+# --- eval and sweep (#15) ---
+
+
+# --- similarity and diff (#15) ---
+
+
+# --- LoRA export (#17) ---
+
+
+# --- performance (#13) ---

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import os
 import sqlite3
 import types
@@ -215,9 +216,11 @@ def guarded(cls: C) -> C:
     Applied to ``Registry`` so that the Python API and the CLI (which only
     maps ``PvregError`` to exit codes) both get one-line errors naming the
     file and the cause, including in methods added later.  The instance must
-    have ``settings`` and ``read_only`` attributes.
+    have ``settings`` and ``read_only`` attributes.  Methods inherited from the
+    facade's per-area mixins are wrapped on ``cls`` itself (the mixins stay plain).
     """
-    for name, fn in list(vars(cls).items()):
+    for name in dir(cls):
+        fn = inspect.getattr_static(cls, name)
         if name.startswith("_") or not isinstance(fn, types.FunctionType):
             continue
         setattr(cls, name, _guard_method(fn))

@@ -177,3 +177,26 @@ class Store:
         """
         version_id, _ = self.transaction(lambda s: insert_version(s, new))
         return self.meta_by_id(version_id)
+
+
+class StoreFacade:
+    """Base of the ``Registry`` facade and of its per-area parts (``merge.ops``, ``hub.ops``, ...).
+
+    Each area keeps its public operations next to its code, as a mixin that reaches
+    storage only through ``self.store``; ``Registry`` combines them, so the facade
+    stays one typed class without one module growing with every feature.
+    """
+
+    store: Store
+
+    @property
+    def settings(self) -> Settings:
+        return self.store.settings
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.store.blobs
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only

@@ -483,6 +483,21 @@ def not_a_hub(status: int) -> Callable[[Env], None]:
     return make
 
 
+# --- setups: train (#14) ---
+
+
+# --- setups: eval and sweep (#15) ---
+
+
+# --- setups: similarity and diff (#15) ---
+
+
+# --- setups: LoRA export (#17) ---
+
+
+# --- setups: performance (#13) ---
+
+
 # --- the catalogue -----------------------------------------------------------------------------------------------------
 
 
@@ -831,6 +846,16 @@ CASES = [
     C("cli-missing-argument", nothing, "show", 2, "Missing argument 'ref'"),
     C("cli-option-not-an-int", nothing, ADD + "x.safetensors --sign abc", 2, "Invalid value for '--sign'"),
     C("cli-flag-with-value", nothing, "list --json=3", 2, "Option '--json' does not take a value"),
+    # --- cases: train (#14)
+    #
+    # --- cases: eval and sweep (#15)
+    #
+    # --- cases: similarity and diff (#15)
+    #
+    # --- cases: LoRA export (#17)
+    #
+    # --- cases: performance (#13)
+    #
 ]
 
 
