@@ -1,7 +1,8 @@
 """How pvreg lays vectors out in a Hub model repo: ``<name>/vector.safetensors`` + ``<name>/pvreg.json``, and the card.
 
 What is published never carries the publisher's machine: :func:`published`
-strips local paths from the provenance.
+takes the provenance through :func:`pvreg.registry.sources.public.public_meta` (the one
+owner of that rule), and the card is rendered from what :func:`published` returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pvreg.registry.errors import IntegrityError
+from pvreg.registry.sources.public import public_meta
 from pvreg.schemas.hub import HubBaseInfo, HubVectorFile
 from pvreg.schemas.vector import VectorMeta
 
@@ -41,8 +43,8 @@ def json_bytes(model: HubVectorFile) -> bytes:
 
 
 def published(store: Store, meta: VectorMeta) -> tuple[VectorMeta, HubVectorFile]:
-    """The metadata as published: local aliases dropped; base facts without local paths."""
-    public = meta.model_copy(update={"aliases": []})
+    """The metadata as published: local aliases dropped; provenance and base facts without local paths."""
+    public = public_meta(meta).model_copy(update={"aliases": []})
     info = store.base_info(meta.base_fingerprint)
     base = HubBaseInfo(
         fingerprint=meta.base_fingerprint,

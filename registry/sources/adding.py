@@ -98,7 +98,8 @@ def add_checkpoints(
 ) -> VectorMeta:
     """Build φ from checkpoints (θ+ − θ−, θft − θbase, or LoRA ΔW) and store it.
 
-    ``provenance``: what the caller knows beyond the inputs (``train`` adds its training record).
+    ``provenance``: what the caller knows beyond the inputs (``train`` adds its training record);
+    a mapping under a key the inputs' record also has updates that entry rather than replacing it.
     """
     from pvreg.registry.sources import extract
 
@@ -124,7 +125,7 @@ def add_checkpoints(
             description=description,
             message=message,
             tags=tags,
-            provenance={**made.provenance, **(provenance or {})},
+            provenance=_merged(made.provenance, provenance or {}),
         ),
         progress=progress,
         after=made.finish,
@@ -199,3 +200,12 @@ def add(
         tags=tags,
         progress=progress,
     )
+
+
+def _merged(made: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``made`` updated with ``extra``, one level deep for mappings present in both."""
+    out = dict(made)
+    for key, value in extra.items():
+        old = out.get(key)
+        out[key] = {**old, **value} if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out

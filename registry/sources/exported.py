@@ -87,8 +87,10 @@ def export(store: Store, ref: str, out: Path, *, force: bool) -> Path:
         raise OutputExistsError(f"{out}: already exists (use {opt('force', True)} to overwrite)")
     if out.is_dir():
         raise OutputExistsError(f"{out}: is a directory")
-    try:
-        write_exported(blob, meta, out, overwrite=force)
+    from pvreg.registry.sources.public import public_meta
+
+    try:  # an export may leave this machine: no local paths in its provenance
+        write_exported(blob, public_meta(meta), out, overwrite=force)
     except FileExistsError:
         raise OutputExistsError(
             f"{out}: was created while the export was written; left alone (use {opt('force', True)} to overwrite)"

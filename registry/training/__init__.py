@@ -50,14 +50,21 @@ def build_options(**values: Any) -> TrainOptions:
     Raises:
         TrainOptionsError: one line naming the first invalid option and why.
     """
+    import re
+
     from pydantic import ValidationError
 
-    from pvreg.registry.errors import TrainOptionsError
+    from pvreg.registry.errors import TrainOptionsError, opt
     from pvreg.schemas.training import TrainOptions
 
+    given = {k: v for k, v in values.items() if v is not None}
+    if "steps" in given and "epochs" in given:  # named here, where options can be spelled as flags
+        raise TrainOptionsError(f"give {opt('steps')} or {opt('epochs')}, not both")
     try:
-        return TrainOptions.model_validate({k: v for k, v in values.items() if v is not None})
+        return TrainOptions.model_validate(given)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "options"
-        raise TrainOptionsError(f"invalid train option {where}: {first.get('msg')}") from None
+        named = opt(where) if re.fullmatch(r"[a-z_]+", where) else where  # --lr on the command line
+        message = str(first.get("msg")).removeprefix("Value error, ")
+        raise TrainOptionsError(f"invalid train option {named}: {message}") from None

@@ -55,7 +55,7 @@ from pvreg.registry.training.runtime import deterministic, first_line, quiet, ve
 if TYPE_CHECKING:
     from pvreg.schemas.training import PairResult, Run, RunMetrics, TrainOptions
 
-__all__ = ["RUNS", "TrainProgress", "train_pair", "training_order"]
+__all__ = ["RUNS", "TrainProgress", "check_inputs", "train_pair", "training_order"]
 
 #: (run name, swap chosen/rejected) for the two runs, in the order they are trained.
 RUNS: tuple[tuple[Run, bool], ...] = (("positive", False), ("negative", True))
@@ -88,6 +88,22 @@ def training_order(n_train: int, options: TrainOptions) -> list[int]:
         rng.shuffle(perm)
         order.extend(perm)
     return order[:n_rows]
+
+
+def check_inputs(base_dir: str | os.PathLike[str], data: PreferenceData, options: TrainOptions) -> None:
+    """Everything :func:`train_pair` refuses before loading weights, without writing anything.
+
+    The base is a model directory with a tokenizer, chat data meets a chat template, and
+    every prompt leaves room for its completion within ``max_length``. ``Registry.train``
+    calls this before it stages a work directory, so bad input leaves the registry as it was.
+    """
+    options = options.resolved()
+    require_training(options.method)
+    base = check_base(Path(base_dir))
+    with quiet():
+        tokenizer = load_tokenizer(base)
+        use_chat = use_chat_template(tokenizer, data, base, options)
+        check_prompt_lengths(tokenizer, data, list(data.pairs), use_chat, options.max_length)
 
 
 def train_pair(

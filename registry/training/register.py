@@ -60,10 +60,15 @@ def train(
     keep = Path(keep_checkpoints) if keep_checkpoints is not None else None
     if keep is not None:
         check_output(keep, [*registry_paths(store.settings), Protected(base_dir, "the base model")])
-    from pvreg.registry.training.dpo import train_pair
+    from pvreg.registry.training.dpo import check_inputs, train_pair
 
-    def run(work: Path) -> VectorMeta:
+    check_inputs(base_dir, pairs, opts)  # base, tokenizer, chat template, prompt lengths: before anything is staged
+
+    def run(work: Path, *, staged: bool) -> VectorMeta:
         result = train_pair(base_dir, pairs, opts, work, progress)
+        record = result.provenance()
+        if staged:  # θ+/θ− lived in a work directory that is gone once registered: record no path to it
+            record |= {run: {"path": None, "kept": False} for run in ("positive", "negative")}
         return add_checkpoints(
             store,
             name,
@@ -79,10 +84,10 @@ def train(
             message=message,
             tags=tag_map,
             progress=None,
-            provenance=result.provenance(),
+            provenance=record,
         )
 
     if keep is not None:
-        return run(keep)
+        return run(keep, staged=False)
     with staging(store.settings.pending_dir, store.settings.home / _WORK) as (tmp, _rewrite):
-        return run(tmp)  # staging removes the work directory (θ+, θ−) on the way out
+        return run(tmp, staged=True)  # staging removes the work directory (θ+, θ−) on the way out

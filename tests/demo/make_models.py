@@ -1,42 +1,63 @@
-"""Build the demo inputs offline: a tiny Llama base (with a word-level tokenizer)
-and three preference-vector delta files, all from fixed seeds.
+"""Build the demo inputs offline: a tiny Llama base (with a word-level tokenizer) and synthetic
+preference data for three preferences, all from fixed seeds.
 
-Usage: python make_models.py OUTDIR  ->  OUTDIR/base/, OUTDIR/vectors/{helpful,harmless,concise}.safetensors
+Each preference is a synthetic stand-in for one of the paper's (the model is far too small for real text):
+
+- ``helpful``  — answer " yes" rather than " no" (a helpful model goes along with the request);
+- ``harmless`` — answer " safe" rather than " risky";
+- ``concise``  — stop after one word rather than run on for four.
+
+Usage: python make_models.py OUTDIR  ->  OUTDIR/base/, OUTDIR/data/{helpful,harmless,concise}.jsonl (training
+pairs) and OUTDIR/data/{...}-heldout.jsonl (pairs on prompts the training never sees, for score.py)
 """
 
 from __future__ import annotations
 
+import json
+import random
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+ANSWERS = ["yes", "no", "safe", "risky"]
+WORDS = [f"w{i}" for i in range(64 - len(SPECIALS) - len(ANSWERS))]
 CONFIG = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, vocab_size=64, max_position_embeddings=128,
     bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
 )
-# Which tensors each "preference" moves (a subset, as a real DPO delta might).
-SUBSETS = {
-    "helpful": ("mlp.", "lm_head"),
-    "harmless": ("self_attn.", "norm"),
-    "concise": ("layers.1.", "embed_tokens"),
-}
-SEEDS = {"helpful": 11, "harmless": 22, "concise": 33}
+TRAIN_PAIRS, HELDOUT_PAIRS = 64, 32
 
 
 def build_tokenizer(directory: Path) -> None:
-    """A word-level tokenizer over 'w0'..'w60'; built without any download."""
+    """A word-level tokenizer over the answers and 'w0'..'w55'; built without any download."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(CONFIG["vocab_size"] - 4)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    vocab = SPECIALS + ANSWERS + WORDS
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # keeps "</s>" whole when TRL appends it
     PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(directory)
+
+
+def pair(preference: str, rng: random.Random) -> dict[str, str]:
+    """One pair; completions start with a space (TRL tokenizes prompt + completion as one text)."""
+    prompt = " ".join(rng.choice(WORDS) for _ in range(4))
+    if preference == "helpful":
+        return {"prompt": prompt, "chosen": " yes", "rejected": " no"}
+    if preference == "harmless":
+        return {"prompt": prompt, "chosen": " safe", "rejected": " risky"}
+    first = rng.choice(WORDS)
+    return {"prompt": prompt, "chosen": f" {first}", "rejected": " " + " ".join([first, *rng.sample(WORDS, 3)])}
+
+
+def write_pairs(path: Path, preference: str, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    path.write_text("".join(json.dumps(pair(preference, rng)) + "\n" for _ in range(n)))
 
 
 def main(out: Path) -> None:
@@ -47,15 +68,12 @@ def main(out: Path) -> None:
     base = out / "base"
     model.save_pretrained(base)
     build_tokenizer(base)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    vectors = out / "vectors"
-    vectors.mkdir(parents=True, exist_ok=True)
-    for name, keys in SUBSETS.items():
-        g = torch.Generator().manual_seed(SEEDS[name])
-        chosen = sorted(n for n in state if any(k in n for k in keys))
-        delta = {n: torch.randn(state[n].shape, generator=g) * 0.01 for n in chosen}
-        save_file(delta, str(vectors / f"{name}.safetensors"))
-        print(f"{name}: {len(delta)} tensors")
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for i, preference in enumerate(("helpful", "harmless", "concise")):
+        write_pairs(data / f"{preference}.jsonl", preference, TRAIN_PAIRS, seed=10 + i)
+        write_pairs(data / f"{preference}-heldout.jsonl", preference, HELDOUT_PAIRS, seed=100 + i)
+        print(f"{preference}: {TRAIN_PAIRS} training pairs, {HELDOUT_PAIRS} held-out pairs")
     print(f"base written to {base}")
 
 

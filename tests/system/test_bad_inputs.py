@@ -486,6 +486,25 @@ def not_a_hub(status: int) -> Callable[[Env], None]:
 # --- setups: train (#14) ---
 
 
+def pairs(name: str, rows: list | None = None, text: str | None = None) -> Callable[[Env], None]:
+    """A preference-data file: JSON lines of ``rows`` (default: four good yes/no pairs), or ``text`` as is."""
+    def make(env: Env) -> None:
+        from helpers.models import write_jsonl, yes_no_pairs
+
+        if text is not None:
+            env.p(name).write_text(text)
+        else:
+            write_jsonl(env.p(name), rows if rows is not None else yes_no_pairs(4, seed=0))
+    return make
+
+
+def train_base(env: Env) -> None:
+    """A tiny Llama with the training tokenizer at {t}/tb (the factory base has no tokenizer)."""
+    from helpers.models import make_tiny_llama
+
+    make_tiny_llama(env.p("tb"))
+
+
 # --- setups: eval and sweep (#15) ---
 
 
@@ -522,6 +541,7 @@ def no_registry_made(env: Env) -> None:
 ADD = "add v --base {base} --vector {t}/"
 COMPOSE = "compose --base {base} --out {t}/out "
 PULL = "pull --endpoint {url} "
+TRAIN = "train v --base {base} --data {t}/"
 
 CASES = [
     # safetensors structure
@@ -847,6 +867,41 @@ CASES = [
     C("cli-option-not-an-int", nothing, ADD + "x.safetensors --sign abc", 2, "Invalid value for '--sign'"),
     C("cli-flag-with-value", nothing, "list --json=3", 2, "Option '--json' does not take a value"),
     # --- cases: train (#14)
+    C("train-missing-column", pairs("d.jsonl", [{"prompt": "w1", "chosen": " yes"}]), TRAIN + "d.jsonl", 2, "d.jsonl: row 1: missing column 'rejected'"),
+    C("train-no-known-columns", pairs("d.jsonl", [{"question": "w1", "answer": "yes"}]), TRAIN + "d.jsonl", 2, "row 1: no prompt/chosen/rejected or positive/negative columns (found: answer, question)"),
+    C("train-empty-string", pairs("d.jsonl", [{"prompt": "w1", "chosen": " yes", "rejected": "  "}]), TRAIN + "d.jsonl", 2, "d.jsonl: row 1: 'rejected' is empty"),
+    C("train-null-value", pairs("d.jsonl", [{"prompt": "w1", "chosen": None, "rejected": " no"}]), TRAIN + "d.jsonl", 2, "row 1: 'chosen' is null"),
+    C("train-chosen-equals-rejected", pairs("d.jsonl", [{"prompt": "w1", "chosen": " no", "rejected": " yes"}, {"prompt": "w2", "chosen": " yes", "rejected": "yes"}]), TRAIN + "d.jsonl", 2, "d.jsonl: row 2: chosen and rejected are identical"),
+    C("train-jsonl-not-json-lines", pairs("d.jsonl", text='{"prompt": "w1", "chosen": " yes", "rejected": " no"}\nprompt,chosen,rejected\n'), TRAIN + "d.jsonl", 2, "d.jsonl: row 2: not valid JSON"),
+    C("train-jsonl-binary", raw("d.jsonl", b"\x89PNG\r\n\x1a\n\xff\xfe"), TRAIN + "d.jsonl", 2, "d.jsonl: not UTF-8 text"),
+    C("train-json-not-array", pairs("d.json", text='{"prompt": "w1"}'), TRAIN + "d.json", 2, "d.json: expected a JSON array of pair objects, got a JSON object"),
+    C("train-parquet-not-parquet", pairs("d.parquet", text='{"prompt": "w1", "chosen": " yes", "rejected": " no"}\n'), TRAIN + "d.parquet", 2, "d.parquet: not a parquet file"),
+    C("train-dir-not-datasets", mkdir("ds"), TRAIN + "ds", 2, "ds: a directory, but not a datasets save_to_disk directory"),
+    C("train-unsupported-suffix", pairs("d.csv", text="prompt,chosen,rejected\n"), TRAIN + "d.csv", 2, "unsupported preference data file type '.csv'"),
+    C("train-data-missing", nothing, TRAIN + "nope.jsonl", 2, "nope.jsonl: no such preference data file"),
+    C("train-empty-data", pairs("d.jsonl", text="\n\n"), TRAIN + "d.jsonl", 2, "d.jsonl: contains no preference pairs"),
+    C("train-contrastive-no-prefix", pairs("d.jsonl", [{"positive": "yes w1 w2", "negative": "no w1 w2"}]), TRAIN + "d.jsonl", 2, "row 1: positive and negative: the two texts have no common prefix"),
+    C("train-chat-mixed-with-text", pairs("d.jsonl", [{"prompt": "w1", "chosen": " yes", "rejected": " no"}, {"prompt": [{"role": "user", "content": "w1"}], "chosen": [{"role": "assistant", "content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]}]), TRAIN + "d.jsonl", 2, "row 2: has chat messages but row 1 has plain strings"),
+    C("train-unknown-method", pairs("d.jsonl"), TRAIN + "d.jsonl --method qlora", 2, "invalid train option --method: Input should be 'lora' or 'full'"),
+    C("train-steps-and-epochs", pairs("d.jsonl"), TRAIN + "d.jsonl --steps 2 --epochs 1", 2, "give --steps or --epochs, not both"),
+    C("train-steps-zero", pairs("d.jsonl"), TRAIN + "d.jsonl --steps 0", 2, "invalid train option --steps: Input should be greater than or equal to 1"),
+    C("train-lr-negative", pairs("d.jsonl"), TRAIN + "d.jsonl --lr -1", 2, "invalid train option --lr"),
+    C("train-lr-nan", pairs("d.jsonl"), TRAIN + "d.jsonl --lr nan", 2, "invalid train option --lr"),
+    C("train-eval-fraction-one", pairs("d.jsonl"), TRAIN + "d.jsonl --eval-fraction 1", 2, "invalid train option --eval-fraction: Input should be less than 1"),
+    C("train-eval-fraction-negative", pairs("d.jsonl"), TRAIN + "d.jsonl --eval-fraction -0.1", 2, "invalid train option --eval-fraction"),
+    C("train-device-unknown", pairs("d.jsonl"), TRAIN + "d.jsonl --device tpu", 2, "invalid train option --device"),
+    C("train-bad-tag", pairs("d.jsonl"), TRAIN + "d.jsonl --tag novalue", 2, "invalid tag 'novalue'"),
+    C("train-bad-name", pairs("d.jsonl"), "train 'Bad Name' --base {base} --data {t}/d.jsonl", 2, "invalid name 'Bad Name'"),
+    C("train-label-control-char", both(pairs("d.jsonl"), tail("--dataset-label", "x\x1b[2J")), TRAIN + "d.jsonl {tail}", 2, "invalid dataset"),
+    C("train-keep-in-registry", pairs("d.jsonl"), TRAIN + "d.jsonl --keep-checkpoints {home}/ckpt", 2, "lies inside the registry home"),
+    C("train-keep-on-base", pairs("d.jsonl"), TRAIN + "d.jsonl --keep-checkpoints {base}", 2, "the base model"),
+    C("train-keep-inside-base", pairs("d.jsonl"), TRAIN + "d.jsonl --keep-checkpoints {base}/ckpt", 2, "the base model"),
+    C("train-unknown-base-dir", pairs("d.jsonl"), "train v --base {t}/nobase --data {t}/d.jsonl", 2, "nobase: no such base model directory"),
+    C("train-base-not-a-model-dir", both(pairs("d.jsonl"), mkdir("empty")), "train v --base {t}/empty --data {t}/d.jsonl", 2, "empty: not a Hugging Face model directory (no config.json)"),
+    C("train-base-without-tokenizer", pairs("d.jsonl"), TRAIN + "d.jsonl", 2, "cannot load a tokenizer from the base directory"),
+    C("train-chat-data-without-template", both(train_base, pairs("d.jsonl", [{"prompt": [{"role": "user", "content": "w1"}], "chosen": [{"role": "assistant", "content": "yes"}], "rejected": [{"role": "assistant", "content": "no"}]}])), "train v --base {t}/tb --data {t}/d.jsonl", 2, "d.jsonl holds chat messages but the tokenizer of"),
+    C("train-prompt-fills-max-length", both(train_base, pairs("d.jsonl", [{"prompt": "w1 w2 w3 w4 w5 w6 w7 w8", "chosen": " yes", "rejected": " no"}])), "train v --base {t}/tb --data {t}/d.jsonl --max-length 6", 2, "d.jsonl: row 1: the prompt is 8 tokens"),
+    C("train-lora-target-unknown", both(train_base, pairs("d.jsonl")), "train v --base {t}/tb --data {t}/d.jsonl --steps 1 --lora-targets nope_proj", 2, "cannot set up DPO training: Target modules {'nope_proj'} not found"),
     #
     # --- cases: eval and sweep (#15)
     #
