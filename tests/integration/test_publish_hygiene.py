@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,12 @@ def _ok(result: Any) -> Any:
     return result
 
 
-def _leaks(data: bytes, tmp: Path) -> list[str]:
+def _leaks(data: bytes, tmp: Path, name: str) -> list[str]:
+    """Local names anywhere in the bytes, and absolute paths in the text (a safetensors file: its JSON header)."""
     text = data.decode("latin-1")
     found = [needle for needle in (str(tmp), USER, str(Path.home())) if needle and needle in text]
+    if name.endswith(".safetensors"):
+        text = data[8 : 8 + struct.unpack("<Q", data[:8])[0]].decode()
     return found + ABSOLUTE.findall(text)
 
 
@@ -49,6 +53,7 @@ def published(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> dict
     user = tmp_path / "home" / USER
     reg = user / "registry"
     base = make_tiny_llama(user / "models" / "base")
+    (user / "data").mkdir()
     data = write_jsonl(user / "data" / "pairs.jsonl", yes_no_pairs(12, seed=1))
     train = ["--steps", "2", "--batch-size", "2", "--threads", "1", "--eval-fraction", "0.2"]
     r = ["--registry", reg]
@@ -90,13 +95,13 @@ def test_pushed_files_and_exports_carry_no_local_path(published: dict[str, Any])
     for n in published["names"]:
         assert f"{n}/pvreg.json" in files and f"{n}/vector.safetensors" in files
     for path in files:
-        assert _leaks(server.file_bytes(REPO, path), tmp) == [], path
+        assert _leaks(server.file_bytes(REPO, path), tmp, path) == [], path
 
     for n in published["names"]:
         out = tmp / "exports" / f"{n}.safetensors"
         out.parent.mkdir(exist_ok=True)
         _ok(published["cli"]("--registry", published["reg"], "export", n, out))
-        assert _leaks(out.read_bytes(), tmp) == [], n
+        assert _leaks(out.read_bytes(), tmp, out.name) == [], n
 
     # What stays: fingerprints, the data sha256, names relative to their model directory.
     doc = json.loads(server.file_bytes(REPO, "trained/pvreg.json"))
@@ -105,7 +110,7 @@ def test_pushed_files_and_exports_carry_no_local_path(published: dict[str, Any])
     assert record["base"] == "base"
     assert doc["provenance"]["positive"]["path"] == "positive"
     assert len(doc["provenance"]["positive"]["fingerprint"]) == 64
-    adapter = json.loads(server.file_bytes(REPO, "adapter/pvreg.json"))["provenance"]["positive"]
+    adapter = json.loads(server.file_bytes(REPO, "adapters/pvreg.json"))["provenance"]["positive"]
     assert adapter["weights_file"] == "adapter_model.safetensors" and adapter["base_model_name_or_path"] == "base"
     assert json.loads(server.file_bytes(REPO, "file/pvreg.json"))["provenance"]["path"] == "delta.safetensors"
 
