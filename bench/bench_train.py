@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         layers = 2 if args.small else SMOLLM2_135M["num_hidden_layers"]
         n_params = build_base(work / "base", layers=layers)
         print(f"model: random Llama, SmolLM2-135M config, {layers} layers, {n_params / 1e6:.1f}M parameters")
-        print(f"torch {torch.__version__}, float32 on CPU; {args.steps} steps per run, θ+ and θ− each; "
-              "s/step = median optimizer step after each run's first")
+        print(
+            f"torch {torch.__version__}, float32 on CPU; {args.steps} steps per run, θ+ and θ− each; "
+            "s/step = median optimizer step after each run's first"
+        )
         print()
         cols = [f"{m} s/step" for m in args.methods] + [f"{m} pair wall s" for m in args.methods]
         ratio = len(args.methods) == 2
@@ -156,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         for threads in args.threads:
             for batch in args.batch_sizes:
                 for max_length in args.max_lengths:
-                    got = {m: measure(work / "base", work, m, batch, max_length, threads, args.steps)
-                           for m in args.methods}
+                    got = {
+                        m: measure(work / "base", work, m, batch, max_length, threads, args.steps) for m in args.methods
+                    }
                     cells = [f"{got[m]['step']:.2f}" for m in args.methods]
                     cells += [f"{got[m]['wall']:.1f}" for m in args.methods]
                     tail = f" | {got['full']['step'] / got['lora']['step']:.2f}x |" if ratio else " |"

@@ -5,7 +5,10 @@ Each preference is a synthetic stand-in for one of the paper's (the model is far
 
 - ``helpful``  — answer " yes" rather than " no" (a helpful model goes along with the request);
 - ``harmless`` — answer " safe" rather than " risky";
-- ``concise``  — stop after one word rather than run on for four.
+- ``concise``  — answer with the short " ok" rather than the long " certainly".
+
+(Each is one answer token against another, so the base starts near chance on all three; a preference
+for shorter *sequences* would not show, as a random base already gives fewer tokens a higher log-prob.)
 
 Usage: python make_models.py OUTDIR  ->  OUTDIR/base/, OUTDIR/data/{helpful,harmless,concise}.jsonl (training
 pairs) and OUTDIR/data/{...}-heldout.jsonl (pairs on prompts the training never sees, for score.py)
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-ANSWERS = ["yes", "no", "safe", "risky"]
+ANSWERS = ["yes", "no", "safe", "risky", "ok", "certainly"]
 WORDS = [f"w{i}" for i in range(64 - len(SPECIALS) - len(ANSWERS))]
 CONFIG = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -32,7 +35,7 @@ TRAIN_PAIRS, HELDOUT_PAIRS = 64, 32
 
 
 def build_tokenizer(directory: Path) -> None:
-    """A word-level tokenizer over the answers and 'w0'..'w55'; built without any download."""
+    """A word-level tokenizer over the answers and 'w0'..'w53'; built without any download."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -51,8 +54,7 @@ def pair(preference: str, rng: random.Random) -> dict[str, str]:
         return {"prompt": prompt, "chosen": " yes", "rejected": " no"}
     if preference == "harmless":
         return {"prompt": prompt, "chosen": " safe", "rejected": " risky"}
-    first = rng.choice(WORDS)
-    return {"prompt": prompt, "chosen": f" {first}", "rejected": " " + " ".join([first, *rng.sample(WORDS, 3)])}
+    return {"prompt": prompt, "chosen": " ok", "rejected": " certainly"}
 
 
 def write_pairs(path: Path, preference: str, n: int, seed: int) -> None:
