@@ -117,3 +117,22 @@ def test_bad_data_is_one_line_and_changes_nothing(setup, cli, snapshot, tmp_path
 def test_keep_checkpoints_cannot_land_in_the_registry(setup, cli, home: Path) -> None:
     r = cli("train", "x", "--base", setup["base"], "--data", setup["data"], *TRAIN, "--keep-checkpoints", home / "k")
     assert r.exit_code == 2 and "lies inside the registry home" in r.stderr, r.stderr
+
+
+def test_without_the_extra_one_line_names_it(setup, tmp_path: Path) -> None:
+    """`pvreg train` in a real process where trl cannot be imported: one line naming pvreg[train], exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "reg"
+    code = "import sys; sys.modules['trl'] = None; from pvreg.cli.main import main; main()"
+    env = {**os.environ, "PVREG_HOME": str(home)}
+    env.pop("PVREG_DATABASE_URL", None)
+    r = subprocess.run([sys.executable, "-c", code, "train", "x", "--base", str(setup["base"]), "--data",
+                        str(setup["data"]), "--steps", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'pvreg[train]'" in lines[0], r.stderr
+    assert "'trl'" in lines[0] and r.stdout == ""
+    assert not home.exists() or not [p for p in home.iterdir() if p.name.startswith(".pvreg-tmp-")]

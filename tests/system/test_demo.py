@@ -62,12 +62,12 @@ def test_demo_scores_rise_after_composing(demo) -> None:
     _, _, stdout = demo
     rows = {}
     for line in stdout.split("held-out preference score", 1)[1].splitlines()[2:5]:
-        name, acc_before, _, acc_after, _ = line.split()
-        rows[name] = (float(acc_before), float(acc_after))
+        name, *cells = line.split()
+        rows[name] = [float(c) for c in cells]  # accuracy and mean margin, before then after
     assert set(rows) == {"helpful", "harmless", "concise"}, stdout
-    for name, (before, after) in rows.items():
-        assert after > before + 0.2, (name, before, after)
-    assert rows["helpful"][1] >= 0.9, rows  # η = 1: the pair learned fully
+    for name, (acc_before, margin_before, acc_after, margin_after) in rows.items():
+        assert acc_after >= 0.9 and acc_after > acc_before, (name, rows[name])
+        assert margin_after > margin_before + 0.5, (name, rows[name])
 
 
 def test_makefile_demo_runs_this_script() -> None:
