@@ -29,10 +29,10 @@ __all__ = ["public_meta", "public_path", "public_provenance"]
 
 #: A whole string that is an absolute path: ``/x``, ``~``, ``~/x``, ``~user/x``, ``C:\x``, ``C:/x``, ``\\host\x``.
 _ABSOLUTE = re.compile(r"^(?:/|~(?:[^/\\]*)(?:[/\\]|$)|[A-Za-z]:[\\/]|\\\\)")
-#: An absolute path inside a longer string: starts at a ``/`` or ``~/`` not preceded by a word character,
-#: ``.``, ``:`` or another slash (so ``https://host/x`` and ``repo/file`` stay), and runs to whitespace or a quote.
 #: Where a second path starts inside a string that begins with one (``/a/pos - /a/neg``).
 _SECOND = re.compile(r"\s(?:/|~)")
+#: An absolute path inside a longer string: starts at a ``/`` or ``~/`` not preceded by a word character,
+#: ``.``, ``:`` or another slash (so ``https://host/x`` and ``repo/file`` stay), and runs to whitespace or a quote.
 _EMBEDDED = re.compile(r"(?<![\w.:/\\~])(?:~[\w.-]*)?/[^\s'\"`,;)\]}]*")
 
 

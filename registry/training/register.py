@@ -68,7 +68,7 @@ def train(
         result = train_pair(base_dir, pairs, opts, work, progress)
         record = result.provenance()
         if staged:  # θ+/θ− lived in a work directory that is gone once registered: record no path to it
-            record |= {run: {"path": None, "kept": False} for run in ("positive", "negative")}
+            record |= {side: {"path": None, "kept": False} for side in ("positive", "negative")}
         return add_checkpoints(
             store,
             name,

@@ -84,7 +84,11 @@ def test_same_seed_same_sha256_other_seed_differs(setup, cli) -> None:
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         r = cli("train", name, "--base", setup["base"], "--data", setup["data"], *TRAIN, "--seed", seed, "--json")
         assert r.exit_code == 0, r.stderr
-        shas.append(json.loads(r.stdout)["sha256"])
+        meta = json.loads(r.stdout)
+        shas.append(meta["sha256"])
+        # θ± lived in the staged work directory, now gone: no path to it, their fingerprints kept
+        assert meta["provenance"]["positive"]["path"] is None and meta["provenance"]["negative"]["kept"] is False
+        assert len(meta["provenance"]["positive"]["fingerprint"]) == 64
     assert shas[0] == shas[1] != shas[2]
 
 
