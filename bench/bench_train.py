@@ -9,21 +9,26 @@ tokenizer over the same vocabulary size, then runs pvreg's own ``train_pair`` (�
 and thread count, once with ``method="lora"`` and once with ``method="full"``.
 
 A step's time is measured by a trainer callback from ``on_step_begin`` to
-``on_step_end`` (forward, backward and the optimizer update of one step); the
-figure printed is the median over both runs' steps after each run's first (warm-up)
-step.  The one-off costs around the steps (loading the model, TRL's reference
+``on_step_end`` (forward, backward and the optimizer update of one step), as CPU
+time of the process (``time.process_time``: all threads together, so 2 threads that
+halve the wall time show about the same CPU time) and as wall time; the figures
+printed are medians over both runs' steps after each run's first (warm-up) step.
+On a machine whose cores are shared the CPU time is the steadier figure: the wall
+time also counts the time other processes held the cores.  The one-off costs around the steps (loading the model, TRL's reference
 log-prob pass, saving θ±) are printed separately as the wall time of the whole pair.
 Both methods of one row are measured in the same process, one after the other, so
 their ratio is comparable even on a busy machine; absolute figures are not.
 
 Run: python bench/bench_train.py [--batch-sizes 2 4] [--max-lengths 64 128] [--threads 1 2] [--steps 3]
-     [--methods lora full] [--small]   (--small: a 2-layer model of the same widths, for a smoke test)
+     [--methods lora full] [--configs B:L:T ...] [--small]
+     (--configs: just these batch:max_length:threads rows; --small: 2 layers of the same widths, a smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -79,20 +84,20 @@ def write_pairs(path: Path, n: int, prompt_tokens: int, seed: int) -> Path:
     return path
 
 
-def step_timer(times: list[float]) -> Any:
-    """An ``on_trainer`` hook that adds a callback timing every optimizer step into ``times`` (per run)."""
+def step_timer(times: list[tuple[float, float]]) -> Any:
+    """An ``on_trainer`` hook adding a callback that appends (CPU s, wall s) of every optimizer step to ``times``."""
     from transformers import TrainerCallback
 
     class _Timer(TrainerCallback):
         def __init__(self) -> None:
-            self.t0 = 0.0
+            self.t0 = (0.0, 0.0)
             self.first = True
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.t0 = time.perf_counter()
+            self.t0 = (time.process_time(), time.perf_counter())
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            elapsed = time.perf_counter() - self.t0
+            elapsed = (time.process_time() - self.t0[0], time.perf_counter() - self.t0[1])
             if self.first:  # warm-up: allocator, first kernels
                 self.first = False
             else:
@@ -117,7 +122,7 @@ def measure(base: Path, work: Path, method: str, batch: int, max_length: int, th
         eval_fraction=0,
         lr=1e-4,
     )
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
     out = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=work))
     started = time.perf_counter()
     train_pair(base, data, options, out, on_trainer=step_timer(times))
@@ -125,7 +130,17 @@ def measure(base: Path, work: Path, method: str, batch: int, max_length: int, th
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    return {"step": statistics.median(times), "wall": wall, "samples": len(times)}
+    return {
+        "cpu": statistics.median(t[0] for t in times),
+        "step": statistics.median(t[1] for t in times),
+        "wall": wall,
+        "samples": len(times),
+    }
+
+
+def _config(text: str) -> tuple[int, int, int]:
+    batch, max_length, threads = (int(part) for part in text.split(":"))
+    return batch, max_length, threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,12 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--max-lengths", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--configs", type=_config, nargs="+", help="batch:max_length:threads rows (instead of the grid)")
     ap.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per run (the first is not counted)")
     ap.add_argument("--small", action="store_true", help="2 layers instead of 30 (smoke test)")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step of each run is warm-up)")
+    configs = args.configs or [(b, m, t) for t in args.threads for b in args.batch_sizes for m in args.max_lengths]
     import torch
 
     with tempfile.TemporaryDirectory(prefix="pvreg-bench-train-") as tmp:
@@ -147,24 +164,23 @@ def main(argv: list[str] | None = None) -> int:
         n_params = build_base(work / "base", layers=layers)
         print(f"model: random Llama, SmolLM2-135M config, {layers} layers, {n_params / 1e6:.1f}M parameters")
         print(
-            f"torch {torch.__version__}, float32 on CPU; {args.steps} steps per run, θ+ and θ− each; "
-            "s/step = median optimizer step after each run's first"
+            f"torch {torch.__version__}, float32 on CPU; {args.steps} steps per run, θ+ and θ− each; per step: "
+            "median after each run's first; CPU = process CPU time (all threads), wall = elapsed"
         )
+        print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
         print()
-        cols = [f"{m} s/step" for m in args.methods] + [f"{m} pair wall s" for m in args.methods]
+        cols = [f"{m} CPU s/step" for m in args.methods] + [f"{m} wall s/step" for m in args.methods]
+        cols += [f"{m} pair wall s" for m in args.methods]
         ratio = len(args.methods) == 2
-        print("| batch | max_len | threads | " + " | ".join(cols) + (" | full / lora |" if ratio else " |"))
+        print("| batch | max_len | threads | " + " | ".join(cols) + (" | full / lora (CPU) |" if ratio else " |"))
         print("|" + "---|" * (3 + len(cols) + (1 if ratio else 0)))
-        for threads in args.threads:
-            for batch in args.batch_sizes:
-                for max_length in args.max_lengths:
-                    got = {
-                        m: measure(work / "base", work, m, batch, max_length, threads, args.steps) for m in args.methods
-                    }
-                    cells = [f"{got[m]['step']:.2f}" for m in args.methods]
-                    cells += [f"{got[m]['wall']:.1f}" for m in args.methods]
-                    tail = f" | {got['full']['step'] / got['lora']['step']:.2f}x |" if ratio else " |"
-                    print(f"| {batch} | {max_length} | {threads} | " + " | ".join(cells) + tail, flush=True)
+        for batch, max_length, threads in configs:
+            got = {m: measure(work / "base", work, m, batch, max_length, threads, args.steps) for m in args.methods}
+            cells = [f"{got[m]['cpu']:.2f}" for m in args.methods]
+            cells += [f"{got[m]['step']:.2f}" for m in args.methods]
+            cells += [f"{got[m]['wall']:.1f}" for m in args.methods]
+            tail = f" | {got['full']['cpu'] / got['lora']['cpu']:.2f}x |" if ratio else " |"
+            print(f"| {batch} | {max_length} | {threads} | " + " | ".join(cells) + tail, flush=True)
     return 0
 
 

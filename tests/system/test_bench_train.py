@@ -22,7 +22,7 @@ def test_bench_train_runs_and_prints_both_methods_side_by_side() -> None:
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "| batch | max_len | threads | lora s/step | full s/step |" in r.stdout
+    assert "| batch | max_len | threads | lora CPU s/step | full CPU s/step |" in r.stdout
     row = next(line for line in r.stdout.splitlines() if line.startswith("| 1 | 16 | 1 |"))
     lora, full = (float(cell) for cell in row.split("|")[4:6])
     assert lora > 0 and full > 0 and row.rstrip().endswith("x |")
