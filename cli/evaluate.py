@@ -14,7 +14,7 @@ import typer
 
 from pvreg.cli.output import emit_json, say, short, table
 from pvreg.cli.state import open_registry
-from pvreg.cli.vectors import JsonOpt
+from pvreg.cli.vectors import JsonOpt, target_text
 from pvreg.registry.errors import EvalError, SpecError
 
 if TYPE_CHECKING:
@@ -59,12 +59,8 @@ def _ci(v: Any) -> str:
 def render(record: EvaluationRecord) -> None:
     """One table row per eval set and metric."""
     t = record.target
-    if t.kind == "model":
-        what = f"model {short(t.model_fingerprint, 16)}"
-    else:
-        terms = " ".join(f"{x['ref']}:{x['coefficient']:g}" for x in (t.spec or {}).get("terms", []))
-        what = f"{terms} on base {short(t.base_fingerprint, 16)}"
-    say(f"evaluation #{record.id}: {what}")
+    on_base = f" on base {short(t.base_fingerprint, 16)}" if t.base_fingerprint else ""
+    say(f"evaluation #{record.id}: {target_text(record)}{on_base}")
     kinds = {s.label: s for s in record.eval_sets}
     rows: list[list[Any]] = []
     for label, metrics in record.metrics.items():
@@ -154,11 +150,7 @@ def evals(
         return
     rows = []
     for r in records:
-        t = r.target
-        if t.kind == "model":
-            target = f"model {short(t.model_fingerprint)}"
-        else:
-            target = " ".join(f"{x['ref']}:{x['coefficient']:g}" for x in (t.spec or {}).get("terms", []))
+        target = target_text(r)
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-"
         rows.append([r.id, created, target, ",".join(s.label for s in r.eval_sets), headline(r)])
     table(["ID", "CREATED", "TARGET", "SETS", "RESULTS"], rows)
