@@ -93,3 +93,25 @@ def test_sweep_ctrl_c_exits_130_and_keeps_points(env, cli, tmp_path: Path, monke
     assert len(rows) == 1 + 4 and all(row.startswith("1,0,") for row in rows[1:])
     with Registry.open() as reg:
         assert len(reg.evaluations()) == 1
+
+
+def test_show_and_evals_stay_on_the_read_path(env, cli, home: Path) -> None:
+    """`pvreg show`/`pvreg evals` read evaluations with SQLAlchemy Core: no torch, no ORM."""
+    import os
+    import subprocess
+    import sys
+
+    assert cli("eval", "v", "--base", env["base"], "--pairs", env["pairs"], "--limit", "2").exit_code == 0
+    code = (
+        "import sys\n"
+        "from pvreg.cli.main import main\n"
+        "sys.argv = ['pvreg', 'show', 'v']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.argv = ['pvreg', 'evals', 'v']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'numpy', 'transformers', 'sqlalchemy.orm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr
+    assert "evaluated:" in r.stdout and "RESULTS" in r.stdout
