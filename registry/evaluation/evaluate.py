@@ -115,6 +115,16 @@ def make_record(
     )
 
 
+def require_writable(store: Store, op: str) -> None:
+    """Refuse a read-only registry before minutes of scoring, not when the result is stored."""
+    from pvreg.registry.errors import ReadOnlyRegistryError
+
+    if store.read_only:
+        raise ReadOnlyRegistryError(
+            f"registry {store.settings.home} is read-only; {op} stores its results there and needs write access"
+        )
+
+
 def store_record(store: Store, record: EvaluationRecord) -> EvaluationRecord:
     """Insert ``record``; the stored copy (with its id)."""
     new_id = store.transaction(lambda s: writes.add_evaluation(s, record))
@@ -138,6 +148,7 @@ def evaluate(
     import torch
 
     options = options or ScoreOptions()
+    require_writable(store, "eval")
     has_terms = terms is not None and (not isinstance(terms, (list, tuple, str)) or len(terms) > 0)
     if model is not None and has_terms:
         raise EvalError(f"give either {opt('model')} DIR or composition terms (with {opt('base')}), not both")

@@ -28,6 +28,7 @@ from pvreg.registry.evaluation.evaluate import (
     Composition,
     composition_target,
     make_record,
+    require_writable,
     resolve_composition,
     store_record,
 )
@@ -110,6 +111,7 @@ def sweep(
     from pvreg.schemas.evaluation import SweepPoint
 
     options = options or ScoreOptions()
+    require_writable(store, "sweep")
     grid, fixed_terms = _axes_and_fixed(axes, fixed)
     sets = load_eval_sets(pairs=pairs, text=text, choices=choices, limit=options.limit)
     terms = [*fixed_terms, *(ComposeTerm(ref=a.ref, coefficient=1.0) for a in grid)]
