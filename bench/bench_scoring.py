@@ -336,10 +336,11 @@ def report(model, tok, pairs, args) -> None:
 
     _, ref = timed(hand_written)  # warm-up, and the values to compare
     _, ours = timed(pvreg_scores)
-    times = {"hand": [], "pvreg": []}
-    for _ in range(args.repeats):
+    times: dict[str, list[float]] = {"hand": [], "pvreg": []}
+    for i in range(args.repeats):
         times["hand"].append(timed(hand_written)[0])
         times["pvreg"].append(timed(pvreg_scores)[0])
+        print(f"run {i + 1}: hand-written {times['hand'][-1]:.4f} s, pvreg {times['pvreg'][-1]:.4f} s", flush=True)
     hand, mine = statistics.median(times["hand"]), statistics.median(times["pvreg"])
     ratio = mine / hand
     best = min(times["pvreg"]) / min(times["hand"])
