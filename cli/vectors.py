@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from pvreg.cli.output import emit_json, fmt_norm, say, short, table
 from pvreg.cli.state import open_registry
 from pvreg.registry.errors import UserError
 from pvreg.schemas.vector import VectorMeta
+
+if TYPE_CHECKING:
+    from pvreg.schemas.evaluation import EvaluationRecord
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 RefArg = Annotated[str, typer.Argument(help="NAME, NAME@N, NAME@ALIAS or sha256:HEX.", show_default=False)]
@@ -109,6 +112,7 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
     with open_registry(ctx) as reg:
         meta = reg.show(ref)
         base = reg.base_info(meta.base_fingerprint)
+        evaluations = [] if as_json else reg.evaluations(meta.ref)
     if as_json:
         emit_json(meta)
         return
@@ -132,8 +136,28 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
         ("description", meta.description or "-"),
     ]
     rows.extend(_training_rows(meta.provenance.get("training")))
+    if evaluations:
+        rows.extend(evaluation_rows(evaluations[-1], len(evaluations)))
     for k, v in rows:
-        say(f"{k + ':':<13}{v}")
+        say(f"{k + ':' if k else '':<13}{v}")
+
+
+def target_text(record: EvaluationRecord) -> str:
+    """What an evaluation measured, in compose-token form (or the model's fingerprint)."""
+    t = record.target
+    if t.kind == "model":
+        return f"model {short(t.model_fingerprint, 16)}"
+    return " ".join(f"{x['ref']}:{x['coefficient']:g}" for x in (t.spec or {}).get("terms", []))
+
+
+def evaluation_rows(record: EvaluationRecord, count: int) -> list[tuple[str, str]]:
+    """The latest stored evaluation of a version: one row per eval set, every metric with its interval."""
+    created = record.created_at.strftime("%Y-%m-%d %H:%M:%S") if record.created_at else "-"
+    rows = [("evaluated", f"#{record.id} {created}: {target_text(record)} ({count} evaluation(s); pvreg evals REF)")]
+    for label, metrics in record.metrics.items():
+        values = ", ".join(f"{m}={v.value:.4g} [{v.ci_low:.4g}, {v.ci_high:.4g}]" for m, v in metrics.items())
+        rows.append(("", f"{label}: {values}"))
+    return rows
 
 
 def _training_rows(record: object) -> list[tuple[str, str]]:

@@ -278,6 +278,15 @@ class DeviceUnavailableError(PvregError, RuntimeError):
 # --- eval and sweep (#15) ---
 
 
+class SweepInterruptedError(PvregError):
+    """Ctrl-C during a sweep: the points measured so far are stored and the partial CSV/JSON written.
+
+    ``result`` holds the partial :class:`~pvreg.schemas.evaluation.SweepResult`; exit code 130, as for SIGINT.
+    """
+
+    exit_code = 130
+
+
 # --- similarity and diff (#15) ---
 
 

@@ -8,7 +8,8 @@ relative change from a zero tensor) are ``None`` rather than NaN: JSON has no Na
 from __future__ import annotations
 
 import math
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -140,3 +141,80 @@ class DiffReport(BaseModel):
     only_in_b: list[str]
     shape_changed: list[ShapeChange] = Field(default_factory=list)
     summary: DiffSummary
+
+
+# --- stored evaluations (``pvreg eval``, ``pvreg evals``, ``pvreg sweep``) ----------------------------------------------
+
+TargetKind = Literal["model", "composition"]
+
+
+class EvalSetInfo(BaseModel):
+    """One eval set as an evaluation saw it: what identifies it (label, kind, sha256) and how much was scored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    label: str = Field(description="the LABEL of --pairs/--text/--choices [LABEL=]PATH (default: the file name)")
+    kind: EvalKind
+    sha256: str = Field(description="sha256 of the file's bytes (a datasets directory: of its manifest)")
+    n_items: int = Field(ge=0, description="items scored (after --limit)")
+    path: str | None = Field(default=None, description="the path as given (local; never published)")
+
+
+class EvalTarget(BaseModel):
+    """What was evaluated: a model directory by fingerprint, or a composition applied on a base."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: TargetKind
+    model_fingerprint: str | None = Field(default=None, description="the --model directory's fingerprint")
+    base_fingerprint: str | None = Field(default=None, description="the base the composition was applied on")
+    spec: dict[str, Any] | None = Field(
+        default=None, description="the resolved ComposeSpec (name@version refs with sha256, coefficients, options)"
+    )
+
+
+class EvaluationRecord(BaseModel):
+    """One stored evaluation: a target measured on one or more eval sets.
+
+    ``metrics`` maps each eval set's label to its metrics (``accuracy``,
+    ``perplexity``, ...); ``scalar_metrics`` holds lm-evaluation-harness results
+    (``task/metric`` -> value, no interval).  ``key`` identifies what was
+    measured (target, eval set sha256s, options that change numbers) so a sweep
+    re-run finds points it has already measured.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int | None = None
+    created_at: datetime | None = None
+    key: str
+    target: EvalTarget
+    eval_sets: list[EvalSetInfo]
+    metrics: dict[str, dict[str, MetricValue]]
+    scalar_metrics: dict[str, float] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    refs: list[str] = Field(default_factory=list, description="name@version of each vector in the spec")
+    sweep: str | None = Field(default=None, description="the sweep this point belongs to (its axes), if any")
+    pvreg_version: str
+    seconds: float | None = Field(default=None, description="wall time of the measurement")
+    reused: bool = Field(default=False, description="a sweep point found already stored, not measured again")
+
+
+class SweepPoint(BaseModel):
+    """One point of a sweep: its coefficients and the evaluation that measured it."""
+
+    coefficients: dict[str, float]
+    evaluation: EvaluationRecord
+
+
+class SweepResult(BaseModel):
+    """What ``pvreg sweep`` did: every point (measured or reused) and the files it wrote."""
+
+    axes: list[str] = Field(description="the swept vectors, name@version, in grid order")
+    fixed: dict[str, float] = Field(default_factory=dict)
+    points: list[SweepPoint]
+    measured: int
+    reused: int
+    out: str | None = None
+    files: list[str] = Field(default_factory=list)
+    complete: bool = True

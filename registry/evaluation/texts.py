@@ -146,14 +146,17 @@ def _kl_rows(
     step = _chunk_rows(rows.shape[1], 8 * 4)  # a few float64 temporaries of a row's width
     for s in range(0, rows.shape[0], step):
         r = rows[s : s + step]
-        z = lse[s : s + step, None].double()
+        z32 = lse[s : s + step, None]
+        z = z32.double()
         lb = ref_lp[s : s + step].double()
+        # The model's log-probs are rounded to float32 exactly as the reference's were, so an unchanged
+        # model has KL exactly 0 (not float32 rounding noise of either sign).
         if ref_ids is None:
-            lm = r.double() - z
+            lm = (r.float() - z32).double()
             out[s : s + step] = (lb.exp() * (lb - lm)).sum(dim=1)
             continue
         idx = ref_ids[s : s + step]
-        lm = r.gather(1, idx).double() - z
+        lm = (r.gather(1, idx).float() - z32).double()
         kl = (lb.exp() * (lb - lm)).sum(dim=1)
         assert ref_rest is not None  # top-k references store ids and the rest's log-mass together
         rest_b = ref_rest[s : s + step].double()

@@ -23,17 +23,20 @@ from pvreg.registry.refs import Ref, parse_ref
 from pvreg.registry.storage.tables import (
     aliases,
     base_models,
+    evaluation_versions,
     vectors,
     version_parents,
     version_tags,
     versions,
 )
 from pvreg.registry.storage.tables import compositions as compositions_table
+from pvreg.registry.storage.tables import evaluations as evaluations_table
 from pvreg.registry.storage.tables import hub_records as hub_records_table
 from pvreg.schemas.vector import BaseModelInfo, ListEntry, ParentRef, VectorMeta
 
 if TYPE_CHECKING:
     from pvreg.schemas.compose import CompositionRecord
+    from pvreg.schemas.evaluation import EvaluationRecord
 
 # Bound parameters per IN (...) query: well under SQLite's and PostgreSQL's limits.
 _CHUNK = 500
@@ -329,3 +332,57 @@ def compositions(conn: Connection) -> list[CompositionRecord]:
         )
         for r in conn.execute(select(compositions_table).order_by(compositions_table.c.id))
     ]
+
+
+def _evaluation(row: Row[Any], refs: list[str]) -> EvaluationRecord:
+    from pvreg.schemas.evaluation import EvaluationRecord
+
+    return EvaluationRecord.model_validate(
+        {
+            "id": row.id,
+            "created_at": utc(row.created_at),
+            "key": row.key,
+            "target": {
+                "kind": row.target_kind,
+                "model_fingerprint": row.model_fingerprint,
+                "base_fingerprint": row.base_fingerprint,
+                "spec": row.spec,
+            },
+            "eval_sets": row.eval_sets,
+            "metrics": row.metrics,
+            "scalar_metrics": row.scalar_metrics or {},
+            "options": row.options or {},
+            "refs": refs,
+            "sweep": row.sweep,
+            "seconds": row.seconds,
+            "pvreg_version": row.pvreg_version,
+        }
+    )
+
+
+def _spec_refs(spec: Any) -> list[str]:
+    """The resolved refs of a stored spec, in term order (they were resolved to name@version when stored)."""
+    terms = spec.get("terms", []) if isinstance(spec, dict) else []
+    return [str(t.get("ref")) for t in terms if isinstance(t, dict)]
+
+
+def evaluations(conn: Connection, *, version_id: int | None = None) -> list[EvaluationRecord]:
+    """Stored evaluations, oldest first; with ``version_id`` only those whose composition contains it."""
+    e = evaluations_table.c
+    query = select(evaluations_table).order_by(e.id)
+    if version_id is not None:
+        linked = select(evaluation_versions.c.evaluation_id).where(evaluation_versions.c.version_id == version_id)
+        query = query.where(e.id.in_(linked))
+    return [_evaluation(r, _spec_refs(r.spec)) for r in conn.execute(query)]
+
+
+def evaluation_by_key(conn: Connection, key: str) -> EvaluationRecord | None:
+    """The latest stored evaluation with this key (what a sweep re-run would measure again), if any."""
+    e = evaluations_table.c
+    row = conn.execute(select(evaluations_table).where(e.key == key).order_by(e.id.desc()).limit(1)).first()
+    return None if row is None else _evaluation(row, _spec_refs(row.spec))
+
+
+def evaluation_count(conn: Connection) -> int:
+    """How many evaluations are stored."""
+    return int(conn.execute(select(func.count()).select_from(evaluations_table)).scalar_one())

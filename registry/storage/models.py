@@ -147,3 +147,35 @@ class HubRecord(Base):
     commit_sha: Mapped[str]
     path: Mapped[str]
     created_at: Mapped[datetime]
+
+
+class Evaluation(Base):
+    """One stored measurement (``pvreg eval`` or a sweep point)."""
+
+    __table__ = tables.evaluations
+
+    id: Mapped[int]
+    created_at: Mapped[datetime]
+    key: Mapped[str]
+    target_kind: Mapped[str]
+    model_fingerprint: Mapped[str | None]
+    base_fingerprint: Mapped[str | None]
+    spec: Mapped[dict[str, Any] | None]
+    eval_sets: Mapped[list[dict[str, Any]]]
+    metrics: Mapped[dict[str, Any]]
+    scalar_metrics: Mapped[dict[str, float]]
+    options: Mapped[dict[str, Any]]
+    sweep: Mapped[str | None]
+    seconds: Mapped[float | None]
+    pvreg_version: Mapped[str]
+
+
+class EvaluationVersion(Base):
+    """A vector version an evaluation's composition contains, with its coefficient."""
+
+    __table__ = tables.evaluation_versions
+
+    evaluation_id: Mapped[int]
+    position: Mapped[int]
+    version_id: Mapped[int]
+    coefficient: Mapped[float]

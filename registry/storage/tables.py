@@ -152,3 +152,35 @@ hub_records = Table(
     Column("path", Text, nullable=False),
     _created(),
 )
+
+# One measurement of a target (a model, or a composition on a base) on its eval sets.  ``key`` is a
+# sha256 over what determines the numbers (target, eval set sha256s, options), so a sweep re-run finds
+# the points already measured.  Vectors are linked by version id for ``pvreg evals REF``; the resolved
+# spec in ``target`` keeps the history readable after ``rm`` of a version.
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    _created(),
+    Column("key", String(64), nullable=False, index=True),
+    Column("target_kind", String(16), nullable=False),  # "model" | "composition"
+    Column("model_fingerprint", String(64)),
+    Column("base_fingerprint", String(64)),
+    Column("spec", JSON),
+    Column("eval_sets", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("scalar_metrics", JSON, nullable=False, default=dict),
+    Column("options", JSON, nullable=False, default=dict),
+    Column("sweep", Text),
+    Column("seconds", Double),
+    Column("pvreg_version", String(32), nullable=False),
+)
+
+evaluation_versions = Table(
+    "evaluation_versions",
+    metadata,
+    Column("evaluation_id", ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("version_id", ForeignKey("versions.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("coefficient", Double, nullable=False),
+)

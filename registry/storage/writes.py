@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from pvreg.registry.sources.ingest import BlobStats
     from pvreg.registry.storage.models import Version
+    from pvreg.schemas.evaluation import EvaluationRecord
 
 
 @dataclass
@@ -228,3 +229,48 @@ def add_hub_records(s: Session, rows: Sequence[dict[str, Any]]) -> None:
         exists = s.scalar(select(HubRecord.id).where(*(getattr(HubRecord, k) == v for k, v in r.items())).limit(1))
         if exists is None:
             s.add(HubRecord(**r))
+
+
+def add_evaluation(s: Session, record: EvaluationRecord) -> int:
+    """Store one evaluation and link it to the versions of its spec (by ``record.refs``); its id.
+
+    A ref that no longer resolves (removed meanwhile) is simply not linked: the
+    resolved spec inside the record still names it.
+    """
+    from pvreg.registry.refs import parse_ref
+    from pvreg.registry.storage.models import Evaluation, EvaluationVersion
+
+    row = Evaluation(
+        key=record.key,
+        target_kind=record.target.kind,
+        model_fingerprint=record.target.model_fingerprint,
+        base_fingerprint=record.target.base_fingerprint,
+        spec=record.target.spec,
+        eval_sets=[e.model_dump(mode="json") for e in record.eval_sets],
+        metrics={k: {m: v.model_dump(mode="json") for m, v in ms.items()} for k, ms in record.metrics.items()},
+        scalar_metrics=dict(record.scalar_metrics),
+        options=dict(record.options),
+        sweep=record.sweep,
+        seconds=record.seconds,
+        pvreg_version=record.pvreg_version,
+    )
+    s.add(row)
+    s.flush()
+    terms = (record.target.spec or {}).get("terms", [])
+    conn = s.connection()
+    for position, (ref, term) in enumerate(zip(record.refs, terms, strict=False)):
+        parsed = parse_ref(ref)
+        if parsed.name is None or parsed.version is None:
+            continue
+        version_id = catalog.version_id(conn, parsed.name, parsed.version)
+        if version_id is not None:
+            s.add(
+                EvaluationVersion(
+                    evaluation_id=row.id,
+                    position=position,
+                    version_id=version_id,
+                    coefficient=float(term.get("coefficient", 1.0)),
+                )
+            )
+    s.flush()
+    return int(row.id)

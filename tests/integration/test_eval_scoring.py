@@ -183,6 +183,8 @@ def test_evaluation_modules_import_no_heavy_libraries() -> None:
         "import sys\n"
         "import pvreg.registry.evaluation as e\n"
         "from pvreg.registry.evaluation import scoring, metrics, evalsets, grid, plots, similarity\n"
+        "from pvreg.registry.evaluation import evalfiles, measure, evaluate, sweep, sweepfiles, ops\n"
+        "import pvreg.cli.evaluate, pvreg.cli.sweep\n"
         "import pvreg.schemas.evaluation\n"
         "heavy = [m for m in ('torch', 'numpy', 'transformers', 'matplotlib', 'safetensors') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

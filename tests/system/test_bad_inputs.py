@@ -506,6 +506,39 @@ def train_base(env: Env) -> None:
 
 
 # --- setups: eval and sweep (#15) ---
+PAIRS_OK = '{"prompt": "w1 w2", "chosen": " w3", "rejected": " w4"}\n'
+
+
+def eval_file(name: str, text: str) -> Callable[[Env], None]:
+    """An eval file in the case directory (a good pairs file as well, for the other flags)."""
+    def make(env: Env) -> None:
+        env.p("p.jsonl").write_text(PAIRS_OK)
+        env.p(name).write_text(text)
+    return make
+
+
+def vector_on_other_base(env: Env) -> None:
+    """``other@1``, made for a base other than helpful's and harmless's."""
+    env.p("p.jsonl").write_text(PAIRS_OK)
+    tensors = make_base(env.p("other-base"), seed=7)
+    make_vector(env.p("other.safetensors"), tensors, seed=3)
+    assert env.cli("add", "other", "--vector", env.p("other.safetensors"), "--base", env.p("other-base")).exit_code == 0
+
+
+def full_out(env: Env) -> None:
+    env.p("p.jsonl").write_text(PAIRS_OK)
+    env.p("out").mkdir()
+    env.p("out/keep.txt").write_text("mine")
+
+
+def assert_kept(path: Path) -> None:
+    assert path.read_text() == "mine"
+
+
+EVAL = "eval --base {base} "
+SWEEP = "sweep --base {base} --pairs {t}/p.jsonl --out {t}/out "
+PAIRS = eval_file("p.jsonl", PAIRS_OK)
+
 
 
 # --- setups: similarity and diff (#15) ---
@@ -904,6 +937,37 @@ CASES = [
     C("train-lora-target-unknown", both(train_base, pairs("d.jsonl")), "train v --base {t}/tb --data {t}/d.jsonl --steps 1 --lora-targets nope_proj", 2, "cannot set up DPO training: Target modules {'nope_proj'} not found"),
     #
     # --- cases: eval and sweep (#15)
+    C("eval-unknown-ref", PAIRS, EVAL + "nosuch:1 --pairs {t}/p.jsonl", 2, "unknown reference 'nosuch'"),
+    C("eval-no-eval-set", nothing, EVAL + "helpful", 2, "no eval set given: pass --pairs, --text or --choices"),
+    C("eval-model-and-terms", PAIRS, "eval helpful --model {base} --pairs {t}/p.jsonl", 2, "give either --model DIR or composition terms"),
+    C("eval-nothing-to-evaluate", PAIRS, "eval --pairs {t}/p.jsonl", 2, "nothing to evaluate"),
+    C("eval-pairs-bad-row", eval_file("bad.jsonl", PAIRS_OK + '{"prompt": "w1", "chosen": "w2"}\n'), EVAL + "helpful --pairs {t}/bad.jsonl", 2, "bad.jsonl: row 2: missing column 'rejected'"),
+    C("eval-pairs-not-json", eval_file("bad.jsonl", PAIRS_OK + "{oops\n"), EVAL + "helpful --pairs {t}/bad.jsonl", 2, "bad.jsonl: row 2: not valid JSON"),
+    C("eval-pairs-missing-file", nothing, EVAL + "helpful --pairs {t}/none.jsonl", 2, "none.jsonl: no such eval file"),
+    C("eval-text-empty", eval_file("t.txt", "\n\n"), EVAL + "helpful --text {t}/t.txt", 2, "holds no text"),
+    C("eval-choices-bad-answer", eval_file("c.jsonl", '{"question": "w1", "choices": ["w2", "w3"], "answer": 5}\n'), EVAL + "helpful --choices {t}/c.jsonl", 2, "c.jsonl:1: 'answer' index 5 is out of range"),
+    C("eval-duplicate-label", eval_file("t.txt", "w1 w2 w3\n"), EVAL + "helpful --pairs a={t}/p.jsonl --text a={t}/t.txt", 2, "eval set label 'a' is used twice"),
+    C("eval-limit-zero", PAIRS, EVAL + "helpful --pairs {t}/p.jsonl --limit 0", 2, "--limit must be a positive integer"),
+    C("eval-batch-size-zero", PAIRS, EVAL + "helpful --pairs {t}/p.jsonl --batch-size 0", 2, "--batch-size must be a positive integer"),
+    C("eval-base-mismatch", both(PAIRS, other_base), "eval helpful --base {t}/other-base --pairs {t}/p.jsonl", 2, "base mismatch"),
+    C("eval-different-bases", vector_on_other_base, EVAL + "helpful other --pairs {t}/p.jsonl", 2, "the vectors were made for different bases"),
+    C("eval-bad-term", PAIRS, EVAL + "helpful:abc --pairs {t}/p.jsonl", 2, "coefficient 'abc' is not a number"),
+    C("sweep-empty-grid", PAIRS, SWEEP, 2, "the sweep grid is empty"),
+    C("sweep-step-zero", PAIRS, SWEEP + "helpful=0:1:0", 2, "has step 0"),
+    C("sweep-step-away", PAIRS, SWEEP + "helpful=0:1:-0.5", 2, "goes away from stop"),
+    C("sweep-not-a-number", PAIRS, SWEEP + "helpful=0:x:1", 2, "'x' is not a number"),
+    C("sweep-axis-twice", PAIRS, SWEEP + "helpful=0,1 helpful=2", 2, "sweep axis helpful is given twice"),
+    C("sweep-axis-not-a-ref", PAIRS, SWEEP + "'Bad Name=0,1'", 2, "is not a vector reference"),
+    C("sweep-unknown-ref", PAIRS, SWEEP + "nosuch=0,1", 2, "unknown reference 'nosuch'"),
+    C("sweep-different-bases", vector_on_other_base, SWEEP + "helpful=0,1 --fixed other:1", 2, "the vectors were made for different bases"),
+    C("sweep-fixed-twice", PAIRS, SWEEP + "helpful=0,1 --fixed helpful:1", 2, "duplicate vector"),
+    C("sweep-no-eval-set", nothing, "sweep helpful=0,1 --base {base} --out {t}/out", 2, "no eval set given"),
+    C("sweep-no-out", PAIRS, "sweep helpful=0,1 --base {base} --pairs {t}/p.jsonl", 2, "a sweep needs --out DIR"),
+    C("sweep-out-in-registry", PAIRS, "sweep helpful=0,1 --base {base} --pairs {t}/p.jsonl --out {home}/sweep", 2, "lies inside the registry home"),
+    C("sweep-out-is-eval-file", PAIRS, "sweep helpful=0,1 --base {base} --pairs {t}/p.jsonl --out {t}/p.jsonl", 2, "it is an eval file"),
+    C("sweep-out-is-base", PAIRS, "sweep helpful=0,1 --base {base} --pairs {t}/p.jsonl --out {base}", 2, "it is the base model"),
+    C("sweep-out-not-empty", full_out, SWEEP + "helpful=0,1", 2, "already exists and is not empty (use --force", lambda e: assert_kept(e.p("out/keep.txt"))),
+    C("sweep-pairs-bad-row", eval_file("bad.jsonl", '{"prompt": "w1", "chosen": "w2", "rejected": "w2"}\n'), "sweep helpful=0,1 --base {base} --pairs {t}/bad.jsonl --out {t}/out", 2, "bad.jsonl: row 1: chosen and rejected are identical", no_output),
     #
     # --- cases: similarity and diff (#15)
     #
