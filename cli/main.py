@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train"),
     "compose": ("compose", "compose"),
     "compositions": ("compose", "compositions"),
+    "similarity": ("compare", "similarity"),
+    "diff": ("compare", "diff"),
     "push": ("hub", "push"),
     "pull": ("hub", "pull"),
     "remote": ("hub", "remote_app"),

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EvalKind = Literal["pairs", "text", "choices"]
-GroupBy = Literal["tensor", "layer", "module"]
+GroupBy = Literal["tensor", "layer", "module-type"]
 
 
 class MetricValue(BaseModel):
