@@ -104,7 +104,8 @@ def _check_device(model: Any, device: str) -> None:
         actual = next(iter(model.parameters())).device
     except (AttributeError, StopIteration, TypeError):
         raise EvalError("lm-eval tasks need a transformers model with parameters") from None
-    if actual.type != wanted.type or (wanted.index is not None and actual.index != wanted.index):
+    same_index = wanted.index is None or wanted.type == "cpu" or actual.index == wanted.index
+    if actual.type != wanted.type or not same_index:
         raise EvalError(f"the model is on {actual}, not on {opt('device', device)}: load or move it there first")
 
 
