@@ -21,6 +21,7 @@ without its model prefix, layer index and ``.weight``/``.bias``:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -109,7 +110,13 @@ class _Vector:
             raise InvalidTensorFileError(f"{self.path}: not a readable safetensors file ({e})") from e
 
     def chunks(self, name: str, chunk_elements: int) -> Iterator[torch.Tensor]:
-        """The tensor flattened, as consecutive float64 pieces of whole rows."""
+        """The tensor flattened, as consecutive float64 pieces of whole rows.
+
+        Finiteness is the caller's check (:meth:`finite`), on the sum of squares it computes
+        anyway: one NaN or Inf entry makes it non-finite, and a float64 square of any finite
+        float32/16 value cannot overflow — a separate pass over every entry would cost as much
+        as the statistics themselves.
+        """
         import torch
 
         shape = self.shapes[name]
@@ -126,13 +133,17 @@ class _Vector:
                 pieces = (sl[s : s + step] for s in range(0, shape[0], step))
             for piece in pieces:
                 t = piece.reshape(-1).to(torch.float64)
-                if not torch.isfinite(t).all():
-                    raise InvalidVectorError(f"{self.path}: tensor {name} contains NaN or Inf")
                 yield t if self.sign == 1 else -t
         except InvalidVectorError:
             raise
         except Exception as e:
             raise InvalidTensorFileError(f"{self.path}: cannot read tensor {name} ({e})") from e
+
+    def finite(self, name: str, sum_of_squares: float) -> float:
+        """``sum_of_squares`` of a piece of tensor ``name``, or the error naming the file and tensor."""
+        if not math.isfinite(sum_of_squares):
+            raise InvalidVectorError(f"{self.path}: tensor {name} contains NaN or Inf")
+        return sum_of_squares
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -156,18 +167,26 @@ class _Acc:
         self.nonzero = torch.zeros((self.n, self.n), dtype=torch.int64)
         self.agree = torch.zeros((self.n, self.n), dtype=torch.int64)
 
-    def add(self, present: list[int], block: torch.Tensor) -> None:
-        """Add a [len(present), c] float64 block of the vectors ``present`` (the others are zero there)."""
+    def add(self, present: list[int], block: torch.Tensor) -> list[float]:
+        """Add a [len(present), c] float64 block of the vectors ``present`` (the others are zero there).
+
+        Returns each present vector's sum of squares over the block (for the finiteness check).
+        """
         import torch
 
         idx = torch.as_tensor(present)
-        nz = (block != 0).to(torch.float64)
-        pos = (block > 0).to(torch.float64)
-        neg = (block < 0).to(torch.float64)
+        # 0/1 masks: float32 counts are exact below 2^24 entries per block, and half the traffic of float64.
+        masks = torch.float32 if block.shape[1] < 1 << 24 else torch.float64
+        pos = (block > 0).to(masks)
+        neg = (block < 0).to(masks)
+        pp, nn, pn = pos @ pos.T, neg @ neg.T, pos @ neg.T
         sub = torch.meshgrid(idx, idx, indexing="ij")
-        self.gram[sub] += block @ block.T
-        self.nonzero[sub] += (nz @ nz.T).round().to(torch.int64)
-        self.agree[sub] += (pos @ pos.T + neg @ neg.T).round().to(torch.int64)
+        gram = block @ block.T
+        self.gram[sub] += gram
+        # both touch = same sign + opposite signs; agree = same sign
+        self.nonzero[sub] += (pp + nn + pn + pn.T).round().to(torch.int64)
+        self.agree[sub] += (pp + nn).round().to(torch.int64)
+        return [float(x) for x in gram.diagonal()]
 
     def merge(self, other: _Acc) -> None:
         self.numel += other.numel
@@ -252,7 +271,8 @@ def similarity(
             acc = _Acc(n)
             present = [i for i, v in enumerate(vectors) if name in v.shapes]
             for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present), strict=True):
-                acc.add(present, torch.stack(pieces))
+                for i, sq in zip(present, acc.add(present, torch.stack(pieces)), strict=True):
+                    vectors[i].finite(name, sq)
                 acc.numel += pieces[0].numel()
             if not present:
                 continue
@@ -312,8 +332,8 @@ def diff(
                 max_abs = 0.0
                 for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements), strict=True):
                     d = xb - xa
-                    sums["aa"] += float(xa @ xa)
-                    sums["bb"] += float(xb @ xb)
+                    sums["aa"] += va.finite(name, float(xa @ xa))
+                    sums["bb"] += vb.finite(name, float(xb @ xb))
                     sums["ab"] += float(xa @ xb)
                     sums["dd"] += float(d @ d)
                     if d.numel():
@@ -339,7 +359,7 @@ def diff(
                     )
                 for v, key in ((va, "aa"), (vb, "bb")):
                     if name in v.shapes:
-                        sums[key] = sum(float(x @ x) for x in v.chunks(name, chunk_elements))
+                        sums[key] = sum(v.finite(name, float(x @ x)) for x in v.chunks(name, chunk_elements))
                 sums["dd"] = sums["aa"] + sums["bb"]
             tot_aa += sums["aa"]
             tot_bb += sums["bb"]
