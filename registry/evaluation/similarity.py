@@ -14,13 +14,14 @@ Statistics (per group of entries; the whole vector is one group):
   sign(vᵢ) = sign(vⱼ), None when they touch no common entry.
 
 Groups: ``tensor`` (each tensor name), ``layer`` (``layers.N`` from names like
-``model.layers.N.…``; other tensors form ``other``) or ``module`` (the name
+``model.layers.N.…``; other tensors form ``other``) or ``module-type`` (the name
 without its model prefix, layer index and ``.weight``/``.bias``:
 ``self_attn.q_proj``, ``mlp.down_proj``, ``embed_tokens``, ``lm_head``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -71,15 +72,24 @@ def module_type_of(name: str) -> str:
     return rest
 
 
-_GROUPERS: dict[GroupBy, Callable[[str], str]] = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
+_GROUPERS: dict[GroupBy, Callable[[str], str]] = {
+    "tensor": lambda n: n,
+    "layer": layer_of,
+    "module-type": module_type_of,
+}
 
 
 class _Vector:
-    """One open safetensors file: names, shapes and row-chunked float64 reads, validated as it goes."""
+    """One open safetensors file: names, shapes and row-chunked float64 reads, validated as it goes.
 
-    def __init__(self, path: str | os.PathLike[str], stack: ExitStack) -> None:
+    ``sign`` (±1) multiplies every value read: a registered vector's effect is
+    its stored sign times its blob, and that (exact) product is what is compared.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], stack: ExitStack, sign: int = 1) -> None:
         from safetensors import safe_open
 
+        self.sign = sign
         self.path = Path(path)
         if not self.path.exists():
             raise NotFoundError(f"vector file {self.path} does not exist")
@@ -100,7 +110,13 @@ class _Vector:
             raise InvalidTensorFileError(f"{self.path}: not a readable safetensors file ({e})") from e
 
     def chunks(self, name: str, chunk_elements: int) -> Iterator[torch.Tensor]:
-        """The tensor flattened, as consecutive float64 pieces of whole rows."""
+        """The tensor flattened, as consecutive float64 pieces of whole rows.
+
+        Finiteness is the caller's check (:meth:`finite`), on the sum of squares it computes
+        anyway: one NaN or Inf entry makes it non-finite, and a float64 square of any finite
+        float32/16 value cannot overflow — a separate pass over every entry would cost as much
+        as the statistics themselves.
+        """
         import torch
 
         shape = self.shapes[name]
@@ -117,13 +133,17 @@ class _Vector:
                 pieces = (sl[s : s + step] for s in range(0, shape[0], step))
             for piece in pieces:
                 t = piece.reshape(-1).to(torch.float64)
-                if not torch.isfinite(t).all():
-                    raise InvalidVectorError(f"{self.path}: tensor {name} contains NaN or Inf")
-                yield t
+                yield t if self.sign == 1 else -t
         except InvalidVectorError:
             raise
         except Exception as e:
             raise InvalidTensorFileError(f"{self.path}: cannot read tensor {name} ({e})") from e
+
+    def finite(self, name: str, sum_of_squares: float) -> float:
+        """``sum_of_squares`` of a piece of tensor ``name``, or the error naming the file and tensor."""
+        if not math.isfinite(sum_of_squares):
+            raise InvalidVectorError(f"{self.path}: tensor {name} contains NaN or Inf")
+        return sum_of_squares
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -147,18 +167,26 @@ class _Acc:
         self.nonzero = torch.zeros((self.n, self.n), dtype=torch.int64)
         self.agree = torch.zeros((self.n, self.n), dtype=torch.int64)
 
-    def add(self, present: list[int], block: torch.Tensor) -> None:
-        """Add a [len(present), c] float64 block of the vectors ``present`` (the others are zero there)."""
+    def add(self, present: list[int], block: torch.Tensor) -> list[float]:
+        """Add a [len(present), c] float64 block of the vectors ``present`` (the others are zero there).
+
+        Returns each present vector's sum of squares over the block (for the finiteness check).
+        """
         import torch
 
         idx = torch.as_tensor(present)
-        nz = (block != 0).to(torch.float64)
-        pos = (block > 0).to(torch.float64)
-        neg = (block < 0).to(torch.float64)
+        # 0/1 masks: float32 counts are exact below 2^24 entries per block, and half the traffic of float64.
+        masks = torch.float32 if block.shape[1] < 1 << 24 else torch.float64
+        pos = (block > 0).to(masks)
+        neg = (block < 0).to(masks)
+        pp, nn, pn = pos @ pos.T, neg @ neg.T, pos @ neg.T
         sub = torch.meshgrid(idx, idx, indexing="ij")
-        self.gram[sub] += block @ block.T
-        self.nonzero[sub] += (nz @ nz.T).round().to(torch.int64)
-        self.agree[sub] += (pos @ pos.T + neg @ neg.T).round().to(torch.int64)
+        gram = block @ block.T
+        self.gram[sub] += gram
+        # both touch = same sign + opposite signs; agree = same sign
+        self.nonzero[sub] += (pp + nn + pn + pn.T).round().to(torch.int64)
+        self.agree[sub] += (pp + nn).round().to(torch.int64)
+        return [float(x) for x in gram.diagonal()]
 
     def merge(self, other: _Acc) -> None:
         self.numel += other.numel
@@ -196,6 +224,14 @@ def _union_shapes(vectors: Sequence[_Vector]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _check_signs(signs: Sequence[int] | None, n: int) -> list[int]:
+    if signs is None:
+        return [1] * n
+    if len(signs) != n or any(s not in (1, -1) or isinstance(s, bool) for s in signs):
+        raise EvalError(f"signs must be {n} values of 1 or -1, got {list(signs)!r}")
+    return list(signs)
+
+
 def _check_chunk(chunk_elements: int) -> None:
     if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) or chunk_elements < 1:
         raise EvalError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
@@ -206,9 +242,13 @@ def similarity(
     *,
     labels: Sequence[str] | None = None,
     group_by: GroupBy | None = None,
+    signs: Sequence[int] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> SimilarityReport:
-    """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
+    """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group.
+
+    ``signs[i]`` (±1, default 1) multiplies vector i: registered vectors are compared as sᵢ·φᵢ.
+    """
     import torch
 
     from pvreg.schemas.evaluation import SimilarityReport
@@ -221,8 +261,9 @@ def similarity(
         raise EvalError(f"group_by must be one of {', '.join(_GROUPERS)}, got {group_by!r}")
     _check_chunk(chunk_elements)
     n = len(paths)
+    sign_list = _check_signs(signs, n)
     with ExitStack() as stack:
-        vectors = [_Vector(p, stack) for p in paths]
+        vectors = [_Vector(p, stack, s) for p, s in zip(paths, sign_list, strict=True)]
         shapes = _union_shapes(vectors)
         groups: dict[str, _Acc] = {}
         whole = _Acc(n)
@@ -230,7 +271,8 @@ def similarity(
             acc = _Acc(n)
             present = [i for i, v in enumerate(vectors) if name in v.shapes]
             for pieces in zip(*(vectors[i].chunks(name, chunk_elements) for i in present), strict=True):
-                acc.add(present, torch.stack(pieces))
+                for i, sq in zip(present, acc.add(present, torch.stack(pieces)), strict=True):
+                    vectors[i].finite(name, sq)
                 acc.numel += pieces[0].numel()
             if not present:
                 continue
@@ -256,6 +298,7 @@ def diff(
     b: str | os.PathLike[str],
     *,
     labels: tuple[str, str] | None = None,
+    signs: tuple[int, int] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> DiffReport:
     """What changed from vector ``a`` to vector ``b``, per tensor and overall.
@@ -263,7 +306,8 @@ def diff(
     Per tensor in both (same shape): ‖a‖, ‖b‖, ‖b−a‖/‖a‖, cos(a, b), max|b−a|.
     The summary counts a tensor only in one vector as zeros in the other; a
     tensor whose shape changed cannot be compared entry-wise and counts as
-    removed from ``a`` and added in ``b``.
+    removed from ``a`` and added in ``b``.  ``signs`` (±1 each) multiply ``a``
+    and ``b``: registered vectors are compared as s·φ.
     """
     from pvreg.schemas.evaluation import (
         DiffReport,
@@ -273,11 +317,12 @@ def diff(
     )
 
     _check_chunk(chunk_elements)
+    sign_a, sign_b = _check_signs(signs, 2)
     tensors: list[TensorDiff] = []
     shape_changed: list[ShapeChange] = []
     tot_aa = tot_bb = tot_ab = tot_dd = 0.0
     with ExitStack() as stack:
-        va, vb = _Vector(a, stack), _Vector(b, stack)
+        va, vb = _Vector(a, stack, sign_a), _Vector(b, stack, sign_b)
         only_a = sorted(set(va.shapes) - set(vb.shapes))
         only_b = sorted(set(vb.shapes) - set(va.shapes))
         for name in sorted(set(va.shapes) | set(vb.shapes)):
@@ -287,8 +332,8 @@ def diff(
                 max_abs = 0.0
                 for xa, xb in zip(va.chunks(name, chunk_elements), vb.chunks(name, chunk_elements), strict=True):
                     d = xb - xa
-                    sums["aa"] += float(xa @ xa)
-                    sums["bb"] += float(xb @ xb)
+                    sums["aa"] += va.finite(name, float(xa @ xa))
+                    sums["bb"] += vb.finite(name, float(xb @ xb))
                     sums["ab"] += float(xa @ xb)
                     sums["dd"] += float(d @ d)
                     if d.numel():
@@ -314,7 +359,7 @@ def diff(
                     )
                 for v, key in ((va, "aa"), (vb, "bb")):
                     if name in v.shapes:
-                        sums[key] = sum(float(x @ x) for x in v.chunks(name, chunk_elements))
+                        sums[key] = sum(v.finite(name, float(x @ x)) for x in v.chunks(name, chunk_elements))
                 sums["dd"] = sums["aa"] + sums["bb"]
             tot_aa += sums["aa"]
             tot_bb += sums["bb"]

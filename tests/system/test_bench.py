@@ -32,3 +32,12 @@ def test_bench_script_runs_and_prints_ratio(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "ratio pvreg / hand-written" in r.stdout
     assert "max |pvreg - hand-written| log-prob" in r.stdout
+
+
+def test_compare_bench_runs_and_prints_ratios(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_compare.py"), "--params", "1e6", "--repeats", "1",
+                        "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "| pvreg similarity a b c |" in r.stdout and "× floor" in r.stdout
+    worst = float(r.stdout.split("max |cosine difference| = ")[1].split(";")[0])
+    assert worst < 1e-10
