@@ -76,10 +76,11 @@ def test_reported_error_equals_direct_and_eckart_young(m: int, n: int, r: int) -
     assert lr.error > 1e-3  # the comparison above is not a trivial 0 == 0
 
 
-def test_b_at_a_reproduces_an_exactly_low_rank_delta() -> None:
+@pytest.mark.parametrize(("m", "n"), [(40, 24), (24, 40)])
+def test_b_at_a_reproduces_an_exactly_low_rank_delta(m: int, n: int) -> None:
     g = torch.Generator().manual_seed(3)
     phi = (
-        torch.randn(40, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 24, generator=g, dtype=torch.float64)
+        torch.randn(m, 4, generator=g, dtype=torch.float64) @ torch.randn(4, n, generator=g, dtype=torch.float64)
     ).float()
     lr = low_rank(phi, rank=4)
     diff = (lr.b @ lr.a - phi).abs().max()
@@ -89,9 +90,10 @@ def test_b_at_a_reproduces_an_exactly_low_rank_delta() -> None:
     assert low_rank(phi, rank=3).error > 1e-2
 
 
-def test_balanced_split() -> None:
+@pytest.mark.parametrize(("m", "n"), [(30, 20), (20, 30)])  # tall and wide (factorised through φᵀ)
+def test_balanced_split(m: int, n: int) -> None:
     """b = U√S and a = √S Vᵀ: bᵀb = a aᵀ = diag(σ₁..σ_r), the σ being φ's own (numpy's SVD)."""
-    phi = decaying(30, 20, seed=11, noise=0.1)
+    phi = decaying(m, n, seed=11, noise=0.1)
     lr = low_rank(phi, rank=6)
     sigma = torch.from_numpy(np.linalg.svd(phi.double().numpy(), compute_uv=False)[:6])
     bb = lr.b.double().T @ lr.b.double()
