@@ -2,6 +2,7 @@
 
     python bench/run.py [--params 0.5e9] [--repeats 3] [--workdir DIR] [--keep]
                         [--skip-mergekit] [--cache warm|cold] [--out results.md]
+                        [--skip-lora] [--lora-layers 2]
 
 What it does, all on the same files and in one run:
 
@@ -27,6 +28,9 @@ What it does, all on the same files and in one run:
 6. Extraction (``pvreg add --positive FT_A --negative BASE``) vs its I/O floor,
    ``pvreg verify`` vs ``sha256sum`` on the same blobs, and ``pvreg list`` on a
    10,000-version registry (bench/bench_list.py).
+7. LoRA export of a dense vector per rank policy, against mergekit-extract-lora
+   (bench/bench_lora.py, run as its own process on its own Qwen2.5-0.5B-like
+   delta; ``--lora-layers`` of its 24 layers, ``--skip-lora`` to leave it out).
 
 Page cache: ``--cache warm`` (default) reads every input of every tool once
 before *each* timed run (the same files for all tools) after an ``os.sync()``;
@@ -44,6 +48,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -424,6 +429,8 @@ def main() -> None:
         help="max bytes per input shard (default 500e6: a 0.5B bf16 model has 3 shards)",
     )
     ap.add_argument("--list-versions", type=int, default=10_000)
+    ap.add_argument("--skip-lora", action="store_true", help="leave out bench/bench_lora.py")
+    ap.add_argument("--lora-layers", type=int, default=2, help="layers of the LoRA-export vector (of 24)")
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = ap.parse_args()
     args.shard_bytes = int(args.shard_bytes)
@@ -443,6 +450,8 @@ def main() -> None:
     say(f"workdir {workdir} (cache protocol: {args.cache})")
     try:
         report = run(args, workdir, machine)
+        if not args.skip_lora:
+            report += "\n\n" + lora_report(args, workdir)
     finally:
         if args.keep:
             say(f"kept {workdir}")
@@ -453,6 +462,18 @@ def main() -> None:
     if args.out:
         args.out.write_text(report + "\n")
         say(f"wrote {args.out}")
+
+
+def lora_report(args: argparse.Namespace, workdir: Path) -> str:
+    """bench/bench_lora.py's table, run as a child so its tensors never share this process's memory."""
+    out = workdir / "lora.md"
+    say(f"LoRA export bench (bench/bench_lora.py --layers {args.lora_layers})")
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_lora.py")), "--layers", str(args.lora_layers)]
+    cmd += ["--workdir", str(workdir), "--out", str(out)] + (["--skip-mergekit"] if args.skip_mergekit else [])
+    rc = subprocess.run(cmd, check=False).returncode
+    return (
+        out.read_text().rstrip() if rc == 0 and out.is_file() else f"### LoRA export: bench_lora.py failed (exit {rc})"
+    )
 
 
 def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:

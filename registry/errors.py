@@ -298,4 +298,16 @@ class LmEvalTaskError(EvalError):
 # --- LoRA export (#17) ---
 
 
+class NonFiniteTensorError(InvalidVectorError):
+    """A tensor to factorise holds NaN or Inf, so no SVD of it means anything.
+
+    ``low_rank`` sees one bare tensor; the exporter, which knows the name, calls
+    :meth:`named` so the message says which tensor (``exc.tensor``).
+    """
+
+    def named(self, tensor: str) -> NonFiniteTensorError:
+        """The same error, its message and ``tensor`` field naming ``tensor``."""
+        return NonFiniteTensorError(f"tensor {tensor!r}: {self.template}", **{**self.fields, "tensor": tensor})
+
+
 # --- performance (#13) ---
