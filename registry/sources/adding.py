@@ -128,6 +128,7 @@ def add_checkpoints(
         ),
         progress=progress,
         after=made.finish,
+        factors=made.factors,
     )
 
 

@@ -19,6 +19,7 @@ from helpers.factories import make_base, make_vector
 from helpers.hubserver import HubError as ServerHubError
 from helpers.hubserver import HubServer, NotAHub, _Handler, isolate_hf_client
 from huggingface_hub import CommitOperationAdd, HfApi, constants
+from pvreg.migrations import HEAD
 
 TOKEN = "hf_dummy_token_123"
 REPO = "alice/prefs"
@@ -124,7 +125,7 @@ def test_push_three_then_pull_into_fresh_registry(server, src, cli):
         recs = reg.hub_records("a@1")
         assert [(x["direction"], x["repo"], x["revision"], x["commit_sha"], x["path"]) for x in recs] == [
             ("push", REPO, "main", head, "a/vector.safetensors")]
-        assert reg.db_current() == "0003"
+        assert reg.db_current() == HEAD
         assert reg.base_info(src.metas["a"]["base_fingerprint"]).hub_id == HUB_ID
     with Registry.open() as reg:
         assert [x["direction"] for x in reg.hub_records("b")] == ["pull"]
@@ -446,7 +447,7 @@ def test_migration_matches_models(tmp_path):
     from pvreg.registry.storage.models import Base
 
     with Registry.open(tmp_path / "r") as reg:
-        assert reg.db_current() == "0003"
+        assert reg.db_current() == HEAD
         with reg.store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

@@ -1,0 +1,1 @@
+"""Exports for serving engines: LoRA adapters from registered vectors."""
