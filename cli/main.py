@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train"),
     "compose": ("compose", "compose"),
     "compositions": ("compose", "compositions"),
+    "export-lora": ("serving", "export_lora"),
     "push": ("hub", "push"),
     "pull": ("hub", "pull"),
     "remote": ("hub", "remote_app"),

@@ -284,4 +284,9 @@ class DeviceUnavailableError(PvregError, RuntimeError):
 # --- LoRA export (#17) ---
 
 
+class LoraExportError(UserError, ValueError):
+    """A composition cannot be exported as asked: tensors LoRA cannot express (refused unless
+    ``non_lora`` says drop or carry), a rank above the target's limit, an empty adapter."""
+
+
 # --- performance (#13) ---

@@ -198,3 +198,55 @@ def check_matches(factors: StoredFactors, dense: SafetensorsFile) -> None:
             )
         factors.release(name)
         dense.release(name)
+
+
+# --- combining: one module of an export --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleFactors:
+    """One module's exported factors (float32) and how they were made."""
+
+    a: torch.Tensor  # (r, d1)
+    b: torch.Tensor  # (d0, r)
+    exact_rank: int
+    svd_rank: int
+    recompressed: bool
+
+
+def combine_module(
+    exact: list[tuple[float, FactorTerm]],
+    dense: torch.Tensor | None,
+    *,
+    rank: int | None,
+    energy: float | None,
+    limit: int | None,
+) -> ModuleFactors:
+    """Factors of w·(exact terms) + dense for one module.
+
+    A weighted sum of LoRAs is exactly the rank-concatenation of their scaled factors:
+    Σ_i w_i·s_i·B_i·A_i = [w_1·s_1·B_1, …] · [A_1; …].  The dense terms (vectors stored only
+    densely) are summed first and factorised once by truncated SVD (``rank`` or ``energy``): one
+    SVD of the sum is the best rank-r approximation of that part (Eckart–Young), which r separate
+    SVDs concatenated are not.  When the total rank exceeds ``limit`` the whole product is
+    re-factorised by SVD at ``limit`` (the report marks it; the exact part is then approximate too).
+    """
+    import torch
+
+    from pvreg.registry.serving.lowrank import low_rank
+
+    a_parts = [t.a for _, t in exact]
+    b_parts = [t.b * (w * t.scale) for w, t in exact]
+    exact_rank = sum(t.rank for _, t in exact)
+    svd_rank = 0
+    if dense is not None:
+        lr = low_rank(dense, rank=rank, energy=energy)
+        svd_rank = lr.rank
+        a_parts.append(lr.a)
+        b_parts.append(lr.b)
+    a = torch.cat(a_parts, 0) if a_parts else torch.zeros((0, 0))
+    b = torch.cat(b_parts, 1) if b_parts else torch.zeros((0, 0))
+    if limit is not None and a.shape[0] > limit:
+        lr = low_rank(b @ a, rank=limit)
+        return ModuleFactors(lr.a, lr.b, exact_rank, svd_rank, True)
+    return ModuleFactors(a.contiguous(), b.contiguous(), exact_rank, svd_rank, False)
