@@ -24,7 +24,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvreg.registry.errors import IntegrityError, InvalidOptionError, LoraExportError, NotFoundError, SpecError, opt
+from pvreg.registry.errors import (
+    IntegrityError,
+    InvalidOptionError,
+    LoraExportError,
+    PvregError,
+    SpecError,
+    opt,
+)
 from pvreg.registry.merge.plan import Plan, prepare
 from pvreg.registry.merge.spec import build_spec
 from pvreg.registry.serving.build import REPORT_FILE, Job, build
@@ -136,8 +143,12 @@ def _validate(
                 continue
             path = store.blobs.path(sha)
             if not path.is_file():
-                raise NotFoundError(f"{i.meta.ref}: LoRA factors blob sha256:{sha[:12]} is missing (run pvreg verify)")
-            f = StoredFactors(path, f"{i.meta.ref}: LoRA factors blob sha256:{sha[:12]}")
+                raise IntegrityError(f"{i.meta.ref}: LoRA factors blob sha256:{sha[:12]} is missing (run pvreg verify)")
+            label = f"{i.meta.ref}: LoRA factors blob sha256:{sha[:12]}"
+            try:
+                f = StoredFactors(path, label)
+            except PvregError as exc:  # the store's own file: damage is an integrity failure, not bad input
+                raise IntegrityError(f"{label} is damaged (run pvreg verify): {exc}") from None
             factors[i.meta.sha256] = f
             if set(f.names()) != set(i.file.infos):
                 raise IntegrityError(f"{f.label}: covers other tensors than the vector's blob (run pvreg verify)")

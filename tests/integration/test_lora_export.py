@@ -279,3 +279,99 @@ def test_factors_are_verified_kept_by_gc_and_removed_with_their_version(tmp_path
         assert [p.ref for p in problems] == ["a@1"] and "LoRA factors blob content hashes" in problems[0].problem
         reg.rm("a@1")
         assert set(reg.gc(all_unreferenced=True).removed_blobs) == {meta.sha256, meta.factors_sha256}
+
+
+# --- the Hub: factors travel with their vector -------------------------------------------------------------------------
+
+TOKEN = "hf_dummy_token_123"
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from helpers.hubserver import HubServer, isolate_hf_client
+
+    isolate_hf_client(monkeypatch, tmp_path / "hf_home", token=TOKEN)
+    with HubServer(tmp_path / "hubdata", tokens={TOKEN: "alice"}) as srv:
+        yield srv
+
+
+def test_push_pull_round_trips_the_factors_and_refuses_tampered_ones(setup, server) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from pvreg.registry.errors import IntegrityError
+
+    tmp, base, single, pos, neg = setup
+    with Registry.open(tmp / "src") as src:
+        a = src.add("a", lora=single, base=base)
+        src.add("plain", _dense_vector(tmp, base, seed=3, norms=False), base=base)
+        src.push(["a", "plain"], "alice/prefs", create=True, endpoint=server.url)
+        factors_bytes = src.blobs.path(a.factors_sha256).read_bytes()
+    files = HfApi(endpoint=server.url, token=TOKEN).list_repo_files("alice/prefs")
+    assert "a/lora-factors.safetensors" in files and "plain/lora-factors.safetensors" not in files
+    with Registry.open() as dst:
+        pulled = {v.meta.name: v.meta for v in dst.pull("alice/prefs", endpoint=server.url).vectors}
+        assert pulled["a"].factors_sha256 == a.factors_sha256 and pulled["plain"].factors_sha256 is None
+        assert dst.blobs.path(a.factors_sha256).read_bytes() == factors_bytes and dst.verify().ok
+        res = dst.export_lora(["a:-1"], out=tmp / "pulled-adapter")
+        assert res.report.terms[0].exact and res.report.overall_error < 1e-6
+
+    # A factors file that no longer reproduces its vector is refused, and nothing is registered.
+    with Registry.open(tmp / "src") as src:
+        fake = load_file(str(src.blobs.path(a.factors_sha256)))
+    key = next(k for k in fake if k.endswith("::A"))
+    fake[key] = fake[key] * 2
+    save_file(fake, str(tmp / "forged.safetensors"))
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(
+        "alice/prefs",
+        [CommitOperationAdd("a/lora-factors.safetensors", str(tmp / "forged.safetensors"))],
+        commit_message="tamper",
+    )
+    with Registry.open(tmp / "third") as third:
+        with pytest.raises(IntegrityError, match="lora-factors.safetensors"):
+            third.pull("alice/prefs", endpoint=server.url)
+        assert third.list() == []
+
+
+def test_pull_refuses_consistently_forged_factors(setup, server) -> None:
+    """A repo owner can rewrite the factors file, pvreg.json and the embedded metadata together:
+    the sha256s then agree, but the factors no longer reproduce the vector, and pull refuses."""
+    from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+    from pvreg.registry.errors import IntegrityError
+    from pvreg.registry.sources.ingest import CheckpointSource, write_blob
+    from pvreg.registry.storage.blobstore import BlobStore
+    from pvreg.registry.tensors.checkpoint import open_checkpoint
+    from safetensors import safe_open
+
+    tmp, base, single, _, _ = setup
+    with Registry.open(tmp / "src") as src:
+        a = src.add("a", lora=single, base=base)
+        src.push(["a"], "alice/prefs", create=True, endpoint=server.url)
+        fake = load_file(str(src.blobs.path(a.factors_sha256)))
+    key = next(k for k in fake if k.endswith("::B"))
+    fake[key] = fake[key] * 1.01
+    save_file(fake, str(tmp / "forged.safetensors"))
+    with open_checkpoint(tmp / "forged.safetensors") as ckpt:  # the canonical sha256 a forger would declare
+        forged_sha = write_blob(CheckpointSource(ckpt, "forged"), BlobStore(tmp / "scratch")).sha256
+    meta = json.loads(Path(hf_hub_download("alice/prefs", "a/pvreg.json", endpoint=server.url)).read_text())
+    meta["factors_sha256"] = forged_sha
+    (tmp / "pvreg.json").write_text(json.dumps(meta))
+    blob = hf_hub_download("alice/prefs", "a/vector.safetensors", endpoint=server.url)
+    with safe_open(blob, framework="pt") as f:
+        md = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    embedded = json.loads(md["pvreg"])
+    embedded["factors_sha256"] = forged_sha
+    md["pvreg"] = json.dumps(embedded)
+    save_file(tensors, str(tmp / "vector.safetensors"), metadata=md)
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(
+        "alice/prefs",
+        [
+            CommitOperationAdd("a/lora-factors.safetensors", str(tmp / "forged.safetensors")),
+            CommitOperationAdd("a/pvreg.json", str(tmp / "pvreg.json")),
+            CommitOperationAdd("a/vector.safetensors", str(tmp / "vector.safetensors")),
+        ],
+        commit_message="forge",
+    )
+    with Registry.open() as dst:
+        with pytest.raises(IntegrityError, match="do not reproduce the vector"):
+            dst.pull("alice/prefs", endpoint=server.url)
+        assert dst.list() == []
