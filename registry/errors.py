@@ -289,4 +289,16 @@ class LoraExportError(UserError, ValueError):
     ``non_lora`` says drop or carry), a rank above the target's limit, an empty adapter."""
 
 
+class NonFiniteTensorError(InvalidVectorError):
+    """A tensor to factorise holds NaN or Inf, so no SVD of it means anything.
+
+    ``low_rank`` sees one bare tensor; the exporter, which knows the name, calls
+    :meth:`named` so the message says which tensor (``exc.tensor``).
+    """
+
+    def named(self, tensor: str) -> NonFiniteTensorError:
+        """The same error, its message and ``tensor`` field naming ``tensor``."""
+        return NonFiniteTensorError(f"tensor {tensor!r}: {self.template}", **{**self.fields, "tensor": tensor})
+
+
 # --- performance (#13) ---
