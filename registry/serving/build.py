@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.errors import LoraExportError, opt
+from pvreg.registry.errors import LoraExportError, NonFiniteTensorError, opt
 from pvreg.registry.merge.plan import Input, Plan
 from pvreg.registry.serving.peftdir import AdapterContent, write_adapter
 from pvreg.registry.serving.targets import Profile
@@ -108,7 +108,10 @@ def build(job: Job, tmp: Path) -> tuple[LoraExportReport, str, list[str]]:
         ]
         dense_users = [u for u in users if u.meta.sha256 not in job.factors]
         dense = combined_delta(job.plan, name, dense_users).float() if dense_users else None
-        mf = combine_module(exact, dense, rank=job.rank, energy=job.energy, limit=job.limit)
+        try:
+            mf = combine_module(exact, dense, rank=job.rank, energy=job.energy, limit=job.limit)
+        except NonFiniteTensorError as exc:  # finite inputs whose weighted sum overflowed float32
+            raise exc.named(name) from None
         a, b = mf.a.to(dtype), mf.b.to(dtype)
         norm, residual = _norm(delta), _residual(delta, a, b)
         report.modules.append(
