@@ -375,3 +375,18 @@ def test_pull_refuses_consistently_forged_factors(setup, server) -> None:
         with pytest.raises(IntegrityError, match="do not reproduce the vector"):
             dst.pull("alice/prefs", endpoint=server.url)
         assert dst.list() == []
+
+
+def test_trained_lora_vector_keeps_its_factors_and_exports_exactly(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    from helpers.models import make_tiny_llama, write_jsonl, yes_no_pairs
+
+    base = make_tiny_llama(tmp_path / "base")
+    data = write_jsonl(tmp_path / "pairs.jsonl", yes_no_pairs(16, seed=1))
+    with Registry.open() as reg:
+        meta = reg.train("yes", base=base, data=data, method="lora", steps=2, lr=3e-2, batch_size=4, threads=1)
+        assert meta.kind == "pair" and meta.factors_sha256 is not None
+        res = reg.export_lora(["yes:-2"], out=tmp_path / "adapter")
+        reg.compose(["yes:-2"], base=base, out=tmp_path / "composed")
+    assert res.report.terms[0].exact and {m.exact_rank for m in res.report.modules} == {16}
+    _assert_same_weights(_merged(base, tmp_path / "adapter"), _state(AutoModelForCausalLM.from_pretrained(tmp_path / "composed")))
