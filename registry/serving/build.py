@@ -56,6 +56,7 @@ class Job:
     other: dict[str, str]  # tensor -> why it is not a LoRA module (dropped or carried)
     base_model: str | None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    conv1d: bool = False  # GPT-2 style weights (in, out): adapters need fan_in_fan_out
 
     def users(self, name: str) -> list[Input]:
         return [i for i in self.plan.inputs if name in i.file.infos]
@@ -146,7 +147,7 @@ def build(job: Job, tmp: Path) -> tuple[LoraExportReport, str, list[str]]:
     report.uniform_rank = content.max_rank() if uniform else None
     if job.limit is not None and content.max_rank() > job.limit:  # pragma: no cover - combine_module caps it
         raise LoraExportError(f"rank {content.max_rank()} exceeds {opt('max_rank')} {job.limit}")
-    digest = write_adapter(tmp, content, base_model=job.base_model, uniform=uniform)
+    digest = write_adapter(tmp, content, base_model=job.base_model, uniform=uniform, fan_in_fan_out=job.conv1d)
     files = [ADAPTER_CONFIG, ADAPTER_SAFETENSORS]
     if lorax is not None:
         report.lorax, more = lorax.write(tmp)
@@ -283,7 +284,7 @@ class _Lorax:
         payload: dict[str, Any] = {"ids": [], "weights": [], "merge_strategy": "linear"}
         for k, (u, content) in enumerate(zip(job.plan.inputs, contents, strict=True)):
             ident = f"{LORAX_DIR}/{u.meta.name}-v{u.meta.version}"
-            write_adapter(tmp / ident, content, base_model=job.base_model, uniform=True)
+            write_adapter(tmp / ident, content, base_model=job.base_model, uniform=True, fan_in_fan_out=job.conv1d)
             files += [f"{ident}/{ADAPTER_CONFIG}", f"{ident}/{ADAPTER_SAFETENSORS}"]
             weight = math.sqrt(abs(u.weight))
             payload["ids"].append(ident)

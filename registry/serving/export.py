@@ -35,7 +35,7 @@ from pvreg.registry.errors import (
 from pvreg.registry.merge.plan import Plan, prepare
 from pvreg.registry.merge.spec import build_spec
 from pvreg.registry.serving.build import REPORT_FILE, Job, build
-from pvreg.registry.serving.targets import Profile, non_lora_reason, profile
+from pvreg.registry.serving.targets import Profile, conv1d, non_lora_reason, profile
 from pvreg.registry.storage import writes
 from pvreg.registry.storage.staging import publish_dir, staging
 from pvreg.registry.storage.store import Store
@@ -181,6 +181,8 @@ def _validate(
         job.other = other
         job.lora = [n for n in why if n not in other]
         job.base_model = _base_model(store, plan, base)
+        info = store.base_info(plan.base_fingerprint)
+        job.conv1d = conv1d(info.architecture if info is not None else None)
         if not job.lora and non_lora == "drop":
             raise LoraExportError("no tensor of the composition can be a LoRA module: the adapter would be empty")
     except BaseException:

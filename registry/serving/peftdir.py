@@ -58,7 +58,9 @@ def _pattern(module: str) -> str:
     return re.escape(module)
 
 
-def adapter_config(content: AdapterContent, *, base_model: str | None, uniform: bool) -> dict[str, Any]:
+def adapter_config(
+    content: AdapterContent, *, base_model: str | None, uniform: bool, fan_in_fan_out: bool = False
+) -> dict[str, Any]:
     """``adapter_config.json``: plain LoRA, scaling 1 per module, no dropout or bias."""
     ranks = {m: int(a.shape[0]) for m, (a, _) in content.factors.items()}
     if uniform or not ranks:
@@ -80,7 +82,7 @@ def adapter_config(content: AdapterContent, *, base_model: str | None, uniform: 
         "target_modules": sorted(content.factors),
         "lora_dropout": 0.0,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,
@@ -88,13 +90,22 @@ def adapter_config(content: AdapterContent, *, base_model: str | None, uniform: 
     }
 
 
-def write_adapter(directory: Path, content: AdapterContent, *, base_model: str | None, uniform: bool) -> str:
-    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``; the file's sha256."""
+def write_adapter(
+    directory: Path, content: AdapterContent, *, base_model: str | None, uniform: bool, fan_in_fan_out: bool = False
+) -> str:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory``; the file's sha256.
+
+    ``content`` holds factors in the base tensor's layout, φ = B·A with B (d0, r) and A (r, d1).
+    ``fan_in_fan_out`` (GPT-2's ``Conv1D``, whose weight is stored (in, out)): PEFT then computes
+    ΔW = (B_peft·A_peft)ᵀ with A_peft (r, in), B_peft (out, r), so A_peft = Bᵀ and B_peft = Aᵀ.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     rank = content.max_rank()
     tensors: dict[str, torch.Tensor] = {}
     for module, (a0, b0) in content.factors.items():
         a, b = padded(a0, b0, rank) if uniform else (a0, b0)
+        if fan_in_fan_out:
+            a, b = b.T, a.T
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.contiguous()
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.contiguous()
     for name, t in content.full.items():
@@ -104,6 +115,6 @@ def write_adapter(directory: Path, content: AdapterContent, *, base_model: str |
         for k, _, _ in entries:
             writer.write(k, tensors[k])
         digest = writer.commit()
-    config = adapter_config(content, base_model=base_model, uniform=uniform)
+    config = adapter_config(content, base_model=base_model, uniform=uniform, fan_in_fan_out=fan_in_fan_out)
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return digest

@@ -84,3 +84,15 @@ def non_lora_reason(name: str, shape: tuple[int, ...]) -> str | None:
 def server_rank(rank: int) -> int | None:
     """The smallest ``--max-lora-rank`` value vLLM accepts that serves ``rank`` (None above 512)."""
     return next((r for r in VLLM_RANKS if r >= rank), None)
+
+
+#: Architectures whose linear layers are transformers' ``Conv1D`` (weight stored (in, out)).
+_CONV1D_PREFIXES = ("GPT2", "OpenAIGPT", "gpt2", "openai-gpt")
+
+
+def conv1d(architecture: str | None) -> bool:
+    """Whether the base stores its linear weights (in, out) (GPT-2 family): the adapter then needs ``fan_in_fan_out``.
+
+    Unknown architectures are taken to use ``nn.Linear`` (out, in), as every current causal LM does.
+    """
+    return architecture is not None and architecture.startswith(_CONV1D_PREFIXES)

@@ -390,3 +390,17 @@ def test_trained_lora_vector_keeps_its_factors_and_exports_exactly(tmp_path: Pat
         reg.compose(["yes:-2"], base=base, out=tmp_path / "composed")
     assert res.report.terms[0].exact and {m.exact_rank for m in res.report.modules} == {16}
     _assert_same_weights(_merged(base, tmp_path / "adapter"), _state(AutoModelForCausalLM.from_pretrained(tmp_path / "composed")))
+
+
+def test_gpt2_conv1d_adapter_is_written_fan_in_fan_out(tmp_path: Path) -> None:
+    from helpers.models import LORA_GPT2, build_gpt2
+
+    base = tmp_path / "gpt2"
+    build_gpt2(seed=0, config=LORA_GPT2).save_pretrained(base)
+    adapter = _adapter(tmp_path, base, "g", 4, r=3, lora_alpha=6, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
+    with Registry.open() as reg:
+        reg.add("g", lora=adapter, base=base)
+        reg.export_lora(["g:-0.9"], out=tmp_path / "adapter")
+        reg.compose(["g:-0.9"], base=base, out=tmp_path / "composed")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    _assert_same_weights(_merged(base, tmp_path / "adapter"), _state(AutoModelForCausalLM.from_pretrained(tmp_path / "composed")))
