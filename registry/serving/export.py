@@ -181,8 +181,8 @@ def _validate(
         job.other = other
         job.lora = [n for n in why if n not in other]
         job.base_model = _base_model(store, plan, base)
-        info = store.base_info(plan.base_fingerprint)
-        job.conv1d = conv1d(info.architecture if info is not None else None)
+        known = store.base_info(plan.base_fingerprint)
+        job.conv1d = conv1d(known.architecture if known is not None else None)
         if not job.lora and non_lora == "drop":
             raise LoraExportError("no tensor of the composition can be a LoRA module: the adapter would be empty")
     except BaseException:
