@@ -31,6 +31,7 @@ from pvreg.registry.errors import (
     PvregError,
     SpecError,
     opt,
+    raise_problems,
 )
 from pvreg.registry.merge.plan import Plan, prepare
 from pvreg.registry.merge.spec import build_spec
@@ -152,26 +153,11 @@ def _validate(
             factors[i.meta.sha256] = f
             if set(f.names()) != set(i.file.infos):
                 raise IntegrityError(f"{f.label}: covers other tensors than the vector's blob (run pvreg verify)")
-        if dense and rank is None and energy is None:
-            raise InvalidOptionError(
-                f"{', '.join(dense[:SHOWN])}: stored dense, so its adapter is a truncated SVD; "
-                f"give {opt('rank')} R or {opt('energy')} E (only LoRA-sourced vectors export exactly)",
-                option="rank",
-            )
         for i in plan.inputs:
             for name, info in i.file.infos.items():
                 job.shapes.setdefault(name, info.shape)
         why = {n: non_lora_reason(n, s) for n, s in sorted(job.shapes.items())}
         other = {n: w for n, w in why.items() if w is not None}
-        if other and non_lora == "refuse":
-            listed = ", ".join(f"{n} ({w})" for n, w in list(other.items())[:SHOWN])
-            more = f" and {len(other) - SHOWN} more" if len(other) > SHOWN else ""
-            fixes = f"{opt('non_lora')} drop leaves them out and reports their share of the norm" + (
-                f"; {opt('non_lora')} carry writes them as full weights (modules_to_save)" if prof.carry else ""
-            )
-            raise LoraExportError(
-                f"{len(other)} tensor(s) cannot be LoRA modules for {prof.name} and would be lost: {listed}{more}; {fixes}"
-            )
         if non_lora == "carry":
             # A module that carries any full tensor is carried whole (PEFT cannot LoRA a module it also saves).
             carried = {n.rsplit(".", 1)[0] for n in other}
@@ -180,6 +166,30 @@ def _validate(
                     other[n] = "part of a carried module"
         job.other = other
         job.lora = [n for n in why if n not in other]
+        problems: list[PvregError] = []
+        lora = set(job.lora)
+        needs_svd = [i.meta.ref for i in plan.inputs if i.meta.ref in dense and lora.intersection(i.file.infos)]
+        if needs_svd and rank is None and energy is None:
+            problems.append(
+                InvalidOptionError(
+                    f"{', '.join(needs_svd[:SHOWN])}: stored dense, so its adapter is a truncated SVD; "
+                    f"give {opt('rank')} R or {opt('energy')} E (only LoRA-sourced vectors export exactly)",
+                    option="rank",
+                )
+            )
+        if other and non_lora == "refuse":
+            listed = ", ".join(f"{n} ({w})" for n, w in list(other.items())[:SHOWN])
+            more = f" and {len(other) - SHOWN} more" if len(other) > SHOWN else ""
+            fixes = f"{opt('non_lora')} drop leaves them out and reports their share of the norm" + (
+                f"; {opt('non_lora')} carry writes them as full weights (modules_to_save)" if prof.carry else ""
+            )
+            problems.append(
+                LoraExportError(
+                    f"{len(other)} tensor(s) cannot be LoRA modules for {prof.name} and would be lost: "
+                    f"{listed}{more}; {fixes}"
+                )
+            )
+        raise_problems(problems)
         job.base_model = _base_model(store, plan, base)
         known = store.base_info(plan.base_fingerprint)
         job.conv1d = conv1d(known.architecture if known is not None else None)
