@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "sweep"),
     "similarity": ("compare", "similarity"),
     "diff": ("compare", "diff"),
+    "export-lora": ("serving", "export_lora"),
     "push": ("hub", "push"),
     "pull": ("hub", "pull"),
     "remote": ("hub", "remote_app"),

@@ -7,5 +7,5 @@ upgrade is actually needed).  A test asserts it equals the script head.
 
 from pathlib import Path
 
-HEAD = "0004"
+HEAD = "0005"
 SCRIPT_LOCATION = Path(__file__).resolve().parent

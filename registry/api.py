@@ -26,6 +26,7 @@ from pvreg.registry.evaluation.ops import EvaluationOps
 from pvreg.registry.hub.ops import HubOps
 from pvreg.registry.merge.ops import MergeOps
 from pvreg.registry.refs import check_alias, check_name
+from pvreg.registry.serving.ops import LoraExportOps
 from pvreg.registry.settings import Settings
 from pvreg.registry.storage import catalog, db, environment, writes
 from pvreg.registry.storage.bases import ResolvedBase
@@ -41,7 +42,7 @@ from pvreg.schemas.vector import (
 
 
 @environment.guarded
-class Registry(MergeOps, HubOps, TrainingOps, EvaluationOps, ComparisonOps):
+class Registry(MergeOps, HubOps, TrainingOps, EvaluationOps, ComparisonOps, LoraExportOps):
     """A preference-vector registry: metadata database plus blob store.
 
     Open one with :meth:`open`; it is a context manager that disposes of its

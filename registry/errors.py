@@ -298,6 +298,11 @@ class LmEvalTaskError(EvalError):
 # --- LoRA export (#17) ---
 
 
+class LoraExportError(UserError, ValueError):
+    """A composition cannot be exported as asked: tensors LoRA cannot express (refused unless
+    ``non_lora`` says drop or carry), a rank above the target's limit, an empty adapter."""
+
+
 class NonFiniteTensorError(InvalidVectorError):
     """A tensor to factorise holds NaN or Inf, so no SVD of it means anything.
 

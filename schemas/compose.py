@@ -78,3 +78,5 @@ class CompositionRecord(BaseModel):
     output_fingerprint: str | None = None
     result_version_id: int | None = None
     pvreg_version: str
+    kind: str = Field(default="compose", description='"compose", or "lora" for an export-lora run')
+    report: dict[str, Any] | None = Field(default=None, description="an export's error report (kind lora)")

@@ -53,6 +53,8 @@ class VectorMeta(BaseModel):
     created_at: datetime
     state: State = "active"
     description: str | None = None
+    #: LoRA-sourced vectors: the blob holding the exact LoRA factors (A, B, scale per module), for export-lora.
+    factors_sha256: str | None = None
 
     @property
     def ref(self) -> str:

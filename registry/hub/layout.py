@@ -27,11 +27,26 @@ BLOB_FILE = "vector.safetensors"
 META_FILE = "pvreg.json"
 
 
+#: LoRA-sourced vectors: their exact factors blob, as stored (see pvreg.registry.serving.factors).
+FACTORS_FILE = "lora-factors.safetensors"
+
+
 CARD_FILE = "README.md"
 
 
 # Fields of pvreg.json that must agree with the metadata embedded in the blob.
-MUST_AGREE = ("name", "version", "sha256", "size_bytes", "base_fingerprint", "dataset", "sign", "dtype", "kind")
+MUST_AGREE = (
+    "name",
+    "version",
+    "sha256",
+    "size_bytes",
+    "base_fingerprint",
+    "dataset",
+    "sign",
+    "dtype",
+    "kind",
+    "factors_sha256",
+)
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -53,6 +68,20 @@ def published(store: Store, meta: VectorMeta) -> tuple[VectorMeta, HubVectorFile
         architecture=info.architecture if info else None,
     )
     return public, HubVectorFile(**public.model_dump(), base=base)
+
+
+def factors_path(store: Store, meta: VectorMeta) -> Path | None:
+    """The stored factors blob of a LoRA-sourced version (None for other vectors)."""
+    from pvreg.registry.errors import NotFoundError
+
+    if meta.factors_sha256 is None:
+        return None
+    path = store.blobs.path(meta.factors_sha256)
+    if not path.is_file():
+        raise NotFoundError(
+            f"{meta.ref}: LoRA factors blob sha256:{meta.factors_sha256[:12]} is missing from the store (run pvreg verify)"
+        )
+    return path
 
 
 def parse_vector_file(data: bytes, label: str) -> HubVectorFile:

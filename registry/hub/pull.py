@@ -41,6 +41,7 @@ from pvreg.registry.hub.client import (
 )
 from pvreg.registry.hub.layout import (
     BLOB_FILE,
+    FACTORS_FILE,
     META_FILE,
     MUST_AGREE,
     parse_vector_file,
@@ -73,6 +74,7 @@ class _Checked:
     base: ResolvedBase
     stats: BlobStats
     path: str
+    factors: BlobStats | None = None
 
 
 @contextlib.contextmanager
@@ -147,7 +149,44 @@ def _check_one(store: Store, name: str, meta_path: Path, blob_path: Path, stage:
         stats.norm, declared.norm, rel_tol=1e-9, abs_tol=1e-12
     ):
         raise IntegrityError(f"{blob_label}: size or norm disagrees with {META_FILE}; refused")
-    return _Checked(name, declared, embedded, resolved, stats, f"{name}/{BLOB_FILE}")
+    factors = _check_factors(declared, blob_path.parent / FACTORS_FILE, stage, stats, f"{label}/{FACTORS_FILE}")
+    return _Checked(name, declared, embedded, resolved, stats, f"{name}/{BLOB_FILE}", factors)
+
+
+def _check_factors(
+    declared: HubVectorFile, path: Path, stage: BlobStore, dense: BlobStats, label: str
+) -> BlobStats | None:
+    """A LoRA-sourced vector's factors file: canonical, at its declared sha256, and reproducing the vector.
+
+    Repos pushed before factors were kept have neither the file nor ``factors_sha256``; they pull as before.
+    """
+    from pvreg.registry.serving.factors import StoredFactors, check_matches
+    from pvreg.registry.sources.ingest import CheckpointSource, write_blob
+    from pvreg.registry.tensors.checkpoint import open_checkpoint
+    from pvreg.registry.tensors.safetensors import SafetensorsFile
+
+    if declared.factors_sha256 is None:
+        return None
+    if not path.is_file():
+        raise IntegrityError(f"{label}: {META_FILE} declares LoRA factors but the file is missing; refused")
+    try:
+        with open_checkpoint(path) as ckpt:
+            stats = write_blob(CheckpointSource(ckpt, label), stage, expect_sha256=declared.factors_sha256)
+        factors = StoredFactors(stage.path(stats.sha256), label)
+        try:
+            vector = SafetensorsFile(stage.path(dense.sha256))
+            try:
+                check_matches(factors, vector)
+            finally:
+                vector.close()
+        finally:
+            factors.close()
+    except IntegrityError:
+        raise
+    except PvregError as exc:
+        text = str(exc)
+        raise IntegrityError(f"{text if label in text else f'{label}: {text}'}; refused") from None
+    return stats
 
 
 def _public_base_facts(base: HubBaseInfo, label: str) -> dict[str, str | None]:
@@ -205,9 +244,9 @@ def pull(
     ctx = Call("pull from", repo_id, rev, ep, token)
     hf = hf_module()
     patterns = (
-        [p for n in wanted for p in (f"{n}/{META_FILE}", f"{n}/{BLOB_FILE}")]
+        [p for n in wanted for p in (f"{n}/{META_FILE}", f"{n}/{BLOB_FILE}", f"{n}/{FACTORS_FILE}")]
         if wanted
-        else [f"*/{META_FILE}", f"*/{BLOB_FILE}"]
+        else [f"*/{META_FILE}", f"*/{BLOB_FILE}", f"*/{FACTORS_FILE}"]
     )
     with mapped_errors(ctx), progress_bars():
         folder = Path(
@@ -266,6 +305,7 @@ def pull(
                         provenance={**e.provenance, "hub": hub},
                         parents=list(e.parents),
                         dedupe=True,
+                        factors_sha256=c.factors.sha256 if c.factors is not None else None,
                     )
                 )
 
@@ -291,8 +331,9 @@ def pull(
                 )
                 s.flush()
                 for c in checked:
-                    if _publish_blob(store, stage, c.stats.sha256):
-                        moved.add(c.stats.sha256)
+                    for sha in (c.stats.sha256, *([c.factors.sha256] if c.factors is not None else [])):
+                        if _publish_blob(store, stage, sha):
+                            moved.add(sha)
                 return inserted
 
             inserted = store.transaction(work)

@@ -27,7 +27,9 @@ from pvreg.registry.hub.client import (
 from pvreg.registry.hub.layout import (
     BLOB_FILE,
     CARD_FILE,
+    FACTORS_FILE,
     META_FILE,
+    factors_path,
     git_blob_oid,
     json_bytes,
     parse_vector_file,
@@ -106,6 +108,9 @@ def push(
             (tmp / m.name / META_FILE).write_bytes(json_bytes(vfile))
             files[f"{m.name}/{BLOB_FILE}"] = blob
             files[f"{m.name}/{META_FILE}"] = tmp / m.name / META_FILE
+            factors = factors_path(store, m)
+            if factors is not None:  # LoRA-sourced: the exact factors travel with the vector, as stored
+                files[f"{m.name}/{FACTORS_FILE}"] = factors
             to_publish[m.name] = vfile
 
         created_repo = False
@@ -216,7 +221,7 @@ def push(
                 ref=m.ref,
                 sha256=m.sha256,
                 path=f"{m.name}/{BLOB_FILE}",
-                changed=f"{m.name}/{BLOB_FILE}" in changed or f"{m.name}/{META_FILE}" in changed,
+                changed=any(f"{m.name}/{f}" in changed for f in (BLOB_FILE, META_FILE, FACTORS_FILE)),
             )
             for m in metas
         ],

@@ -202,5 +202,33 @@ def _lora_vector(
         "omitted_zero_tensors": _omitted(zero),
     }
     return Made(
-        source=source, kind="pair" if is_pair else "lora", provenance=provenance, finish=_finish(meter, source.close)
+        source=source,
+        kind="pair" if is_pair else "lora",
+        provenance=provenance,
+        finish=_finish(meter, source.close),
+        factors=lambda: _factor_source(label, terms, base_shapes),
     )
+
+
+def _factor_source(label: str, terms: dict[str, list[_Adapter]], base_shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """The exact factors of every stored tensor, in the base's layout (see :mod:`pvreg.registry.serving.factors`)."""
+    from pvreg.registry.serving.factors import FactorPlan, FactorSource
+
+    def loader(term: _Adapter, name: str) -> Any:
+        def load() -> tuple[torch.Tensor, torch.Tensor]:
+            m = term.adapter._module(term.mapping[name])
+            a, b = term.adapter._load_pair(m)  # float32, finite (checked)
+            if term.adapter._resolved[name][1]:  # Conv1D: ΔW = (B·A)ᵀ = Aᵀ·Bᵀ
+                return b.T.contiguous(), a.T.contiguous()
+            return a, b
+
+        return load
+
+    plans = []
+    for name in sorted(terms):
+        d0, d1 = base_shapes[name]
+        for term in terms[name]:
+            m = term.adapter._module(term.mapping[name])
+            scale = m.scaling * term.coefficient
+            plans.append(FactorPlan(name, term.role, m.rank, (d0, d1), scale, loader(term, name)))
+    return FactorSource(label, plans)

@@ -129,6 +129,7 @@ def add_checkpoints(
         ),
         progress=progress,
         after=made.finish,
+        factors=made.factors,
     )
 
 

@@ -34,6 +34,8 @@ class Made:
     kind: str  # "pair" | "finetuned" | "lora"
     provenance: dict[str, Any]
     finish: Callable[[BlobStats], None]
+    #: LoRA sources: the exact factors, stored as a second blob (see pvreg.registry.serving.factors).
+    factors: Callable[[], TensorSource] | None = None
 
 
 def _default_dtype(input_codes: set[str]) -> str:

@@ -169,7 +169,15 @@ def latest(conn: Connection) -> list[ListEntry]:
 
 
 def referenced_blobs(conn: Connection) -> set[str]:
-    return set(conn.scalars(select(versions.c.sha256).distinct()).all())
+    """Every blob a version needs: its vector and, for LoRA-sourced vectors, its factors."""
+    factors = conn.scalars(select(versions.c.factors_sha256).where(versions.c.factors_sha256.is_not(None)).distinct())
+    return set(conn.scalars(select(versions.c.sha256).distinct()).all()) | set(factors.all())
+
+
+def blob_referenced(conn: Connection, sha256: str) -> bool:
+    """Whether any version references ``sha256`` as its vector or its factors blob."""
+    v = versions.c
+    return conn.scalar(select(v.id).where((v.sha256 == sha256) | (v.factors_sha256 == sha256)).limit(1)) is not None
 
 
 def bases(conn: Connection, *, prefix: str | None = None) -> list[BaseModelInfo]:
@@ -254,6 +262,7 @@ def _metas(
             created_at=utc(r.created_at),
             state=r.state,
             description=r.description,
+            factors_sha256=r.factors_sha256,
             **extra(r),
         )
         for r in rows
@@ -314,7 +323,7 @@ def hub_records(conn: Connection, version_id: int) -> list[dict[str, Any]]:
 
 
 def compositions(conn: Connection) -> list[CompositionRecord]:
-    """Every recorded compose run, oldest first."""
+    """Every recorded compose run and LoRA export, oldest first."""
     from pvreg.schemas.compose import CompositionRecord
 
     return [
@@ -329,6 +338,8 @@ def compositions(conn: Connection) -> list[CompositionRecord]:
             output_fingerprint=r.output_fingerprint,
             result_version_id=r.result_version_id,
             pvreg_version=r.pvreg_version,
+            kind=r.kind,
+            report=r.report,
         )
         for r in conn.execute(select(compositions_table).order_by(compositions_table.c.id))
     ]

@@ -77,6 +77,7 @@ class Version(Base):
     message: Mapped[str | None]
     state: Mapped[str]
     created_at: Mapped[datetime]
+    factors_sha256: Mapped[str | None]
 
     vector: Mapped[Vector] = relationship(back_populates="versions")
     parents: Mapped[list[VersionParent]] = relationship(
@@ -131,6 +132,8 @@ class Composition(Base):
     output_fingerprint: Mapped[str | None]
     result_version_id: Mapped[int | None]
     pvreg_version: Mapped[str]
+    kind: Mapped[str]
+    report: Mapped[dict[str, Any] | None]
 
 
 class HubRecord(Base):

@@ -129,8 +129,13 @@ class Store:
         progress: Callable[[int], None] | None = None,
         expect_sha256: str | None = None,
         after: Callable[[BlobStats], None] | None = None,
+        factors: Callable[[], TensorSource] | None = None,
     ) -> VectorMeta:
         """Write the blob and insert its version, holding gc off in between.
+
+        ``factors`` (LoRA-sourced vectors) gives the source of a second blob, the exact
+        LoRA factors, written after the vector under the same lock and referenced
+        from the version (``factors_sha256``).
 
         If anything fails after this call published a new blob (the version
         insert hit a full disk, say), the blob is removed again when no version
@@ -138,17 +143,23 @@ class Store:
         """
         from pvreg.registry.sources.ingest import write_blob
 
-        created: str | None = None
+        created: list[str] = []
         try:
             with self.blobs.writer_lock():
                 new.stats = write_blob(source, self.blobs, progress=progress, expect_sha256=expect_sha256)
-                created = new.stats.sha256 if new.stats.created else None
+                if new.stats.created:
+                    created.append(new.stats.sha256)
                 if after is not None:
                     after(new.stats)
+                if factors is not None:
+                    stored = write_blob(factors(), self.blobs)
+                    if stored.created:
+                        created.append(stored.sha256)
+                    new.factors_sha256 = stored.sha256
                 return self.commit_version(new)
         except BaseException:
-            if created is not None:
-                self.drop_if_unreferenced(created)
+            for sha in created:
+                self.drop_if_unreferenced(sha)
             raise
 
     def drop_if_unreferenced(self, sha256: str) -> None:
@@ -165,7 +176,7 @@ class Store:
         # Suppressed: the original failure is what the user must see.
         with contextlib.suppress(Exception), self.blobs.gc_lock():
             with self.read() as conn:
-                if catalog.refs_by_blob(conn, [sha256]).get(sha256):
+                if catalog.blob_referenced(conn, sha256):
                     return
             self.blobs.delete(sha256)
 

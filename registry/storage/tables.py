@@ -91,6 +91,8 @@ versions = Table(
     Column("message", Text),
     Column("state", String(16), nullable=False, default="active"),
     _created(),
+    # The exact LoRA factors of a LoRA-sourced vector: a second content-addressed blob (migration 0005).
+    Column("factors_sha256", String(64)),
     UniqueConstraint("vector_id", "version", name="uq_versions_vector_version"),
 )
 
@@ -136,6 +138,9 @@ compositions = Table(
     Column("output_fingerprint", String(64)),
     Column("result_version_id", ForeignKey("versions.id", ondelete="SET NULL"), index=True),
     Column("pvreg_version", String(32), nullable=False),
+    # "compose" (a compose run) or "lora" (an export-lora run, with its error report).
+    Column("kind", String(16), nullable=False, default="compose", server_default="compose"),
+    Column("report", JSON),
 )
 
 # Where a version was pushed to or pulled from on a Hub; never a token.

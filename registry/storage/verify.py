@@ -90,4 +90,24 @@ def verify_versions(metas: Sequence[VectorMeta], store: BlobStore) -> VerifyRepo
                     report.problems.append(
                         VerifyProblem(ref=m.ref, problem=f"L2 norm is {total:.9g}, recorded {m.norm:.9g}")
                     )
+    _verify_factors(metas, store, report)
     return report
+
+
+def _verify_factors(metas: Sequence[VectorMeta], store: BlobStore, report: VerifyReport) -> None:
+    """LoRA-sourced versions: their factors blob must be there and hash to its address."""
+    by_sha: dict[str, list[str]] = {}
+    for m in metas:
+        if m.factors_sha256 is not None:
+            by_sha.setdefault(m.factors_sha256, []).append(m.ref)
+    for sha, refs in by_sha.items():
+        path = store.path(sha)
+        actual = BlobStore.hash_file(path) if path.is_file() else None
+        if actual == sha:
+            continue
+        problem = (
+            f"LoRA factors blob sha256:{sha[:12]} is missing"
+            if actual is None
+            else f"LoRA factors blob content hashes to {actual[:12]}, expected {sha[:12]}"
+        )
+        report.problems.extend(VerifyProblem(ref=r, problem=problem) for r in refs)

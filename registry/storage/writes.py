@@ -43,6 +43,8 @@ class NewVersion:
     provenance: dict[str, Any] = field(default_factory=dict)
     parents: list[ParentRef] = field(default_factory=list)
     dedupe: bool = False
+    #: The blob of the exact LoRA factors (LoRA-sourced vectors), already in the store.
+    factors_sha256: str | None = None
 
     def __post_init__(self) -> None:
         # The one gate for a version's text, whatever its source (command line, Python API,
@@ -116,6 +118,7 @@ def insert_version(s: Session, new: NewVersion) -> tuple[int, bool]:
         provenance={**new.provenance, **stats.extra},
         message=new.message,
         state="active",
+        factors_sha256=new.factors_sha256,
     )
     s.add(row)
     s.flush()
@@ -199,8 +202,10 @@ def add_composition(
     output_fingerprint: str,
     result: VectorMeta | None,
     pvreg_version: str,
+    kind: str = "compose",
+    report: dict[str, Any] | None = None,
 ) -> int:
-    """Record one compose run; its id."""
+    """Record one compose run (or, ``kind="lora"``, one LoRA export with its error report); its id."""
     from pvreg.registry.storage.models import Composition
 
     version_id = catalog.version_id(s.connection(), result.name, result.version) if result else None
@@ -213,6 +218,8 @@ def add_composition(
         output_fingerprint=output_fingerprint,
         result_version_id=version_id,
         pvreg_version=pvreg_version,
+        kind=kind,
+        report=report,
     )
     s.add(row)
     s.flush()

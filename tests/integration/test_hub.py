@@ -20,6 +20,7 @@ from helpers.factories import make_base, make_vector
 from helpers.hubserver import HubError as ServerHubError
 from helpers.hubserver import HubServer, NotAHub, _Handler, isolate_hf_client
 from huggingface_hub import CommitOperationAdd, HfApi, constants
+from pvreg.migrations import HEAD
 
 TOKEN = "hf_dummy_token_123"
 REPO = "alice/prefs"

@@ -561,6 +561,31 @@ def no_plot(env: Env) -> None:
 # --- setups: LoRA export (#17) ---
 
 
+def lora_vector(env: Env) -> Path:
+    """Register ``lv``, a one-module LoRA adapter on the factory base; its factors blob's path."""
+    adapter = env.p("adapter")
+    adapter.mkdir()
+    g = torch.Generator().manual_seed(3)
+    save_file({"base_model.model." + N.removesuffix(".weight") + ".lora_A.weight": torch.randn(2, 16, generator=g),
+               "base_model.model." + N.removesuffix(".weight") + ".lora_B.weight": torch.randn(32, 2, generator=g)},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    r = env.cli("add", "lv", "--lora", adapter, "--base", env.base_dir, "--json")
+    assert r.exit_code == 0, r.stderr
+    sha = json.loads(r.stdout)["factors_sha256"]
+    return env.home / "blobs" / "sha256" / sha[:2] / f"{sha[2:]}.safetensors"
+
+
+def lora_factors_missing(env: Env) -> None:
+    lora_vector(env).unlink()
+
+
+def lora_factors_damaged(env: Env) -> None:
+    path = lora_vector(env)
+    path.chmod(0o644)
+    path.write_bytes(b"not a safetensors file")
+
+
 # --- setups: performance (#13) ---
 
 
@@ -589,6 +614,7 @@ ADD = "add v --base {base} --vector {t}/"
 COMPOSE = "compose --base {base} --out {t}/out "
 PULL = "pull --endpoint {url} "
 TRAIN = "train v --base {base} --data {t}/"
+LORA = "export-lora --out {t}/adapter "
 
 CASES = [
     # safetensors structure
@@ -1002,7 +1028,28 @@ CASES = [
     C("diff-bad-ref-grammar", nothing, "diff helpful@@1 harmless", 2, "helpful@@1"),
     #
     # --- cases: LoRA export (#17)
-    #
+    C("lora-no-out", nothing, "export-lora helpful --rank 4", 2, "--out DIR is required"),
+    C("lora-no-terms", nothing, "export-lora --out {t}/a", 2, "nothing to export"),
+    C("lora-terms-and-spec", spec_file("s.yaml", "terms: [helpful]"), "export-lora helpful --spec {t}/s.yaml --out {t}/a", 2, "either as tokens or with --spec FILE"),
+    C("lora-dense-needs-rank", nothing, LORA + "helpful", 2, "helpful@1: stored dense, so its adapter is a truncated SVD; give --rank R or --energy E"),
+    C("lora-rank-and-energy", nothing, LORA + "helpful --rank 4 --energy 0.9", 2, "give exactly one of --rank or --energy"),
+    C("lora-rank-zero", nothing, LORA + "helpful --rank 0", 2, "invalid --rank 0"),
+    C("lora-energy-above-one", nothing, LORA + "helpful --energy 1.5", 2, "invalid --energy 1.5"),
+    C("lora-max-rank-zero", nothing, LORA + "helpful --rank 4 --max-rank 0", 2, "invalid --max-rank 0"),
+    C("lora-rank-not-int", nothing, LORA + "helpful --rank four", 2, "Invalid value for '--rank'"),
+    C("lora-refuses-non-lora", nothing, LORA + "helpful --rank 4", 2, "7 tensor(s) cannot be LoRA modules for peft and would be lost: lm_head.weight (output head), model.embed_tokens.weight (embedding)"),
+    C("lora-refusal-names-the-fix", nothing, LORA + "helpful harmless:-1 --energy 0.5 --target vllm", 2, "--non-lora drop leaves them out"),
+    C("lora-vllm-carry", nothing, LORA + "helpful --rank 4 --target vllm --non-lora carry", 2, "which vllm does not load"),
+    C("lora-bad-target", nothing, LORA + "helpful --rank 4 --target tgi", 2, "invalid --target 'tgi'"),
+    C("lora-bad-non-lora", nothing, LORA + "helpful --rank 4 --non-lora keep", 2, "invalid --non-lora 'keep'"),
+    C("lora-bad-dtype", nothing, LORA + "helpful --rank 4 --non-lora drop --dtype int8", 2, "invalid dtype 'int8'"),
+    C("lora-method-ties", spec_file("t.yaml", "terms: [helpful]\nmethod: ties\ndensity: 0.5\n"), "export-lora --spec {t}/t.yaml --out {t}/a --rank 4", 2, "ties is not a sum of the vectors' factors"),
+    C("lora-unknown-ref", nothing, LORA + "nosuch --rank 4", 2, "no vector named 'nosuch'"),
+    C("lora-bad-coefficient", nothing, LORA + "helpful:nan --rank 4", 2, "coefficient 'nan' is not a number"),
+    C("lora-out-is-registry", nothing, "export-lora helpful --rank 4 --non-lora drop --out {home}", 2, "refusing to write there, it is the registry home"),
+    C("lora-out-not-empty", both(mkdir("adapter"), raw("adapter/keep.txt", b"mine")), LORA + "helpful --rank 4 --non-lora drop", 2, "already exists and is not empty (use --force to replace it)"),
+    C("lora-factors-missing", lora_factors_missing, "export-lora lv --out {t}/a", 1, "lv@1: LoRA factors blob sha256:"),
+    C("lora-factors-damaged", lora_factors_damaged, "export-lora lv --out {t}/a", 1, "is damaged (run pvreg verify)"),
     # --- cases: performance (#13)
     #
 ]
