@@ -7,10 +7,11 @@ tensor.  Every touched output is checked to be finite after the cast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pvreg.registry.errors import SpecError
+from pvreg.registry.errors import BaseMismatchError, SpecError
 from pvreg.registry.merge.plan import Input, Plan
 
 if TYPE_CHECKING:
@@ -39,25 +40,75 @@ def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | 
 SLICE_ELEMENTS = 1 << 20
 
 
+class Scratch:
+    """One reusable accumulation buffer of :data:`SLICE_ELEMENTS` per composition.
+
+    Allocated once, so no tensor pays for fresh zero-filled pages or a
+    ``zeros_like``; it stays warm in cache from slice to slice.
+    """
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def get(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        import torch
+
+        if self._buf is None or self._buf.dtype != dtype:
+            self._buf = torch.empty(SLICE_ELEMENTS, dtype=dtype)
+        return self._buf[:numel]
+
+
 def merged_tensor(
-    plan: Plan, name: str, users: Sequence[Input], base: torch.Tensor, out_dtype: torch.dtype
+    plan: Plan,
+    name: str,
+    users: Sequence[Input],
+    base: torch.Tensor,
+    out_dtype: torch.dtype,
+    scratch: Scratch | None = None,
 ) -> torch.Tensor:
-    """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``."""
+    """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``.
+
+    ``linear`` streams: per slice, the stored deltas (bf16/f16/f32 views of the
+    mapped blobs) are multiply-added straight into one reused float32 (or
+    float64) buffer, the base is added, and the slice is cast once into the
+    output.  One pass over each input, no float32 copy of any input, and the
+    same operations in the same order as ``Linear.combine`` followed by
+    ``+ base`` (bit-identical; the unit tests compare both).
+    """
     import torch
 
-    numel = base.numel()
-    if plan.method.name != "linear" or numel <= SLICE_ELEMENTS:
+    if plan.method.name != "linear":
         delta = combined_delta(plan, name, users)
         delta.add_(base)  # θ = θ_base + Δ, in the accumulation dtype
         return check_finite(name, delta.to(out_dtype))
+    from pvreg.registry.merge.methods import add_weighted
+    from pvreg.registry.merge.tensorops import _canonical_order
+
+    acc_dtype = getattr(torch, plan.spec.accumulate)
+    weights = [float(u.weight) for u in users]
+    for w, u in zip(weights, users, strict=True):
+        if not math.isfinite(w):
+            raise SpecError(f"weight {w} of vector {u.meta.sha256} is not finite")
+    order = _canonical_order(weights, [u.meta.sha256 for u in users])
+    flats = []
+    for u in users:
+        d = u.file.tensor(name)
+        if d.shape != base.shape:
+            raise BaseMismatchError(
+                f"tensor {name!r} of vector {u.meta.sha256} has shape {tuple(d.shape)}, expected {tuple(base.shape)}"
+            )
+        flats.append(d.reshape(-1))
+    scratch = scratch or Scratch()
+    numel = base.numel()
     out = torch.empty(base.shape, dtype=out_dtype)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     for start in range(0, numel, SLICE_ELEMENTS):
         part = slice(start, min(start + SLICE_ELEMENTS, numel))
-        delta = combined_delta(plan, name, users, part)
-        delta.add_(flat_base[part])
-        check_finite(name, flat_out[part].copy_(delta))
-        del delta
+        acc = scratch.get(acc_dtype, part.stop - part.start)
+        acc.zero_()
+        add_weighted(acc, [f[part] for f in flats], weights, order)
+        acc.add_(flat_base[part])
+        check_finite(name, flat_out[part].copy_(acc))
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pvreg.registry.merge.engine import (
+    Scratch,
     _release,
     check_finite,
     combined_delta,
@@ -90,6 +91,7 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
         files: list[str] = []
         digests: list[tuple[str, str, tuple[int, ...], str]] = []
         weight_map: dict[str, str] = {}
+        scratch = Scratch()
         for k, shard in enumerate(shards, 1):
             fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
             shard_digests: dict[str, str] = {}
@@ -99,7 +101,7 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
                     info = ckpt.infos[name]
                     u = users[name]
                     if u:
-                        out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code))
+                        out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code), scratch)
                         _release(plan, name, u)  # the inputs' pages are no longer needed
                         ckpt.release(name)
                         known = None

@@ -414,3 +414,36 @@ def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: P
     reg.compose("h", base=base_dir, out=tmp_path / "out")
     assert seen == [[]]
     assert no_leftovers(tmp_path) and not list((reg.settings.home / "pending").iterdir())
+
+
+def test_streaming_linear_is_bit_identical_to_cast_then_fma(reg: Registry, tmp_path: Path) -> None:
+    """The streaming engine (deltas multiply-added straight from bf16/f16/f32 views into one reused
+    float32 buffer, slice by slice) gives the same bits as the plain-torch recipe it replaced:
+    zeros, ``add_(δ.float(), alpha=w)`` per vector in (sha256, weight) order, ``+ base``, one cast.
+    A tensor larger than one slice (with a ragged tail) and one smaller are both covered."""
+    from safetensors.torch import save_file as save
+
+    g = torch.Generator().manual_seed(7)
+    base = {"big.weight": (torch.randn(1025, 1024 + 3, generator=g) * 0.02).to(torch.bfloat16),
+            "small.weight": (torch.randn(33, 17, generator=g) * 0.02).to(torch.bfloat16)}
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    save(base, str(base_dir / "model.safetensors"))
+    dtypes = {"va": torch.bfloat16, "vb": torch.float16, "vc": torch.float32}
+    vecs = {}
+    for name, dt in dtypes.items():
+        vecs[name] = {n: (torch.randn(t.shape, generator=g) * 1e-3).to(dt) for n, t in base.items()}
+        save(vecs[name], str(tmp_path / f"{name}.safetensors"))
+        reg.add(name, tmp_path / f"{name}.safetensors", base=base_dir)
+    coefs = {"va": 1.0, "vb": 0.7, "vc": -0.3}
+    reg.compose([f"{n}:{c}" for n, c in coefs.items()], base=base_dir, out=tmp_path / "out")
+    got = load_dir(tmp_path / "out")
+    order = sorted(coefs, key=lambda n: (reg.resolve(n).sha256, coefs[n]))
+    for n, b in base.items():
+        acc = torch.zeros(b.shape, dtype=torch.float32)
+        for v in order:
+            acc.add_(vecs[v][n].to(torch.float32), alpha=coefs[v])
+        acc.add_(b.to(torch.float32))
+        expected = acc.to(torch.bfloat16)
+        assert got[n].dtype == torch.bfloat16
+        assert torch.equal(got[n].view(torch.int16), expected.view(torch.int16)), n
