@@ -247,7 +247,9 @@ class Linear(MergeMethod):
         return out
 
 
-def add_weighted(acc: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], order: Sequence[int]) -> None:
+def add_weighted(
+    acc: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], order: Sequence[int]
+) -> None:
     """``acc += Σ_i w_i·δ_i`` in ``order``: the one place the ``linear`` arithmetic is spelled out.
 
     ``δ_i`` may be of a narrower float dtype than ``acc`` (bf16/f16 into float32):

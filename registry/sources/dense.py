@@ -23,9 +23,11 @@ from pvreg.registry.sources.diffs import (
     _omitted,
     _require_infos,
 )
+from pvreg.registry.sources.ingest import tensor_sq_norm
 from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
-from pvreg.registry.tensors.dtypes import DTYPES, dtype_name
-from pvreg.registry.tensors.safetensors import TensorInfo
+from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
+from pvreg.registry.tensors.readahead import Readahead
+from pvreg.registry.tensors.safetensors import CHUNK_ELEMENTS, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -45,23 +47,71 @@ class _DiffSource:
     meter: _Meter
     resources: ExitStack
     _pending: set[str] = field(default_factory=set)
+    _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _sq: dict[str, float] = field(default_factory=dict)
+    _position: dict[str, int] = field(default_factory=dict)
+    _readahead: Readahead | None = None
 
     def __post_init__(self) -> None:
         self._pending = {i.name for i in self.infos}
+        self._shapes = {i.name: i.shape for i in self.infos}
+        self._position = {i.name: k for k, i in enumerate(self.infos)}
+        self._readahead = Readahead(
+            [
+                (
+                    i.name,
+                    self.minuend.infos[i.name].nbytes + self.subtrahend.infos[i.name].nbytes,
+                    (self.minuend, self.subtrahend),
+                )
+                for i in self.infos
+            ]
+        )
 
     def plan(self) -> list[TensorInfo]:
         return list(self.infos)
 
     def tensor(self, name: str) -> torch.Tensor:
+        """φ[name] in the stored dtype, in one fused pass per cache-sized chunk.
+
+        Per chunk of :func:`iter_chunks` size: the exact difference in float32
+        (float64 if an input is float64) into a reused buffer, the cast into the
+        output, the storage-error meter and the stored tensor's float64 squared
+        norm (handed to ``write_blob`` through :meth:`sq_norm`).  The same
+        operations on the same chunks as casting, metering and norming one after
+        the other, so every stored byte and recorded figure is unchanged.
+        """
         import torch
 
-        a = self.minuend.tensor(name)
-        b = self.subtrahend.tensor(name)
+        if self._readahead is not None:
+            self._readahead.reached(self._position[name])
+        a = self.minuend.tensor(name).reshape(-1)
+        b = self.subtrahend.tensor(name).reshape(-1)
         compute = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-        exact = a.to(compute, copy=True)
-        exact.sub_(b)  # b is upcast element-wise; exact for float32/bf16/f16 inputs
-        del a, b
-        return self.meter.store(name, exact)
+        target = torch_dtype(self.meter.stored_code)
+        numel = a.numel()
+        out = torch.empty(numel, dtype=target)
+        scratch = torch.empty(min(numel, CHUNK_ELEMENTS) if target != compute else 0, dtype=compute)
+        metering = target != compute
+        total = 0.0
+        for start in range(0, numel, CHUNK_ELEMENTS):
+            part = slice(start, min(start + CHUNK_ELEMENTS, numel))
+            stored = out[part]
+            e = scratch[: part.stop - part.start] if target != compute else stored
+            e.copy_(a[part])
+            e.sub_(b[part])  # b is upcast element-wise; exact for float32/bf16/f16 inputs
+            if target != compute:
+                stored.copy_(e)  # the one cast to the stored dtype
+                if metering:
+                    metering = self.meter.add_chunk(name, e, stored)
+            total += tensor_sq_norm(stored, label=self.label, name=name)
+        del a, b, scratch
+        self.meter.done(out)
+        self._sq[name] = total
+        return out.view(self._shapes[name])
+
+    def sq_norm(self, name: str) -> float | None:
+        """The float64 squared norm :meth:`tensor` computed on the way, if it did."""
+        return self._sq.pop(name, None)
 
     def raw(self, name: str) -> memoryview | None:
         return None

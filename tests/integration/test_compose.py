@@ -256,11 +256,12 @@ def test_existing_output_refused_then_forced(reg: Registry, tmp_path: Path, base
 
 def test_failure_midway_leaves_nothing(reg: Registry, tmp_path: Path, base_dir: Path, vector_file: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    # add_weighted: the linear arithmetic every tensor (every slice) goes through.
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     calls = {"n": 0}
-    real = compose_mod.combined_delta
+    real = compose_mod.add_weighted
 
     def boom(*args, **kwargs):
         calls["n"] += 1
@@ -268,7 +269,7 @@ def test_failure_midway_leaves_nothing(reg: Registry, tmp_path: Path, base_dir: 
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compose_mod, "combined_delta", boom)
+    monkeypatch.setattr(compose_mod, "add_weighted", boom)
     with pytest.raises(RuntimeError):
         reg.compose("h", base=base_dir, out=tmp_path / "out", shard_size="2KB")
     assert not (tmp_path / "out").exists()
@@ -328,12 +329,12 @@ def test_compositions_recorded(reg: Registry, tmp_path: Path, base_dir: Path, ve
 
 def test_validation_happens_before_reading_tensors(reg: Registry, tmp_path: Path, base_dir: Path,
                                                    vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     other = tmp_path / "other"
     make_base(other, seed=9)
-    monkeypatch.setattr(compose_mod, "combined_delta", lambda *a, **k: pytest.fail("read tensor data"))
+    monkeypatch.setattr(compose_mod, "add_weighted", lambda *a, **k: pytest.fail("read tensor data"))
     with pytest.raises(BaseMismatchError) as exc:
         reg.compose("h", base=other, out=tmp_path / "o")
     fp = reg.resolve("h").base_fingerprint
@@ -394,10 +395,10 @@ def test_dtype_override_updates_config(reg: Registry, tmp_path: Path, base_dir: 
 
 def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: Path, base_dir: Path,
                                                       vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
-    real = compose_mod.combined_delta
+    real = compose_mod.add_weighted
     seen: list[list[str]] = []
 
     def with_gc(*args, **kwargs):
@@ -410,7 +411,7 @@ def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: P
             assert len(markers) == 1 and json.loads(markers[0].read_text())["path"] == str(staged[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compose_mod, "combined_delta", with_gc)
+    monkeypatch.setattr(compose_mod, "add_weighted", with_gc)
     reg.compose("h", base=base_dir, out=tmp_path / "out")
     assert seen == [[]]
     assert no_leftovers(tmp_path) and not list((reg.settings.home / "pending").iterdir())
