@@ -7,15 +7,15 @@ tensor.  Every touched output is checked to be finite after the cast.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pvreg.registry.errors import BaseMismatchError, SpecError
 from pvreg.registry.merge.plan import Input, Plan
+from pvreg.registry.tensors.workers import SLICE_ELEMENTS, Workers, single_threaded_torch
+
+__all__ = ["SLICE_ELEMENTS", "Workers", "check_finite", "combined_delta", "merged_tensor", "single_threaded_torch"]
 
 if TYPE_CHECKING:
     import torch
@@ -31,73 +31,6 @@ def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | 
     acc = getattr(torch, plan.spec.accumulate)
     deltas = [(u.file.tensor(name) if part is None else u.file.tensor(name).reshape(-1)[part]).to(acc) for u in users]
     return plan.method.combine(deltas, [u.weight for u in users], tensor_name=name, keys=[u.meta.sha256 for u in users])
-
-
-#: Elements per slice for elementwise (``linear``) methods.  Each worker keeps one
-#: float32 buffer of this size (1 MiB) and reuses it, so the temporaries stay in
-#: cache and no tensor pays for fresh zero-filled pages.  Bit-identical whatever
-#: the slice size.
-SLICE_ELEMENTS = 1 << 18
-
-
-class Workers:
-    """A small pool that combines a tensor's slices in parallel, each worker with its own scratch buffer.
-
-    Why not torch's own intra-op threads: every torch op is a parallel region
-    that ends in a barrier, so on a shared machine where one of the threads is
-    descheduled every op waits for it (measured here under load: a 1M-element
-    ``add_`` took 3-20 ms on 2 threads against 1.1 ms on one).  Torch runs
-    single-threaded inside (see :func:`single_threaded_torch`) and the slices
-    are shared out dynamically, so a stalled worker only delays its own slice.
-    """
-
-    def __init__(self, workers: int | None = None) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.count = workers or max(1, min(4, len(os.sched_getaffinity(0))))
-        self._pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="pvreg-compose")
-        self._local = threading.local()
-
-    def scratch(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
-        """This thread's reusable buffer, the first ``numel`` elements."""
-        import torch
-
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.dtype != dtype:
-            buf = self._local.buf = torch.empty(SLICE_ELEMENTS, dtype=dtype)
-        return buf[:numel]
-
-    def run(self, numel: int, job: Callable[[slice], None]) -> None:
-        """``job(part)`` for every slice of ``range(numel)``; the first exception is raised."""
-        parts = [slice(s, min(s + SLICE_ELEMENTS, numel)) for s in range(0, numel, SLICE_ELEMENTS)]
-        if len(parts) <= 1 or self.count == 1:
-            for part in parts:
-                job(part)
-            return
-        for f in [self._pool.submit(job, part) for part in parts]:
-            f.result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@contextlib.contextmanager
-def single_threaded_torch() -> Iterator[None]:
-    """Torch's intra-op parallelism off for the block (restored after): :class:`Workers` parallelises instead."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def merged_tensor(
@@ -145,7 +78,7 @@ def merged_tensor(
     out = torch.empty(base.shape, dtype=out_dtype)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
 
-    def job(part: slice) -> None:
+    def job(_: int, part: slice) -> None:
         acc = pool.scratch(acc_dtype, part.stop - part.start)
         acc.zero_()
         add_weighted(acc, [f[part] for f in flats], weights, order)

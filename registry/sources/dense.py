@@ -22,12 +22,14 @@ from pvreg.registry.sources.diffs import (
     _Meter,
     _omitted,
     _require_infos,
+    chunk_error_sums,
 )
 from pvreg.registry.sources.ingest import tensor_sq_norm
 from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
 from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
 from pvreg.registry.tensors.readahead import Readahead
 from pvreg.registry.tensors.safetensors import CHUNK_ELEMENTS, TensorInfo
+from pvreg.registry.tensors.workers import Workers, single_threaded_torch
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +53,7 @@ class _DiffSource:
     _sq: dict[str, float] = field(default_factory=dict)
     _position: dict[str, int] = field(default_factory=dict)
     _readahead: Readahead | None = None
+    _workers: Workers = field(default_factory=Workers)
 
     def __post_init__(self) -> None:
         self._pending = {i.name for i in self.infos}
@@ -73,12 +76,14 @@ class _DiffSource:
     def tensor(self, name: str) -> torch.Tensor:
         """φ[name] in the stored dtype, in one fused pass per cache-sized chunk.
 
-        Per chunk of :func:`iter_chunks` size: the exact difference in float32
-        (float64 if an input is float64) into a reused buffer, the cast into the
-        output, the storage-error meter and the stored tensor's float64 squared
-        norm (handed to ``write_blob`` through :meth:`sq_norm`).  The same
-        operations on the same chunks as casting, metering and norming one after
-        the other, so every stored byte and recorded figure is unchanged.
+        Per chunk of :func:`iter_chunks` size, on a small worker pool
+        (:mod:`~pvreg.registry.tensors.workers`): the exact difference in float32
+        (float64 if an input is float64) into a reused buffer, the one cast into
+        the output, the storage-error sums and the stored chunk's float64 squared
+        norm (handed to ``write_blob`` through :meth:`sq_norm`).  The per-chunk
+        sums are then added up in chunk order, and errors raised for the first
+        offending chunk, exactly as casting, metering and norming one after the
+        other did, so every stored byte and recorded figure is unchanged.
         """
         import torch
 
@@ -90,21 +95,32 @@ class _DiffSource:
         target = torch_dtype(self.meter.stored_code)
         numel = a.numel()
         out = torch.empty(numel, dtype=target)
-        scratch = torch.empty(min(numel, CHUNK_ELEMENTS) if target != compute else 0, dtype=compute)
-        metering = target != compute
-        total = 0.0
-        for start in range(0, numel, CHUNK_ELEMENTS):
-            part = slice(start, min(start + CHUNK_ELEMENTS, numel))
+        cast = target != compute
+        sums: dict[int, tuple[float, float, float]] = {}
+
+        def job(k: int, part: slice) -> None:
             stored = out[part]
-            e = scratch[: part.stop - part.start] if target != compute else stored
+            e = self._workers.scratch(compute, part.stop - part.start) if cast else stored
             e.copy_(a[part])
             e.sub_(b[part])  # b is upcast element-wise; exact for float32/bf16/f16 inputs
-            if target != compute:
+            esq = dsq = 0.0
+            if cast:
                 stored.copy_(e)  # the one cast to the stored dtype
-                if metering:
-                    metering = self.meter.add_chunk(name, e, stored)
-            total += tensor_sq_norm(stored, label=self.label, name=name)
-        del a, b, scratch
+                esq, dsq = chunk_error_sums(e, stored)
+            c = stored.to(torch.float64)
+            sums[k] = (esq, dsq, float(torch.dot(c, c)))
+
+        with single_threaded_torch():
+            self._workers.run(numel, job, CHUNK_ELEMENTS)
+        metering, total = cast, 0.0
+        for k, start in enumerate(range(0, numel, CHUNK_ELEMENTS)):
+            esq, dsq, sq = sums[k]
+            if metering:
+                metering = self.meter.account(name, esq, dsq, target)
+            if not math.isfinite(sq):
+                # tensor_sq_norm names the problem (NaN/Inf, or a float64 overflow) for this chunk.
+                tensor_sq_norm(out[start : start + CHUNK_ELEMENTS], label=self.label, name=name)
+            total += sq
         self.meter.done(out)
         self._sq[name] = total
         return out.view(self._shapes[name])
@@ -124,6 +140,7 @@ class _DiffSource:
             self.close()
 
     def close(self) -> None:
+        self._workers.close()
         self.resources.close()
 
 

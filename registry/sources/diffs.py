@@ -148,17 +148,16 @@ class _Meter:
         Chunks must be those of :func:`iter_chunks`, so the float64 sums come out
         the same whether the meter runs after the cast or fused into it.
         """
+        return self.account(name, *chunk_error_sums(e, s), s.dtype)
+
+    def account(self, name: str, esq: float, dsq: float, stored_dtype: torch.dtype) -> bool:
+        """Add one chunk's :func:`chunk_error_sums` (in chunk order); False: stop metering this tensor."""
         import torch
 
-        e64 = e.to(torch.float64)
-        d = s.to(torch.float64)
-        d.sub_(e64)
-        esq, dsq = float(torch.dot(e64, e64)), float(torch.dot(d, d))
-        del e64, d
         if not math.isfinite(esq):
             return False  # NaN/Inf in the inputs: write_blob reports it
         if not math.isfinite(dsq):
-            limit = torch.finfo(s.dtype).max
+            limit = torch.finfo(stored_dtype).max
             raise InvalidVectorError(
                 f"{self.label}: tensor {name!r} has delta values beyond the range of "
                 f"{dtype_name(self.stored_code)} (max {limit:g}); store it as float32 or bfloat16"
@@ -181,6 +180,16 @@ class _Meter:
     @property
     def relative(self) -> float:
         return math.sqrt(self.error_sq / self.exact_sq) if self.exact_sq > 0 else 0.0
+
+
+def chunk_error_sums(e: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
+    """(‖e‖², ‖s − e‖²) in float64 for one chunk: exact delta ``e``, stored ``s``."""
+    import torch
+
+    e64 = e.to(torch.float64)
+    d = s.to(torch.float64)
+    d.sub_(e64)
+    return float(torch.dot(e64, e64)), float(torch.dot(d, d))
 
 
 def _finish(meter: _Meter, close: Callable[[], None]) -> Callable[[BlobStats], None]:
