@@ -75,7 +75,7 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
     from pvreg.registry.tensors.checkpoint import open_checkpoint
     from pvreg.registry.tensors.dtypes import DTYPES, FLOAT_DTYPES, torch_dtype
     from pvreg.registry.tensors.fingerprint import tensor_digests
-    from pvreg.registry.tensors.readahead import Readahead
+    from pvreg.registry.tensors.readahead import Prefetchable, Readahead
     from pvreg.registry.tensors.safetensors import StreamingWriter
 
     assert plan.base is not None and plan.base.path is not None
@@ -96,11 +96,11 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
         files: list[str] = []
         digests: list[tuple[str, str, tuple[int, ...], str]] = []
         weight_map: dict[str, str] = {}
-        sequence = [
+        sequence: list[tuple[str, int, tuple[Prefetchable, ...]]] = [
             (
                 n,
                 ckpt.infos[n].nbytes + sum(u.file.infos[n].nbytes for u in users[n]),
-                [ckpt, *(u.file for u in users[n])],
+                (ckpt, *(u.file for u in users[n])),
             )
             for shard in shards
             for n, _, _ in shard
