@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pvreg.registry.errors import BaseMismatchError, SpecError
 from pvreg.registry.merge.plan import Input, Plan
@@ -40,6 +40,7 @@ def merged_tensor(
     base: torch.Tensor,
     out_dtype: torch.dtype,
     workers: Workers | None = None,
+    device: Any = None,
 ) -> torch.Tensor:
     """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``.
 
@@ -73,6 +74,10 @@ def merged_tensor(
                 f"tensor {name!r} of vector {u.meta.sha256} has shape {tuple(d.shape)}, expected {tuple(base.shape)}"
             )
         flats.append(d.reshape(-1))
+    if device is not None:  # compose --device cuda: a (torch.device, Staging) pair
+        from pvreg.registry.merge.cuda import merged_on_device
+
+        return merged_on_device(name, flats, weights, order, base, out_dtype, acc_dtype, device[0], device[1])
     own = workers is None
     pool = workers or Workers(1)
     out = torch.empty(base.shape, dtype=out_dtype)

@@ -70,8 +70,14 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgress | None, cache: Any) -> Written:
-    """Stream θ_base + Δ into shards under ``tmp``; returns files and per-tensor digests."""
+def write_model(
+    plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgress | None, cache: Any, *, device: Any = None
+) -> Written:
+    """Stream θ_base + Δ into shards under ``tmp``; returns files and per-tensor digests.
+
+    ``device``: a CUDA ``torch.device`` to combine on (``linear``), or None for the CPU.
+    """
+    from pvreg.registry.merge.cuda import Staging
     from pvreg.registry.tensors.checkpoint import open_checkpoint
     from pvreg.registry.tensors.dtypes import DTYPES, FLOAT_DTYPES, torch_dtype
     from pvreg.registry.tensors.fingerprint import tensor_digests
@@ -107,6 +113,7 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
         ]
         readahead = Readahead(sequence)
         position = 0
+        on = (device, Staging()) if device is not None else None
         with single_threaded_torch(), Workers() as workers, WriteBehind() as behind:
             for k, shard in enumerate(shards, 1):
                 fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
@@ -120,7 +127,7 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
                         info = ckpt.infos[name]
                         u = users[name]
                         if u:
-                            out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code), workers)
+                            out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code), workers, on)
                             _release(plan, name, u)  # the inputs' pages are no longer needed
                             ckpt.release(name)
                             known = None

@@ -448,3 +448,22 @@ def test_streaming_linear_is_bit_identical_to_cast_then_fma(reg: Registry, tmp_p
         expected = acc.to(torch.bfloat16)
         assert got[n].dtype == torch.bfloat16
         assert torch.equal(got[n].view(torch.int16), expected.view(torch.int16)), n
+
+
+def test_device_path_matches_the_cpu_stream_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``--device cuda`` slice loop (staging buffers, transfer, add_weighted, + base, cast, copy back)
+    run on the CPU device with small slices and unpinned buffers: same bits as plain-torch cast-then-FMA."""
+    from pvreg.registry.merge import cuda
+
+    monkeypatch.setattr(cuda, "GPU_SLICE_ELEMENTS", 1000)
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(37, 91, generator=g) * 0.02).to(torch.bfloat16)
+    deltas = [(torch.randn(37, 91, generator=g) * 1e-3).to(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    weights, order = [1.0, 0.7, -0.3], [2, 0, 1]
+    got = cuda.merged_on_device("w", [d.reshape(-1) for d in deltas], weights, order, base, torch.bfloat16,
+                                torch.float32, torch.device("cpu"), cuda.Staging(pin=False))
+    acc = torch.zeros(base.shape)
+    for i in order:
+        acc.add_(deltas[i].float(), alpha=weights[i])
+    acc.add_(base.float())
+    assert torch.equal(got.view(torch.int16), acc.to(torch.bfloat16).view(torch.int16))

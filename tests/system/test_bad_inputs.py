@@ -498,6 +498,14 @@ def not_a_hub(status: int) -> Callable[[Env], None]:
 # --- setups: performance (#13) ---
 
 
+def without_gpu(env: Env) -> None:
+    """The case is about a missing GPU: where torch sees one, there is nothing to refuse."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA GPU here")
+
+
 # --- the catalogue -----------------------------------------------------------------------------------------------------
 
 
@@ -856,6 +864,9 @@ CASES = [
     #
     # --- cases: performance (#13)
     #
+    C("compose-device-unknown", nothing, COMPOSE + "helpful --device tpu", 2, "--device must be cpu or cuda, not 'tpu'", no_output),
+    # This machine (and CI) has no GPU: cuda is refused before anything is read or written.
+    C("compose-device-cuda-missing", without_gpu, COMPOSE + "helpful --device cuda", 1, "--device cuda was asked for, but torch", no_output),
 ]
 
 
