@@ -400,6 +400,63 @@ def compare_models(a_dir: Path, b_dir: Path, base_dir: Path | None = None) -> Co
     return Comparison(len(set(a_map) & set(b_map)), worst, worst_name, over, elements, delta_rel, missing)
 
 
+@dataclass
+class ExactCheck:
+    elements: int
+    over: int  # elements farther from the exact value than one bf16 rounding allows
+    worst_ulps: float  # max |pvreg - exact| in bf16 ulps of the exact value (cancellation aside)
+
+
+def check_exact(out_dir: Path, base_dir: Path, vectors: list[tuple[Path, float]]) -> ExactCheck:
+    """pvreg's output against θ = base + Σ w·φ computed here independently in float64.
+
+    Allowed per element: one bf16 rounding of the exact value (an ulp, generously:
+    round-to-nearest is half of one) plus the float32 accumulation error bound
+    (4 roundings of 2^-24 relative to |base| + Σ|w·φ|, which only matters where
+    the terms cancel).  ``over`` must be 0.
+    """
+    import torch
+    from safetensors import safe_open
+
+    out_map, base_map = _tensor_map(out_dir), _tensor_map(base_dir)
+    handles = [safe_open(str(p), framework="pt") for p, _ in vectors]
+    over = elements = 0
+    worst = 0.0
+    for name in sorted(base_map):
+        with safe_open(str(base_map[name]), framework="pt") as fb, safe_open(str(out_map[name]), framework="pt") as fo:
+            b = fb.get_tensor(name).double()
+            got = fo.get_tensor(name).double()
+        exact = b.clone()
+        mag = b.abs()
+        for h, (_, w) in zip(handles, vectors, strict=True):
+            if name in h.keys():  # noqa: SIM118 - safe_open has keys() but no __contains__
+                term = h.get_tensor(name).double().mul_(float(torch.tensor(w, dtype=torch.float32)))
+                exact.add_(term)
+                mag.add_(term.abs_())
+                del term
+        _, exp = torch.frexp(exact.float())
+        ulp = torch.ldexp(torch.ones_like(exact), exp - 8)  # bf16: 8 significant bits
+        err = (got - exact).abs_()
+        allowed = ulp + mag.mul_(4 * 2.0**-24)
+        over += int((err > allowed).sum())
+        worst = max(worst, float((err / ulp).max()))
+        elements += exact.numel()
+        del b, got, exact, mag, ulp, err, allowed
+    return ExactCheck(elements, over, worst)
+
+
+def output_digest(model_dir: Path) -> str:
+    """sha256 over every weight file of a model directory, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in weight_files(model_dir):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(BUF_BYTES):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- #
 # Machine description
 # --------------------------------------------------------------------------- #

@@ -52,6 +52,9 @@ def compose(
     register: Annotated[
         str | None, typer.Option("--register", help="Store the combined vector as NAME (with --vector-only).")
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu (default) or cuda: where a model's tensors are combined.")
+    ] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -80,6 +83,7 @@ def compose(
             vector_only=vector_only,
             register=register,
             progress=bar,
+            device=device,
         )
     if as_json:
         emit_json(result)

@@ -24,6 +24,7 @@ from typing import Any
 from pvreg.registry.errors import SpecError, opt
 from pvreg.registry.files import remove_path
 from pvreg.registry.merge.basefiles import copy_base_files
+from pvreg.registry.merge.cuda import compose_device
 from pvreg.registry.merge.modelcard import render_model_card
 from pvreg.registry.merge.plan import Plan, parse_size, prepare
 from pvreg.registry.merge.spec import build_spec
@@ -94,6 +95,7 @@ def compose(
     vector_only: bool = False,
     register: str | None = None,
     progress: ComposeProgress | None = None,
+    device: str = "cpu",
 ) -> ComposeResult:
     """Merge registered vectors into a base model directory, or into one vector file.
 
@@ -105,6 +107,7 @@ def compose(
         spec, method=method, density=density, seed=seed, normalize=normalize, accumulate=accumulate, dtype=dtype
     )
     size = parse_size(shard_size)
+    on = compose_device(device)  # an unknown name or a missing GPU fails before anything is read
     out_path = Path(out).expanduser() if out is not None else None
     if register is not None and not vector_only:
         raise SpecError(f"{opt('register')} needs {opt('vector_only', True)} (a composed model is not a vector)")
@@ -141,7 +144,7 @@ def compose(
                             raise
             else:
                 assert out_path is not None
-                written = write_model(plan, tmp, size, progress, store.fingerprint_cache)
+                written = write_model(plan, tmp, size, progress, store.fingerprint_cache, device=on)
                 fingerprint = combine(written.entries)
                 written.files.extend(copy_base_files(plan.base_files, tmp, plan.dtype_code))
                 info = store.base_info(plan.base_fingerprint)

@@ -7,11 +7,15 @@ tensor.  Every touched output is checked to be finite after the cast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pvreg.registry.errors import SpecError
+from pvreg.registry.errors import BaseMismatchError, SpecError
 from pvreg.registry.merge.plan import Input, Plan
+from pvreg.registry.tensors.workers import SLICE_ELEMENTS, Workers, single_threaded_torch
+
+__all__ = ["SLICE_ELEMENTS", "Workers", "check_finite", "combined_delta", "merged_tensor", "single_threaded_torch"]
 
 if TYPE_CHECKING:
     import torch
@@ -29,35 +33,73 @@ def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | 
     return plan.method.combine(deltas, [u.weight for u in users], tensor_name=name, keys=[u.meta.sha256 for u in users])
 
 
-#: Elements per slice for elementwise (``linear``) methods: the float32 temporaries
-#: (4 MiB each) stay in cache and are reused from the heap instead of several
-#: tensor-sized allocations (fresh, zero-filled pages each time) per tensor, which
-#: also keeps peak RSS lower.  Measured here with 2 threads, 2^18-2^20 ran twice
-#: as fast as 2^22; much smaller slices lose to per-op overhead (every torch op is
-#: a parallel region, and on a busy machine tiny regions wait on descheduled
-#: threads).  Bit-identical whatever the slice size.
-SLICE_ELEMENTS = 1 << 20
-
-
 def merged_tensor(
-    plan: Plan, name: str, users: Sequence[Input], base: torch.Tensor, out_dtype: torch.dtype
+    plan: Plan,
+    name: str,
+    users: Sequence[Input],
+    base: torch.Tensor,
+    out_dtype: torch.dtype,
+    workers: Workers | None = None,
+    device: Any = None,
 ) -> torch.Tensor:
-    """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``."""
+    """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``.
+
+    ``linear`` streams: per slice, the stored deltas (bf16/f16/f32 views of the
+    mapped blobs) are multiply-added straight into a reused float32 (or
+    float64) buffer, the base is added, and the slice is cast once into the
+    output.  One pass over each input, no float32 copy of any input, and the
+    same operations in the same order as ``Linear.combine`` followed by
+    ``+ base`` (bit-identical; the tests compare both).
+    """
     import torch
 
-    numel = base.numel()
-    if plan.method.name != "linear" or numel <= SLICE_ELEMENTS:
+    if plan.method.name != "linear":
         delta = combined_delta(plan, name, users)
         delta.add_(base)  # θ = θ_base + Δ, in the accumulation dtype
         return check_finite(name, delta.to(out_dtype))
+    from pvreg.registry.merge.methods import add_weighted
+    from pvreg.registry.merge.tensorops import _canonical_order
+
+    acc_dtype = getattr(torch, plan.spec.accumulate)
+    weights = [float(u.weight) for u in users]
+    for w, u in zip(weights, users, strict=True):
+        if not math.isfinite(w):
+            raise SpecError(f"weight {w} of vector {u.meta.sha256} is not finite")
+    order = _canonical_order(weights, [u.meta.sha256 for u in users])
+    flats = []
+    for u in users:
+        d = u.file.tensor(name)
+        if d.shape != base.shape:
+            raise BaseMismatchError(
+                f"tensor {name!r} of vector {u.meta.sha256} has shape {tuple(d.shape)}, expected {tuple(base.shape)}"
+            )
+        flats.append(d.reshape(-1))
+    if device is not None:  # compose --device cuda: a (torch.device, Staging) pair
+        from pvreg.registry.merge.cuda import merged_on_device
+
+        return merged_on_device(name, flats, weights, order, base, out_dtype, acc_dtype, device[0], device[1])
+    own = workers is None
+    pool = workers or Workers(1)
     out = torch.empty(base.shape, dtype=out_dtype)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
-    for start in range(0, numel, SLICE_ELEMENTS):
-        part = slice(start, min(start + SLICE_ELEMENTS, numel))
-        delta = combined_delta(plan, name, users, part)
-        delta.add_(flat_base[part])
-        check_finite(name, flat_out[part].copy_(delta))
-        del delta
+
+    def job(_: int, part: slice) -> None:
+        acc = pool.scratch(acc_dtype, part.stop - part.start)
+        acc.zero_()
+        add_weighted(acc, [f[part] for f in flats], weights, order)
+        acc.add_(flat_base[part])
+        piece = flat_out[part]
+        piece.copy_(acc)
+        # One reduction instead of isfinite + all: a non-finite sum means Inf/NaN (or a huge
+        # finite sum, rare), and only then is every element checked.
+        if not math.isfinite(float(torch.sum(piece, dtype=torch.float64))):
+            check_finite(name, piece)
+
+    try:
+        pool.run(base.numel(), job)
+    finally:
+        if own:
+            pool.close()
     return out
 
 

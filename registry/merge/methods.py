@@ -80,6 +80,7 @@ __all__ = [
     "MergeMethod",
     "Ties",
     "TiesParams",
+    "add_weighted",
     "derive_seed",
     "get_method",
     "kth_largest_abs",
@@ -242,9 +243,22 @@ class Linear(MergeMethod):
         keys: list[str],
     ) -> torch.Tensor:
         out = torch.zeros_like(deltas[0])
-        for i in order:
-            out.add_(deltas[i], alpha=weights[i])
+        add_weighted(out, deltas, weights, order)
         return out
+
+
+def add_weighted(
+    acc: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], order: Sequence[int]
+) -> None:
+    """``acc += Σ_i w_i·δ_i`` in ``order``: the one place the ``linear`` arithmetic is spelled out.
+
+    ``δ_i`` may be of a narrower float dtype than ``acc`` (bf16/f16 into float32):
+    torch widens element-wise inside the fused multiply-add, which gives
+    bit-identical results to casting ``δ_i`` to ``acc``'s dtype first without
+    materialising that copy (the engine's streaming path relies on this).
+    """
+    for i in order:
+        acc.add_(deltas[i], alpha=weights[i])
 
 
 class Ties(MergeMethod):

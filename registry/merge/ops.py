@@ -36,19 +36,22 @@ class MergeOps(StoreFacade):
         vector_only: bool = False,
         register: str | None = None,
         progress: ComposeProgress | None = None,
+        device: str = "cpu",
     ) -> ComposeResult:
         """Merge registered vectors into a base model directory, or into one vector file.
 
         θ = θ_base + Σ η_i·s_i·φ_i (``method="linear"``) or a TIES/DARE variant.
         Options left at ``None`` come from ``spec`` when it is a ``ComposeSpec``.
         ``register`` (with ``vector_only``) stores the result as a new version;
-        ``out`` may then be None.
+        ``out`` may then be None.  ``device="cuda"`` combines a model's tensors
+        (``linear``) on the GPU, streaming the inputs through pinned buffers.
 
         Raises:
             SpecError, NotFoundError, BaseMismatchError, OutputExistsError,
             UnsafeOutputError: before any tensor data is read, every problem in one
             error (a ``ProblemsError`` that is also an instance of each problem's class).
             OutputExistsError: something appeared at ``out`` while writing (without ``force``).
+            DeviceUnavailableError: ``device="cuda"`` and torch sees no usable GPU.
             SpecError: an output tensor would hold Inf/NaN in its dtype.
         """
         from pvreg.registry.merge.compose import compose
@@ -69,6 +72,7 @@ class MergeOps(StoreFacade):
             vector_only=vector_only,
             register=register,
             progress=progress,
+            device=device,
         )
 
     def compositions(self) -> builtins.list[CompositionRecord]:

@@ -6,17 +6,22 @@ as it is computed and its input pages are released right after.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pvreg.registry.merge.engine import (
+    Workers,
     _release,
     check_finite,
     combined_delta,
     merged_tensor,
+    single_threaded_torch,
 )
 from pvreg.registry.merge.plan import Plan
 from pvreg.registry.tensors.hfnames import SAFETENSORS_INDEX
@@ -65,11 +70,18 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgress | None, cache: Any) -> Written:
-    """Stream θ_base + Δ into shards under ``tmp``; returns files and per-tensor digests."""
+def write_model(
+    plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgress | None, cache: Any, *, device: Any = None
+) -> Written:
+    """Stream θ_base + Δ into shards under ``tmp``; returns files and per-tensor digests.
+
+    ``device``: a CUDA ``torch.device`` to combine on (``linear``), or None for the CPU.
+    """
+    from pvreg.registry.merge.cuda import Staging
     from pvreg.registry.tensors.checkpoint import open_checkpoint
     from pvreg.registry.tensors.dtypes import DTYPES, FLOAT_DTYPES, torch_dtype
     from pvreg.registry.tensors.fingerprint import tensor_digests
+    from pvreg.registry.tensors.readahead import Prefetchable, Readahead
     from pvreg.registry.tensors.safetensors import StreamingWriter
 
     assert plan.base is not None and plan.base.path is not None
@@ -90,33 +102,51 @@ def write_model(plan: Plan, tmp: Path, shard_size: int, progress: ComposeProgres
         files: list[str] = []
         digests: list[tuple[str, str, tuple[int, ...], str]] = []
         weight_map: dict[str, str] = {}
-        for k, shard in enumerate(shards, 1):
-            fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-            shard_digests: dict[str, str] = {}
-            # Per-tensor digests make the fingerprint; a whole-file hash would go unused.
-            with StreamingWriter(tmp / fname, shard, {"format": "pt"}, digest=False) as writer:
-                for name, code, shape in shard:
-                    info = ckpt.infos[name]
-                    u = users[name]
-                    if u:
-                        out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code))
-                        _release(plan, name, u)  # the inputs' pages are no longer needed
-                        ckpt.release(name)
-                        known = None
-                    elif code == info.dtype:
-                        out = None  # untouched: the base's bytes, bit for bit
-                        known = base_digests[name]
-                    else:
-                        out = ckpt.tensor(name).to(torch_dtype(code))
-                        known = None
-                    _write_tensor(writer, ckpt, name, out, known, shard_digests)
-                    out = None
-                    weight_map[name] = fname
-                    if progress is not None:
-                        progress.advance(_numel(shape) * DTYPES[code][0])
-                writer.commit()
-            digests.extend((n, c, s, shard_digests[n]) for n, c, s in shard)
-            files.append(fname)
+        sequence: list[tuple[str, int, tuple[Prefetchable, ...]]] = [
+            (
+                n,
+                ckpt.infos[n].nbytes + sum(u.file.infos[n].nbytes for u in users[n]),
+                (ckpt, *(u.file for u in users[n])),
+            )
+            for shard in shards
+            for n, _, _ in shard
+        ]
+        readahead = Readahead(sequence)
+        position = 0
+        on = (device, Staging()) if device is not None else None
+        with single_threaded_torch(), Workers() as workers, WriteBehind() as behind:
+            for k, shard in enumerate(shards, 1):
+                fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+                shard_digests: dict[str, str] = {}
+                # Per-tensor digests make the fingerprint; a whole-file hash would go unused.
+                # behind.scope() exits first: no write is in flight when the writer commits or aborts.
+                with StreamingWriter(tmp / fname, shard, {"format": "pt"}, digest=False) as writer, behind.scope():
+                    for name, code, shape in shard:
+                        readahead.reached(position)
+                        position += 1
+                        info = ckpt.infos[name]
+                        u = users[name]
+                        if u:
+                            out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code), workers, on)
+                            _release(plan, name, u)  # the inputs' pages are no longer needed
+                            ckpt.release(name)
+                            known = None
+                        elif code == info.dtype:
+                            out = None  # untouched: the base's bytes, bit for bit
+                            known = base_digests[name]
+                        else:
+                            out = ckpt.tensor(name).to(torch_dtype(code))
+                            known = None
+                        # Hashing and writing overlap the next tensor's computation.
+                        behind.submit(_write_tensor, writer, ckpt, name, out, known, shard_digests)
+                        out = None
+                        weight_map[name] = fname
+                        if progress is not None:
+                            progress.advance(_numel(shape) * DTYPES[code][0])
+                    behind.drain()
+                    writer.commit()
+                digests.extend((n, c, s, shard_digests[n]) for n, c, s in shard)
+                files.append(fname)
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         files.append(SAFETENSORS_INDEX)
@@ -128,8 +158,7 @@ def _write_tensor(
 ) -> None:
     """Hash (unless known) and write one output tensor, then drop the base's pages for it.
 
-    (A write-behind thread for this was measured 5% slower on 2 cores: it
-    competes with torch's own threads.)
+    Runs on the :class:`WriteBehind` thread (hashlib and ``write`` release the GIL).
     """
     from pvreg.registry.tensors.safetensors import tensor_bytes
 
@@ -138,6 +167,51 @@ def _write_tensor(
     writer.write(name, buf)
     del buf  # every view of the mapped pages goes before they are released
     ckpt.release(name)
+
+
+class WriteBehind:
+    """One background thread that runs jobs in submission order, at most :data:`PENDING` queued.
+
+    The bound keeps RSS at a few tensors (each pending job holds one output
+    tensor); a job's exception is raised in the caller at the next
+    :meth:`submit` or :meth:`drain`.
+    """
+
+    PENDING = 2
+
+    def __init__(self) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvreg-write")
+        self._pending: list[Future[None]] = []
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self.PENDING:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """On the way out (an exception, say) wait for every job before anything else is torn down."""
+        try:
+            yield
+        except BaseException:
+            for f in self._pending:
+                f.cancel()
+            concurrent.futures.wait(self._pending)
+            self._pending.clear()
+            raise
+        self.drain()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_vector(plan: Plan, target: Path, progress: ComposeProgress | None) -> Written:

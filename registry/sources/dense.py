@@ -22,10 +22,14 @@ from pvreg.registry.sources.diffs import (
     _Meter,
     _omitted,
     _require_infos,
+    chunk_error_sums,
 )
+from pvreg.registry.sources.ingest import tensor_sq_norm
 from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
-from pvreg.registry.tensors.dtypes import DTYPES, dtype_name
-from pvreg.registry.tensors.safetensors import TensorInfo
+from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
+from pvreg.registry.tensors.readahead import Readahead
+from pvreg.registry.tensors.safetensors import CHUNK_ELEMENTS, TensorInfo
+from pvreg.registry.tensors.workers import Workers, single_threaded_torch
 
 if TYPE_CHECKING:
     import torch
@@ -45,23 +49,85 @@ class _DiffSource:
     meter: _Meter
     resources: ExitStack
     _pending: set[str] = field(default_factory=set)
+    _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _sq: dict[str, float] = field(default_factory=dict)
+    _position: dict[str, int] = field(default_factory=dict)
+    _readahead: Readahead | None = None
+    _workers: Workers = field(default_factory=Workers)
 
     def __post_init__(self) -> None:
         self._pending = {i.name for i in self.infos}
+        self._shapes = {i.name: i.shape for i in self.infos}
+        self._position = {i.name: k for k, i in enumerate(self.infos)}
+        self._readahead = Readahead(
+            [
+                (
+                    i.name,
+                    self.minuend.infos[i.name].nbytes + self.subtrahend.infos[i.name].nbytes,
+                    (self.minuend, self.subtrahend),
+                )
+                for i in self.infos
+            ]
+        )
 
     def plan(self) -> list[TensorInfo]:
         return list(self.infos)
 
     def tensor(self, name: str) -> torch.Tensor:
+        """φ[name] in the stored dtype, in one fused pass per cache-sized chunk.
+
+        Per chunk of :func:`iter_chunks` size, on a small worker pool
+        (:mod:`~pvreg.registry.tensors.workers`): the exact difference in float32
+        (float64 if an input is float64) into a reused buffer, the one cast into
+        the output, the storage-error sums and the stored chunk's float64 squared
+        norm (handed to ``write_blob`` through :meth:`sq_norm`).  The per-chunk
+        sums are then added up in chunk order, and errors raised for the first
+        offending chunk, exactly as casting, metering and norming one after the
+        other did, so every stored byte and recorded figure is unchanged.
+        """
         import torch
 
-        a = self.minuend.tensor(name)
-        b = self.subtrahend.tensor(name)
+        if self._readahead is not None:
+            self._readahead.reached(self._position[name])
+        a = self.minuend.tensor(name).reshape(-1)
+        b = self.subtrahend.tensor(name).reshape(-1)
         compute = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-        exact = a.to(compute, copy=True)
-        exact.sub_(b)  # b is upcast element-wise; exact for float32/bf16/f16 inputs
-        del a, b
-        return self.meter.store(name, exact)
+        target = torch_dtype(self.meter.stored_code)
+        numel = a.numel()
+        out = torch.empty(numel, dtype=target)
+        cast = target != compute
+        sums: dict[int, tuple[float, float, float]] = {}
+
+        def job(k: int, part: slice) -> None:
+            stored = out[part]
+            e = self._workers.scratch(compute, part.stop - part.start) if cast else stored
+            e.copy_(a[part])
+            e.sub_(b[part])  # b is upcast element-wise; exact for float32/bf16/f16 inputs
+            esq = dsq = 0.0
+            if cast:
+                stored.copy_(e)  # the one cast to the stored dtype
+                esq, dsq = chunk_error_sums(e, stored)
+            c = stored.to(torch.float64)
+            sums[k] = (esq, dsq, float(torch.dot(c, c)))
+
+        with single_threaded_torch():
+            self._workers.run(numel, job, CHUNK_ELEMENTS)
+        metering, total = cast, 0.0
+        for k, start in enumerate(range(0, numel, CHUNK_ELEMENTS)):
+            esq, dsq, sq = sums[k]
+            if metering:
+                metering = self.meter.account(name, esq, dsq, target)
+            if not math.isfinite(sq):
+                # tensor_sq_norm names the problem (NaN/Inf, or a float64 overflow) for this chunk.
+                tensor_sq_norm(out[start : start + CHUNK_ELEMENTS], label=self.label, name=name)
+            total += sq
+        self.meter.done(out)
+        self._sq[name] = total
+        return out.view(self._shapes[name])
+
+    def sq_norm(self, name: str) -> float | None:
+        """The float64 squared norm :meth:`tensor` computed on the way, if it did."""
+        return self._sq.pop(name, None)
 
     def raw(self, name: str) -> memoryview | None:
         return None
@@ -74,6 +140,7 @@ class _DiffSource:
             self.close()
 
     def close(self) -> None:
+        self._workers.close()
         self.resources.close()
 
 

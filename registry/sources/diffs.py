@@ -138,25 +138,38 @@ class _Meter:
         return stored
 
     def add(self, name: str, exact: torch.Tensor, stored: torch.Tensor) -> None:
-        import torch
-
         if stored.dtype != exact.dtype:
             for e, s in zip(iter_chunks(exact), iter_chunks(stored), strict=True):
-                e64 = e.to(torch.float64)
-                d = s.to(torch.float64)
-                d.sub_(e64)
-                esq, dsq = float(torch.dot(e64, e64)), float(torch.dot(d, d))
-                del e64, d
-                if not math.isfinite(esq):
-                    break  # NaN/Inf in the inputs: write_blob reports it
-                if not math.isfinite(dsq):
-                    limit = torch.finfo(stored.dtype).max
-                    raise InvalidVectorError(
-                        f"{self.label}: tensor {name!r} has delta values beyond the range of "
-                        f"{dtype_name(self.stored_code)} (max {limit:g}); store it as float32 or bfloat16"
-                    )
-                self.exact_sq += esq
-                self.error_sq += dsq
+                if not self.add_chunk(name, e, s):
+                    break
+        self.done(stored)
+
+    def add_chunk(self, name: str, e: torch.Tensor, s: torch.Tensor) -> bool:
+        """Account one chunk (exact ``e``, stored ``s`` of another dtype); False: stop metering this tensor.
+
+        Chunks must be those of :func:`iter_chunks`, so the float64 sums come out
+        the same whether the meter runs after the cast or fused into it.
+        """
+        return self.account(name, *chunk_error_sums(e, s), s.dtype)
+
+    def account(self, name: str, esq: float, dsq: float, stored_dtype: torch.dtype) -> bool:
+        """Add one chunk's :func:`chunk_error_sums` (in chunk order); False: stop metering this tensor."""
+        import torch
+
+        if not math.isfinite(esq):
+            return False  # NaN/Inf in the inputs: write_blob reports it
+        if not math.isfinite(dsq):
+            limit = torch.finfo(stored_dtype).max
+            raise InvalidVectorError(
+                f"{self.label}: tensor {name!r} has delta values beyond the range of "
+                f"{dtype_name(self.stored_code)} (max {limit:g}); store it as float32 or bfloat16"
+            )
+        self.exact_sq += esq
+        self.error_sq += dsq
+        return True
+
+    def done(self, stored: torch.Tensor) -> None:
+        """One more tensor produced: notice an all-zero vector once the last one is in."""
         if not self.any_nonzero and stored.numel() and bool(stored.any()):
             self.any_nonzero = True
         self.produced += 1
@@ -169,6 +182,16 @@ class _Meter:
     @property
     def relative(self) -> float:
         return math.sqrt(self.error_sq / self.exact_sq) if self.exact_sq > 0 else 0.0
+
+
+def chunk_error_sums(e: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
+    """(‖e‖², ‖s − e‖²) in float64 for one chunk: exact delta ``e``, stored ``s``."""
+    import torch
+
+    e64 = e.to(torch.float64)
+    d = s.to(torch.float64)
+    d.sub_(e64)
+    return float(torch.dot(e64, e64)), float(torch.dot(d, d))
 
 
 def _finish(meter: _Meter, close: Callable[[], None]) -> Callable[[BlobStats], None]:

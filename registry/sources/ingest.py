@@ -138,7 +138,11 @@ def write_blob(
     with StreamingWriter(store.staging, entries, {"format": "pt"}) as writer:
         for info in plan:
             t = source.tensor(info.name)
-            sq = tensor_sq_norm(t, label=source.label, name=info.name)
+            # A source that computed the norm in its own pass (dense diffs) saves a pass here.
+            known = getattr(source, "sq_norm", None)
+            sq = known(info.name) if known is not None else None
+            if sq is None:
+                sq = tensor_sq_norm(t, label=source.label, name=info.name)
             norms[info.name] = math.sqrt(sq)
             total += sq
             raw = source.raw(info.name)

@@ -87,6 +87,12 @@ class Checkpoint:
         if isinstance(owner, SafetensorsFile):
             owner.release(name)
 
+    def prefetch(self, name: str) -> None:
+        """See :meth:`SafetensorsFile.prefetch`; a no-op for ``.bin`` checkpoints (loaded whole)."""
+        owner = self._owner[name]
+        if isinstance(owner, SafetensorsFile):
+            owner.prefetch(name)
+
     def file_of(self, name: str) -> Path:
         return self._owner[name].path
 

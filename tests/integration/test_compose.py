@@ -256,11 +256,12 @@ def test_existing_output_refused_then_forced(reg: Registry, tmp_path: Path, base
 
 def test_failure_midway_leaves_nothing(reg: Registry, tmp_path: Path, base_dir: Path, vector_file: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    # add_weighted: the linear arithmetic every tensor (every slice) goes through.
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     calls = {"n": 0}
-    real = compose_mod.combined_delta
+    real = compose_mod.add_weighted
 
     def boom(*args, **kwargs):
         calls["n"] += 1
@@ -268,7 +269,7 @@ def test_failure_midway_leaves_nothing(reg: Registry, tmp_path: Path, base_dir: 
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compose_mod, "combined_delta", boom)
+    monkeypatch.setattr(compose_mod, "add_weighted", boom)
     with pytest.raises(RuntimeError):
         reg.compose("h", base=base_dir, out=tmp_path / "out", shard_size="2KB")
     assert not (tmp_path / "out").exists()
@@ -328,12 +329,12 @@ def test_compositions_recorded(reg: Registry, tmp_path: Path, base_dir: Path, ve
 
 def test_validation_happens_before_reading_tensors(reg: Registry, tmp_path: Path, base_dir: Path,
                                                    vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
     other = tmp_path / "other"
     make_base(other, seed=9)
-    monkeypatch.setattr(compose_mod, "combined_delta", lambda *a, **k: pytest.fail("read tensor data"))
+    monkeypatch.setattr(compose_mod, "add_weighted", lambda *a, **k: pytest.fail("read tensor data"))
     with pytest.raises(BaseMismatchError) as exc:
         reg.compose("h", base=other, out=tmp_path / "o")
     fp = reg.resolve("h").base_fingerprint
@@ -394,10 +395,10 @@ def test_dtype_override_updates_config(reg: Registry, tmp_path: Path, base_dir: 
 
 def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: Path, base_dir: Path,
                                                       vector_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvreg.registry.merge import engine as compose_mod
+    from pvreg.registry.merge import methods as compose_mod
 
     reg.add("h", vector_file, base=base_dir)
-    real = compose_mod.combined_delta
+    real = compose_mod.add_weighted
     seen: list[list[str]] = []
 
     def with_gc(*args, **kwargs):
@@ -410,7 +411,59 @@ def test_gc_during_compose_keeps_the_live_staging_dir(reg: Registry, tmp_path: P
             assert len(markers) == 1 and json.loads(markers[0].read_text())["path"] == str(staged[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compose_mod, "combined_delta", with_gc)
+    monkeypatch.setattr(compose_mod, "add_weighted", with_gc)
     reg.compose("h", base=base_dir, out=tmp_path / "out")
     assert seen == [[]]
     assert no_leftovers(tmp_path) and not list((reg.settings.home / "pending").iterdir())
+
+
+def test_streaming_linear_is_bit_identical_to_cast_then_fma(reg: Registry, tmp_path: Path) -> None:
+    """The streaming engine (deltas multiply-added straight from bf16/f16/f32 views into one reused
+    float32 buffer, slice by slice) gives the same bits as the plain-torch recipe it replaced:
+    zeros, ``add_(δ.float(), alpha=w)`` per vector in (sha256, weight) order, ``+ base``, one cast.
+    A tensor larger than one slice (with a ragged tail) and one smaller are both covered."""
+    from safetensors.torch import save_file as save
+
+    g = torch.Generator().manual_seed(7)
+    base = {"big.weight": (torch.randn(1025, 1024 + 3, generator=g) * 0.02).to(torch.bfloat16),
+            "small.weight": (torch.randn(33, 17, generator=g) * 0.02).to(torch.bfloat16)}
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    save(base, str(base_dir / "model.safetensors"))
+    dtypes = {"va": torch.bfloat16, "vb": torch.float16, "vc": torch.float32}
+    vecs = {}
+    for name, dt in dtypes.items():
+        vecs[name] = {n: (torch.randn(t.shape, generator=g) * 1e-3).to(dt) for n, t in base.items()}
+        save(vecs[name], str(tmp_path / f"{name}.safetensors"))
+        reg.add(name, tmp_path / f"{name}.safetensors", base=base_dir)
+    coefs = {"va": 1.0, "vb": 0.7, "vc": -0.3}
+    reg.compose([f"{n}:{c}" for n, c in coefs.items()], base=base_dir, out=tmp_path / "out")
+    got = load_dir(tmp_path / "out")
+    order = sorted(coefs, key=lambda n: (reg.resolve(n).sha256, coefs[n]))
+    for n, b in base.items():
+        acc = torch.zeros(b.shape, dtype=torch.float32)
+        for v in order:
+            acc.add_(vecs[v][n].to(torch.float32), alpha=coefs[v])
+        acc.add_(b.to(torch.float32))
+        expected = acc.to(torch.bfloat16)
+        assert got[n].dtype == torch.bfloat16
+        assert torch.equal(got[n].view(torch.int16), expected.view(torch.int16)), n
+
+
+def test_device_path_matches_the_cpu_stream_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``--device cuda`` slice loop (staging buffers, transfer, add_weighted, + base, cast, copy back)
+    run on the CPU device with small slices and unpinned buffers: same bits as plain-torch cast-then-FMA."""
+    from pvreg.registry.merge import cuda
+
+    monkeypatch.setattr(cuda, "GPU_SLICE_ELEMENTS", 1000)
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(37, 91, generator=g) * 0.02).to(torch.bfloat16)
+    deltas = [(torch.randn(37, 91, generator=g) * 1e-3).to(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    weights, order = [1.0, 0.7, -0.3], [2, 0, 1]
+    got = cuda.merged_on_device("w", [d.reshape(-1) for d in deltas], weights, order, base, torch.bfloat16,
+                                torch.float32, torch.device("cpu"), cuda.Staging(pin=False))
+    acc = torch.zeros(base.shape)
+    for i in order:
+        acc.add_(deltas[i].float(), alpha=weights[i])
+    acc.add_(base.float())
+    assert torch.equal(got.view(torch.int16), acc.to(torch.bfloat16).view(torch.int16))

@@ -589,6 +589,14 @@ def lora_factors_damaged(env: Env) -> None:
 # --- setups: performance (#13) ---
 
 
+def without_gpu(env: Env) -> None:
+    """The case is about a missing GPU: where torch sees one, there is nothing to refuse."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA GPU here")
+
+
 # --- the catalogue -----------------------------------------------------------------------------------------------------
 
 
@@ -1052,6 +1060,9 @@ CASES = [
     C("lora-factors-damaged", lora_factors_damaged, "export-lora lv --out {t}/a", 1, "is damaged (run pvreg verify)"),
     # --- cases: performance (#13)
     #
+    C("compose-device-unknown", nothing, COMPOSE + "helpful --device tpu", 2, "--device must be cpu or cuda, not 'tpu'", no_output),
+    # This machine (and CI) has no GPU: cuda is refused before anything is read or written.
+    C("compose-device-cuda-missing", without_gpu, COMPOSE + "helpful --device cuda", 1, "--device cuda was asked for, but torch", no_output),
 ]
 
 
