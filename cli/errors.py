@@ -19,6 +19,7 @@ FLAGS: dict[str, str] = {
     "as_name": "--as",
     "names": "--name",
     "tags": "--tag",
+    "lm_eval_tasks": "--lm-eval-task",
 }
 
 

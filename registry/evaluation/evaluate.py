@@ -27,6 +27,7 @@ from pvreg.registry.evaluation.measure import (
     check_device,
     evaluation_key,
     lm_eval_metrics,
+    lm_eval_runner,
     load_model,
 )
 from pvreg.registry.storage import catalog, writes
@@ -160,6 +161,8 @@ def evaluate(
         assert terms is not None
         comp = resolve_composition(store, terms, base, **(method or {}))
     check_device(options.device)
+    if lm_eval_tasks:
+        lm_eval_runner()  # fail before the model loads, not after scoring
 
     started = time.perf_counter()
     kl = any(s.kind == "text" for s in sets) and (comp is not None or base is not None)
