@@ -457,8 +457,9 @@ def run(args: argparse.Namespace, work: Path) -> str:
         )
     L.append("")
     if mk_lines:
-        L.append("| tool | error (file) | time s | ratio | output MB | notes |")
-        L.append("|---|---|---|---|---|---|")
+        if mk_lines[0].startswith("|"):
+            L.append("| tool | error (file) | time s | ratio | output MB | notes |")
+            L.append("|---|---|---|---|---|---|")
         L += mk_lines
         L.append("")
     if svd_lines:
