@@ -427,8 +427,9 @@ def run(args: argparse.Namespace, work: Path) -> str:
             )
     svd_lines = [] if args.skip_svd else svd_methods(delta, [int(r) for r in args.svd_ranks.split(",")])
 
+    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
     L = [f"## LoRA export of a dense vector: {params / 1e9:.3f}B-parameter Qwen2.5-0.5B-like layout, bf16", ""]
-    L.append("Machine: " + "; ".join(machine))
+    L.append("Machine: " + "; ".join(machine) + f"; load average at end: {load_end}")
     L.append("")
     L.append(
         f"Vector: {args.layers} layers (hidden 896, intermediate 4864, 14/2 heads, vocab 151936, tied embeddings), "
@@ -441,7 +442,8 @@ def run(args: argparse.Namespace, work: Path) -> str:
     L.append("")
     L.append(
         "Each row is one complete export pass as a user runs it (stream the file, one float32 SVD per module, "
-        "factors cast to bf16 and written); nothing is shared between rows."
+        "factors cast to bf16 and written); nothing is shared between rows. One run each: on a shared machine "
+        "(see the load averages) the times carry its noise."
     )
     L.append("")
     L.append(
@@ -455,8 +457,9 @@ def run(args: argparse.Namespace, work: Path) -> str:
         )
     L.append("")
     if mk_lines:
-        L.append("| tool | error (file) | time s | ratio | output MB | notes |")
-        L.append("|---|---|---|---|---|---|")
+        if mk_lines[0].startswith("|"):
+            L.append("| tool | error (file) | time s | ratio | output MB | notes |")
+            L.append("|---|---|---|---|---|---|")
         L += mk_lines
         L.append("")
     if svd_lines:
