@@ -16,7 +16,7 @@ hardware.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pvreg.registry.errors import DeviceUnavailableError, SpecError, opt
@@ -75,11 +75,14 @@ def merged_on_device(
     acc_dtype: torch.dtype,
     device: torch.device,
     staging: Staging,
+    check_finite: Callable[[str, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """θ_base + Σ w·δ for one tensor on ``device``; returns the CPU output tensor."""
+    """θ_base + Σ w·δ for one tensor on ``device``; returns the CPU output tensor.
+
+    ``check_finite``: the engine's (passed in, so this module does not import the engine back).
+    """
     import torch
 
-    from pvreg.registry.merge.engine import check_finite
     from pvreg.registry.merge.methods import add_weighted
 
     out = torch.empty(base.shape, dtype=out_dtype)

@@ -77,7 +77,9 @@ def merged_tensor(
     if device is not None:  # compose --device cuda: a (torch.device, Staging) pair
         from pvreg.registry.merge.cuda import merged_on_device
 
-        return merged_on_device(name, flats, weights, order, base, out_dtype, acc_dtype, device[0], device[1])
+        return merged_on_device(
+            name, flats, weights, order, base, out_dtype, acc_dtype, device[0], device[1], check_finite
+        )
     own = workers is None
     pool = workers or Workers(1)
     out = torch.empty(base.shape, dtype=out_dtype)

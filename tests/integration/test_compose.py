@@ -461,7 +461,8 @@ def test_device_path_matches_the_cpu_stream_without_a_gpu(monkeypatch: pytest.Mo
     deltas = [(torch.randn(37, 91, generator=g) * 1e-3).to(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)]
     weights, order = [1.0, 0.7, -0.3], [2, 0, 1]
     got = cuda.merged_on_device("w", [d.reshape(-1) for d in deltas], weights, order, base, torch.bfloat16,
-                                torch.float32, torch.device("cpu"), cuda.Staging(pin=False))
+                                torch.float32, torch.device("cpu"), cuda.Staging(pin=False),
+                                lambda name, t: t)
     acc = torch.zeros(base.shape)
     for i in order:
         acc.add_(deltas[i].float(), alpha=weights[i])

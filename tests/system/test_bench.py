@@ -17,13 +17,17 @@ def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     r = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--params", "3e6", "--repeats", "1", "--skip-mergekit",
-         "--list-versions", "30", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+         "--list-versions", "30", "--cold-params", "3e6", "--cold-repeats", "1",
+         "--workdir", str(tmp_path / "work"), "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = out.read_text()
-    for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "pvreg verify", "pvreg list", "### Targets"):
-        assert needle in report
+    for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "pvreg verify", "pvreg list", "### Targets",
+                   "≥ 3× faster than mergekit", "(pvreg compose − import torch) ≤ 1.5× I/O floor",
+                   "≤ 1.25× cold I/O floor", "extraction (start-up excluded", "byte-identical across the 1 warm runs",
+                   "independent float64 computation within one bf16 rounding | 0 of"):
+        assert needle in report, needle
 
 
 def test_bench_script_runs_and_prints_ratio(tmp_path: Path) -> None:
