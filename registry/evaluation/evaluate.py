@@ -27,7 +27,6 @@ from pvreg.registry.evaluation.measure import (
     check_device,
     evaluation_key,
     lm_eval_metrics,
-    lm_eval_runner,
     load_model,
 )
 from pvreg.registry.storage import catalog, writes
@@ -162,7 +161,9 @@ def evaluate(
         comp = resolve_composition(store, terms, base, **(method or {}))
     check_device(options.device)
     if lm_eval_tasks:
-        lm_eval_runner()  # fail before the model loads, not after scoring
+        from pvreg.registry.evaluation.lmeval import require_harness
+
+        require_harness()  # fail before the model loads, not after scoring
 
     started = time.perf_counter()
     kl = any(s.kind == "text" for s in sets) and (comp is not None or base is not None)

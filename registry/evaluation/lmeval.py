@@ -62,8 +62,11 @@ def _cause(exc: BaseException) -> str:
     return text if len(text) <= _CAUSE_CHARS else text[: _CAUSE_CHARS - 1] + "…"
 
 
-def _require_harness() -> None:
-    """Raise :class:`MissingExtraError` unless the harness and its HF backend's imports are there (not importing them)."""
+def require_harness() -> None:
+    """Raise :class:`MissingExtraError` unless the harness and its HF backend's imports are there (not importing them).
+
+    ``pvreg eval --lm-eval-task`` calls it before loading any model, so a missing extra costs nothing.
+    """
     for module, what in (("lm_eval", "lm-evaluation-harness"), ("accelerate", "accelerate")):
         try:
             found = importlib.util.find_spec(module) is not None
@@ -274,7 +277,7 @@ def run_tasks(
     for spec, is_path in paths.items():
         if is_path:
             _check_task_file(spec)
-    _require_harness()
+    require_harness()
     _check_device(model, device)
 
     with _harness_state():

@@ -204,7 +204,8 @@ def lm_eval_metrics(model: Any, tokenizer: Any, tasks: Sequence[str], options: S
     """lm-evaluation-harness tasks on the model in memory: ``task/metric`` -> value (needs its extra)."""
     if not tasks:
         return {}
-    run_tasks = lm_eval_runner()
+    from pvreg.registry.evaluation.lmeval import run_tasks
+
     results = run_tasks(
         model,
         tokenizer,
@@ -214,18 +215,3 @@ def lm_eval_metrics(model: Any, tokenizer: Any, tasks: Sequence[str], options: S
         device=options.device or "cpu",
     )
     return {f"{task}/{metric}": float(value) for task, metrics in results.items() for metric, value in metrics.items()}
-
-
-def lm_eval_runner() -> Any:
-    """``pvreg.registry.evaluation.lmeval.run_tasks``, or one line saying the support is missing (checked up front)."""
-    from pvreg.registry.errors import MissingExtraError
-
-    try:
-        from pvreg.registry.evaluation.lmeval import run_tasks  # type: ignore[import-not-found, unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != "pvreg.registry.evaluation.lmeval":
-            raise
-        raise MissingExtraError(
-            f"{opt('lm_eval_tasks')}: this pvreg has no lm-evaluation-harness support (pvreg.registry.evaluation.lmeval)"
-        ) from None
-    return run_tasks

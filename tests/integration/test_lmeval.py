@@ -228,3 +228,30 @@ def test_readme_blocks_run(tmp_path) -> None:
     scores = ast.literal_eval(r.stdout.strip())
     assert set(scores) == {"yes_no"} and 0.0 <= scores["yes_no"]["acc"] <= 1.0
     assert set(scores["yes_no"]) == {"acc", "acc_stderr"}
+
+
+def test_pvreg_eval_runs_and_stores_lm_eval_tasks(lm, tmp_path, home) -> None:
+    """``pvreg eval TERMS --base DIR --lm-eval-task YAML``: the harness's metrics of the composition in memory,
+    as the test computes them itself with the vector added by hand, stored with the evaluation."""
+    import json
+
+    from helpers.cli import run_cli
+
+    model_dir, model, tokenizer = lm
+    base = {n: p.detach() for n, p in model.state_dict().items()}
+    layers = [n for n in base if ".layers." in n]  # no tied embedding: each delta lands on one parameter
+    delta = make_vector(tmp_path / "v.safetensors", base, seed=5, scale=0.2, names=layers)
+    with torch.no_grad():  # θ = θ_base + 1·φ, independently of pvreg
+        for name, d in delta.items():
+            model.state_dict()[name].add_(d.to(base[name].dtype))
+    items, want = label(model, tokenizer, questions(12, seed=6), right=7)
+    path = task_file(tmp_path, "pvreg_cli", items)
+    with Registry.open() as reg:
+        reg.add("helpful", tmp_path / "v.safetensors", base=model_dir)
+    result = run_cli("eval", "helpful:1", "--base", model_dir, "--lm-eval-task", path, "--batch-size", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["scalar_metrics"]["pvreg_cli/acc"] == pytest.approx(want["acc"], abs=1e-12) == 7 / 12
+    with Registry.open() as reg:
+        (stored,) = reg.evaluations("helpful")
+    assert stored.scalar_metrics == record["scalar_metrics"]
