@@ -112,7 +112,7 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
     with open_registry(ctx) as reg:
         meta = reg.show(ref)
         base = reg.base_info(meta.base_fingerprint)
-        evaluations = [] if as_json else reg.evaluations(meta.ref)
+        evaluations = [] if as_json else reg.evaluations(ref)  # the ref as given: a legacy name may not parse
     if as_json:
         emit_json(meta)
         return
