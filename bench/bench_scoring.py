@@ -212,7 +212,8 @@ def sweep_point(model_dir: Path, model, tok, pairs, args, work: Path) -> None:
         "".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in pairs)
     )
     g = torch.Generator().manual_seed(1)
-    delta = {n: (torch.randn(p.shape, generator=g) * 1e-3).to(p.dtype) for n, p in model.state_dict().items()}
+    # named_parameters lists a tied lm_head once, as the saved checkpoint does
+    delta = {n: (torch.randn(p.shape, generator=g) * 1e-3).to(p.dtype) for n, p in model.named_parameters()}
     save_file(delta, str(work / "vector.safetensors"))
     del delta
     with Registry.open(work / "registry") as reg:
