@@ -563,6 +563,8 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     small_params, small = b.small_suite(cfg["hidden_size"])
     starts = b.list_suite()
     list_s = starts["list"]
+    in_bytes = dir_bytes(weight_files(dirs["base"]) + list(blobs.values()))  # before they are removed
+    n_shards = len(weight_files(dirs["base"]))
     common_rm(workdir / "models")  # the warm suites are done: room for the cold one
     common_rm(home)
     cold_note = "skipped (--skip-cold)" if args.skip_cold else ""
@@ -572,7 +574,6 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
 
     # ----------------------------------------------------------------- report
     fl, pv, mk, nv = compose["floor"], compose["pvreg"], compose["mergekit"], compose["naive"]
-    in_bytes = dir_bytes(weight_files(dirs["base"]) + list(blobs.values()))
     L: list[str] = []
     L.append(f"## pvreg benchmark: {nparams / 1e9:.3f}B-parameter bf16 Llama, 3 vectors")
     L.append("")
@@ -581,7 +582,7 @@ def run(args: argparse.Namespace, workdir: Path, machine: list[str]) -> str:
     L.append(
         f"Model: hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, "
         f"{cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}, "
-        f"{len(weight_files(dirs['base']))} input shards; compose reads {in_bytes / 1e9:.2f} GB "
+        f"{n_shards} input shards; compose reads {in_bytes / 1e9:.2f} GB "
         f"(base + 3 vectors). Median of {args.repeats} runs each; page cache: {args.cache} "
         + (
             "(every input of every tool read once before each timed run)."
