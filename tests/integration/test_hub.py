@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from helpers import postgres
-from pvreg.migrations import HEAD
 from helpers.cards import BEGIN, CARDS, END, owner_text
 from helpers.cli import assert_terminal_safe, one_error_line
 from helpers.factories import make_base, make_vector

@@ -544,11 +544,7 @@ PAIRS = eval_file("p.jsonl", PAIRS_OK)
 # --- setups: similarity and diff (#15) ---
 
 
-def vector_on_other_base(env: Env) -> None:
-    """'other@1' registered on a second base (same architecture, other weights, so another fingerprint)."""
-    tensors = make_base(env.p("other-base"), seed=7)
-    make_vector(env.p("other.safetensors"), tensors, seed=3)
-    assert env.cli("add", "other", "--vector", env.p("other.safetensors"), "--base", env.p("other-base")).exit_code == 0
+# vector_on_other_base (above, with the eval setups) also serves similarity and diff.
 
 
 def no_plot(env: Env) -> None:
