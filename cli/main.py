@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "eval_"),
     "evals": ("evaluate", "evals"),
     "sweep": ("sweep", "sweep"),
+    "similarity": ("compare", "similarity"),
+    "diff": ("compare", "diff"),
     "push": ("hub", "push"),
     "pull": ("hub", "pull"),
     "remote": ("hub", "remote_app"),

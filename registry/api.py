@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from pvreg.registry.evaluation.compare_ops import ComparisonOps
 from pvreg.registry.evaluation.ops import EvaluationOps
 from pvreg.registry.hub.ops import HubOps
 from pvreg.registry.merge.ops import MergeOps
@@ -40,7 +41,7 @@ from pvreg.schemas.vector import (
 
 
 @environment.guarded
-class Registry(MergeOps, HubOps, TrainingOps, EvaluationOps):
+class Registry(MergeOps, HubOps, TrainingOps, EvaluationOps, ComparisonOps):
     """A preference-vector registry: metadata database plus blob store.
 
     Open one with :meth:`open`; it is a context manager that disposes of its

@@ -290,6 +290,11 @@ class SweepInterruptedError(PvregError):
 # --- similarity and diff (#15) ---
 
 
+class LmEvalTaskError(EvalError):
+    """An lm-evaluation-harness task cannot run as given: an unknown task name, a task YAML that is
+    missing, unreadable or invalid, or data the task cannot use; names the task as given."""
+
+
 # --- LoRA export (#17) ---
 
 

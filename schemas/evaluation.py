@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EvalKind = Literal["pairs", "text", "choices"]
-GroupBy = Literal["tensor", "layer", "module"]
+GroupBy = Literal["tensor", "layer", "module-type"]
 
 
 class MetricValue(BaseModel):

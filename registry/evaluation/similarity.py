@@ -14,7 +14,7 @@ Statistics (per group of entries; the whole vector is one group):
   sign(vᵢ) = sign(vⱼ), None when they touch no common entry.
 
 Groups: ``tensor`` (each tensor name), ``layer`` (``layers.N`` from names like
-``model.layers.N.…``; other tensors form ``other``) or ``module`` (the name
+``model.layers.N.…``; other tensors form ``other``) or ``module-type`` (the name
 without its model prefix, layer index and ``.weight``/``.bias``:
 ``self_attn.q_proj``, ``mlp.down_proj``, ``embed_tokens``, ``lm_head``).
 """
@@ -71,15 +71,24 @@ def module_type_of(name: str) -> str:
     return rest
 
 
-_GROUPERS: dict[GroupBy, Callable[[str], str]] = {"tensor": lambda n: n, "layer": layer_of, "module": module_type_of}
+_GROUPERS: dict[GroupBy, Callable[[str], str]] = {
+    "tensor": lambda n: n,
+    "layer": layer_of,
+    "module-type": module_type_of,
+}
 
 
 class _Vector:
-    """One open safetensors file: names, shapes and row-chunked float64 reads, validated as it goes."""
+    """One open safetensors file: names, shapes and row-chunked float64 reads, validated as it goes.
 
-    def __init__(self, path: str | os.PathLike[str], stack: ExitStack) -> None:
+    ``sign`` (±1) multiplies every value read: a registered vector's effect is
+    its stored sign times its blob, and that (exact) product is what is compared.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], stack: ExitStack, sign: int = 1) -> None:
         from safetensors import safe_open
 
+        self.sign = sign
         self.path = Path(path)
         if not self.path.exists():
             raise NotFoundError(f"vector file {self.path} does not exist")
@@ -119,7 +128,7 @@ class _Vector:
                 t = piece.reshape(-1).to(torch.float64)
                 if not torch.isfinite(t).all():
                     raise InvalidVectorError(f"{self.path}: tensor {name} contains NaN or Inf")
-                yield t
+                yield t if self.sign == 1 else -t
         except InvalidVectorError:
             raise
         except Exception as e:
@@ -196,6 +205,14 @@ def _union_shapes(vectors: Sequence[_Vector]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _check_signs(signs: Sequence[int] | None, n: int) -> list[int]:
+    if signs is None:
+        return [1] * n
+    if len(signs) != n or any(s not in (1, -1) or isinstance(s, bool) for s in signs):
+        raise EvalError(f"signs must be {n} values of 1 or -1, got {list(signs)!r}")
+    return list(signs)
+
+
 def _check_chunk(chunk_elements: int) -> None:
     if not isinstance(chunk_elements, int) or isinstance(chunk_elements, bool) or chunk_elements < 1:
         raise EvalError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
@@ -206,9 +223,13 @@ def similarity(
     *,
     labels: Sequence[str] | None = None,
     group_by: GroupBy | None = None,
+    signs: Sequence[int] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> SimilarityReport:
-    """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group."""
+    """Pairwise statistics of the vectors in ``paths``, over the whole vector and per ``group_by`` group.
+
+    ``signs[i]`` (±1, default 1) multiplies vector i: registered vectors are compared as sᵢ·φᵢ.
+    """
     import torch
 
     from pvreg.schemas.evaluation import SimilarityReport
@@ -221,8 +242,9 @@ def similarity(
         raise EvalError(f"group_by must be one of {', '.join(_GROUPERS)}, got {group_by!r}")
     _check_chunk(chunk_elements)
     n = len(paths)
+    sign_list = _check_signs(signs, n)
     with ExitStack() as stack:
-        vectors = [_Vector(p, stack) for p in paths]
+        vectors = [_Vector(p, stack, s) for p, s in zip(paths, sign_list, strict=True)]
         shapes = _union_shapes(vectors)
         groups: dict[str, _Acc] = {}
         whole = _Acc(n)
@@ -256,6 +278,7 @@ def diff(
     b: str | os.PathLike[str],
     *,
     labels: tuple[str, str] | None = None,
+    signs: tuple[int, int] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> DiffReport:
     """What changed from vector ``a`` to vector ``b``, per tensor and overall.
@@ -263,7 +286,8 @@ def diff(
     Per tensor in both (same shape): ‖a‖, ‖b‖, ‖b−a‖/‖a‖, cos(a, b), max|b−a|.
     The summary counts a tensor only in one vector as zeros in the other; a
     tensor whose shape changed cannot be compared entry-wise and counts as
-    removed from ``a`` and added in ``b``.
+    removed from ``a`` and added in ``b``.  ``signs`` (±1 each) multiply ``a``
+    and ``b``: registered vectors are compared as s·φ.
     """
     from pvreg.schemas.evaluation import (
         DiffReport,
@@ -273,11 +297,12 @@ def diff(
     )
 
     _check_chunk(chunk_elements)
+    sign_a, sign_b = _check_signs(signs, 2)
     tensors: list[TensorDiff] = []
     shape_changed: list[ShapeChange] = []
     tot_aa = tot_bb = tot_ab = tot_dd = 0.0
     with ExitStack() as stack:
-        va, vb = _Vector(a, stack), _Vector(b, stack)
+        va, vb = _Vector(a, stack, sign_a), _Vector(b, stack, sign_b)
         only_a = sorted(set(va.shapes) - set(vb.shapes))
         only_b = sorted(set(vb.shapes) - set(va.shapes))
         for name in sorted(set(va.shapes) | set(vb.shapes)):

@@ -525,6 +525,20 @@ PAIRS = eval_file("p.jsonl", PAIRS_OK)
 # --- setups: similarity and diff (#15) ---
 
 
+def vector_on_other_base(env: Env) -> None:
+    """'other@1' registered on a second base (same architecture, other weights, so another fingerprint)."""
+    tensors = make_base(env.p("other-base"), seed=7)
+    make_vector(env.p("other.safetensors"), tensors, seed=3)
+    assert env.cli("add", "other", "--vector", env.p("other.safetensors"), "--base", env.p("other-base")).exit_code == 0
+
+
+def no_plot(env: Env) -> None:
+    made = [p.name for p in env.tmp.iterdir() if p.suffix in (".png", ".txt") or p.name.startswith(".pvreg-tmp-")]
+    assert not made, made
+    assert not list(env.home.glob("*.png")), "a plot was written into the registry home"
+
+
+
 # --- setups: LoRA export (#17) ---
 
 
@@ -915,6 +929,22 @@ CASES = [
     C("sweep-pairs-bad-row", eval_file("bad.jsonl", '{"prompt": "w1", "chosen": "w2", "rejected": "w2"}\n'), "sweep helpful=0,1 --base {base} --pairs {t}/bad.jsonl --out {t}/out", 2, "bad.jsonl: row 1: chosen and rejected are identical", no_output),
     #
     # --- cases: similarity and diff (#15)
+    C("sim-unknown-ref", nothing, "similarity helpful nosuch", 2, "nosuch"),
+    C("sim-one-ref", nothing, "similarity helpful", 2, "similarity needs at least two vectors (got only 'helpful')"),
+    C("sim-no-ref", nothing, "similarity", 2, "Missing argument 'refs'"),
+    C("sim-different-bases", vector_on_other_base, "similarity helpful harmless other", 2, "cannot compare vectors made for different bases: helpful@1 is on base"),
+    C("sim-unknown-by", nothing, "similarity helpful harmless --by row", 2, "unknown grouping 'row' for --by: expected one of tensor, layer, module-type"),
+    C("sim-plot-into-home", nothing, "similarity helpful harmless --plot {home}/cos.png", 2, "it lies inside the registry home", no_plot),
+    C("sim-plot-over-database", nothing, "similarity helpful harmless --force --plot {home}/registry.db", 2, "refusing to write there, it "),
+    C("sim-plot-over-blob", blob_of("helpful"), "similarity helpful harmless --force --plot", 2, "it is the blob of helpful@1"),
+    C("sim-plot-bad-suffix", nothing, "similarity helpful harmless --plot {t}/cos.txt", 2, "cos.txt must end in .png, .svg, .pdf", no_plot),
+    C("sim-plot-exists", raw("old.png", b"keep me"), "similarity helpful harmless --plot {t}/old.png", 2, "old.png: already exists (use --force to overwrite)", lambda e: e.p("old.png").read_bytes() == b"keep me" or pytest.fail("overwritten")),
+    C("sim-plot-parent-is-file", raw("file", b"x"), "similarity helpful harmless --plot {t}/file/cos.png", 2, "is not a directory", no_plot),
+    C("sim-plot-and-bad-ref", nothing, "similarity helpful nosuch --plot {home}/cos.png", 2, "nosuch", no_plot),
+    C("diff-unknown-ref", nothing, "diff helpful nosuch", 2, "nosuch"),
+    C("diff-one-ref", nothing, "diff helpful", 2, "Missing argument 'ref_b'"),
+    C("diff-different-bases", vector_on_other_base, "diff other helpful", 2, "cannot compare vectors made for different bases: other@1 is on base"),
+    C("diff-bad-ref-grammar", nothing, "diff helpful@@1 harmless", 2, "helpful@@1"),
     #
     # --- cases: LoRA export (#17)
     #

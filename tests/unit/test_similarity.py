@@ -102,7 +102,7 @@ def test_whole_vector_statistics(three) -> None:
     assert report.groups == [] and report.group_by is None
 
 
-@pytest.mark.parametrize("group_by, key", [("tensor", lambda n: n), ("layer", layer_of), ("module", module_type_of)])
+@pytest.mark.parametrize("group_by, key", [("tensor", lambda n: n), ("layer", layer_of), ("module-type", module_type_of)])
 def test_grouped_statistics(three, group_by, key) -> None:
     paths, vecs = three
     report = similarity(paths, group_by=group_by)
