@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 # What ruff checks: the package and the benchmarks.  tests/ joins once its files are lint-clean.
-LINT_PATHS := __init__.py registry cli schemas migrations bench
+LINT_PATHS := __init__.py registry cli schemas migrations bench paper
 
 .PHONY: setup demo lint test bench paper
 setup: $(VENV)/.installed

@@ -243,19 +243,20 @@ class Report:
         if s.get("extra"):
             self.w(f"Why: {s['extra'].get('why', '')}", "")
         self.w(
-            "| vector | run | steps | train loss | validation reward accuracy | train wall s |",
-            "|---|---|---|---|---|---|",
+            "| vector | run | steps | final train loss | validation reward accuracy (pairs) | s/step | run wall s |",
+            "|---|---|---|---|---|---|---|",
         )
         for n in self.names:
             t = self.trained[n]["provenance"].get("training", {})
             for run in ("positive", "negative"):
                 r = t.get(run) or {}
                 acc = r.get("eval_reward_accuracy")
-                wall = r.get("wall_time_s", r.get("seconds"))
+                val = "—" if acc is None else f"{acc:.3f} ({r.get('eval_rows')})"
+                wall, sps = r.get("wall_seconds"), r.get("seconds_per_step")
                 self.w(
                     f"| {n} | θ{'+' if run == 'positive' else '−'} | {r.get('steps')} | "
-                    f"{r.get('train_loss', float('nan')):.4f} | {'—' if acc is None else f'{acc:.3f}'} | "
-                    f"{'—' if wall is None else f'{wall:.0f}'} |"
+                    f"{r.get('train_loss', float('nan')):.4f} | {val} | "
+                    f"{'—' if sps is None else f'{sps:.1f}'} | {'—' if wall is None else f'{wall:.0f}'} |"
                 )
         self.w("")
 

@@ -105,7 +105,6 @@ SMOKE = Settings(
     max_length=64,
     eval_fraction=0.1,
     eval_batch_size=8,
-    sweep_grid="-1:2:1.5",
     grid_axis="0:1:1",
     lora_rank=2,
     lora_alpha=4,
