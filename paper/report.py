@@ -111,9 +111,13 @@ class Report:
         self.roles = {p["name"]: p["role"] for p in self.meta["preferences"]}
         self.trained = {n: _load(work / f"train-{n}.json") for n in self.names}
         self.sweeps = {n: read_sweep(work / f"sweep-{n}" / "sweep.csv")[1] for n in self.names}
-        self.grid_axes, self.grid = read_sweep(work / "grid" / "sweep.csv")
-        self.ext = {k: _load(work / f"extend-{k}.json") for k in (2, 3)}
-        self.similarity = _load(work / "similarity.json")
+        # A stage left out of the run (run.py --skip) is reported as missing, not guessed.
+        grid = work / "grid" / "sweep.csv"
+        self.grid_axes, self.grid = read_sweep(grid) if grid.exists() else ([], {})
+        ext = [work / f"extend-{k}.json" for k in (2, 3)]
+        self.ext = {k: _load(p) for k, p in zip((2, 3), ext, strict=True)} if all(p.exists() for p in ext) else {}
+        sim = work / "similarity.json"
+        self.similarity = _load(sim) if sim.exists() else None
         self.lines: list[str] = []
         self.claims: list[tuple[str, str]] = []
 
@@ -327,7 +331,16 @@ class Report:
                 self.w(f"![{n}: probe perplexity vs η]({self.figure(src, f'{n}.probe.perplexity.png')})")
             self.w("")
 
+    def missing(self, title: str, stage: str) -> None:
+        self.w(
+            f"## {title}", "", f"**Not measured in this run**: the `{stage}` stage was left out (see the notes).", ""
+        )
+        self.claims.append((title, "not measured"))
+
     def grid_section(self) -> None:
+        if not self.grid:
+            self.missing("Two vectors at once (paper Fig. 2 analogue)", "grid")
+            return
         p1, p2 = self.grid_axes
         self.w(
             "## Two vectors at once (paper Fig. 2 analogue)",
@@ -359,6 +372,9 @@ class Report:
                 self.w(f"![heatmap: {eval_set} {metric}]({self.figure(src, f'grid.{eval_set}.{metric}.png')})", "")
 
     def extendability(self) -> None:
+        if not self.ext:
+            self.missing("Extendability: adding a third preference", "extend")
+            return
         p1, p2, p3 = self.names
         self.w(
             "## Extendability: adding a third preference",
@@ -415,6 +431,9 @@ class Report:
 
     def similarity_section(self) -> None:
         sim = self.similarity
+        if sim is None:
+            self.missing("Similarity of the vectors", "similarity")
+            return
         labels = sim["vectors"]
         whole = sim["whole"]
         self.w(
@@ -508,8 +527,15 @@ class Report:
         plt.close(fig)
         return "figures/overview.png"
 
+    def notes(self) -> None:
+        """``work/notes.md``, when present: what happened to this particular run (restarts, skipped stages)."""
+        path = self.work / "notes.md"
+        if path.exists():
+            self.w("## Notes on this run", "", path.read_text().strip(), "")
+
     def render(self) -> str:
         self.header()
+        self.notes()
         self.summary()
         fig = self.overview_figure()
         if fig:

