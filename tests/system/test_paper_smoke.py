@@ -129,7 +129,10 @@ def test_extendability_is_reported_from_the_two_evaluations(smoke) -> None:
     three = json.loads((smoke["work"] / "extend-3.json").read_text())
     for name in ("corrigible", "refusal", "myopic"):
         before, after = two["metrics"][name]["accuracy"]["value"], three["metrics"][name]["accuracy"]["value"]
-        assert f"| {name} | {before:.3f}" in text and f"{after:.3f}" in text and f"{after - before:+.3f}" in text
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} | accuracy | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2].startswith(f"{before:.3f} [") and cells[3].startswith(f"{after:.3f} [")
+        assert cells[4].startswith(f"{after - before:+.3f} [")
 
 
 def test_makefile_paper_target_runs_this_script() -> None:
