@@ -31,7 +31,11 @@ class Report:
         self.names = [p["name"] for p in self.meta["preferences"]]
         self.roles = {p["name"]: p["role"] for p in self.meta["preferences"]}
         self.trained = {n: load(work / f"train-{n}.json") for n in self.names}
-        self.sweeps = {n: read_sweep(work / f"sweep-{n}" / "sweep.csv")[1] for n in self.names}
+        # A sweep interrupted or left out has no CSV: its vector's rows say so (and its overview curve is absent).
+        self.sweeps = {
+            n: read_sweep(work / f"sweep-{n}" / "sweep.csv")[1] if (work / f"sweep-{n}" / "sweep.csv").exists() else {}
+            for n in self.names
+        }
         # A stage left out of the run (run.py --skip) is reported as missing, not guessed.
         grid = work / "grid" / "sweep.csv"
         self.grid_axes, self.grid = read_sweep(grid) if grid.exists() else ([], {})
@@ -194,6 +198,10 @@ class Report:
             "",
         )
         for n in self.names:
+            if not self.sweeps[n]:
+                self.w(f"### {n}", "", f"**Not measured in this run**: the sweep of {n} did not complete.", "")
+                self.claims.append((f"control, inversion, damage ({n})", "not measured"))
+                continue
             acc = self.curve(n, n, "accuracy")
             mar = self.curve(n, n, "margin")
             ppl = dict(self.curve(n, "probe", "perplexity"))
