@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def sweep_stage() -> None:
         for n in names:
+            if args.resume and (work / f"sweep-{n}" / "sweep.csv").exists():
+                continue
             r.pvreg_cmd(
                 "sweep",
                 "sweep",
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     def grid_stage() -> None:
+        if args.resume and (work / "grid" / "sweep.csv").exists():
+            return
         p1, p2 = names[0], names[1]
         r.pvreg_cmd(
             "grid",
