@@ -409,12 +409,12 @@ class Report:
             "```bash",
         )
         for c in self.commands:
-            self.w(f"{c['command']}    # {c.get('seconds', 0):.0f} s")
+            self.w(f"{c['command']}    # {c.get('seconds', 0):.0f} s{', ' + c['note'] if c.get('note') else ''}")
         self.w("```", "", "| stage | wall s | load average before | after |", "|---|---|---|---|")
         for t in self.timings:
             self.w(
-                f"| {t['stage']} | {t['seconds']:.0f} | {' '.join(map(str, t['load_before']))} | "
-                f"{' '.join(map(str, t['load_after']))} |"
+                f"| {t['stage']}{' (' + t['note'] + ')' if t.get('note') else ''} | {t['seconds']:.0f} | "
+                f"{' '.join(map(str, t.get('load_before') or ['—']))} | {' '.join(map(str, t.get('load_after') or ['—']))} |"
             )
         self.w(
             "",
