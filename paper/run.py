@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def similarity_stage() -> None:
+        if args.resume and (work / "similarity.json").exists():
+            return
         r.pvreg_cmd("similarity", "similarity", *names, "--json", json_out=work / "similarity.json")
 
     r.stage("prepare", prepare_stage)
