@@ -30,7 +30,7 @@ class Report:
         self.commands = load(work / "commands.json")
         self.names = [p["name"] for p in self.meta["preferences"]]
         self.roles = {p["name"]: p["role"] for p in self.meta["preferences"]}
-        self.trained = {n: load(work / f"train-{n}.json") for n in self.names}
+        self.trained = {n: load(work / f"train-{n}.json") for n in self.names if (work / f"train-{n}.json").exists()}
         # A sweep interrupted or left out has no CSV: its vector's rows say so (and its overview curve is absent).
         self.sweeps = {
             n: read_sweep(work / f"sweep-{n}" / "sweep.csv")[1] if (work / f"sweep-{n}" / "sweep.csv").exists() else {}
@@ -176,6 +176,9 @@ class Report:
             "|---|---|---|---|---|---|---|",
         )
         for n in self.names:
+            if n not in self.trained:
+                self.w(f"| {n} | — | not finished in this run | | | | |")
+                continue
             t = self.trained[n]["provenance"].get("training", {})
             for run in ("positive", "negative"):
                 r = t.get(run) or {}
