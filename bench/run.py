@@ -81,6 +81,19 @@ def tool(name: str) -> str:
     return found
 
 
+def mergekit_config(path: Path, base: Path, dirs: dict[str, Path]) -> Path:
+    """mergekit's task_arithmetic recipe for the same mix pvreg composes (WEIGHTS), written to ``path``."""
+    path.write_text(
+        "merge_method: task_arithmetic\n"
+        f"base_model: {base}\n"
+        "models:\n"
+        + "".join(f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items())
+        + "parameters:\n  normalize: false\n"
+        "dtype: bfloat16\n"
+    )
+    return path
+
+
 @dataclass
 class Series:
     label: str
@@ -214,17 +227,7 @@ class Bench:
         ft_files = [f for v in VARIANTS.values() for f in weight_files(dirs[v])]
         warm = base_files + blob_files + ft_files  # every tool's inputs, identically for all
         outs = {k: self.work / f"out-{k}" for k in ("pvreg", "floor", "mergekit", "naive")}
-        mk_cfg = self.work / "mergekit.yml"
-        mk_cfg.write_text(
-            "merge_method: task_arithmetic\n"
-            f"base_model: {base}\n"
-            "models:\n"
-            + "".join(
-                f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items()
-            )
-            + "parameters:\n  normalize: false\n"
-            "dtype: bfloat16\n"
-        )
+        mk_cfg = mergekit_config(self.work / "mergekit.yml", base, dirs)
         series = {
             "floor": Series("I/O floor"),
             "pvreg": Series("pvreg compose"),
@@ -366,17 +369,7 @@ class Bench:
         base_files = weight_files(base)
         blob_files = [blobs[n] for n in WEIGHTS]
         out_pv, out_fl, out_mk = root / "out-pvreg", root / "out-floor", root / "out-mergekit"
-        mk_cfg = root / "mergekit.yml"
-        mk_cfg.write_text(
-            "merge_method: task_arithmetic\n"
-            f"base_model: {base}\n"
-            "models:\n"
-            + "".join(
-                f"  - model: {dirs[VARIANTS[n]]}\n    parameters:\n      weight: {w}\n" for n, w in WEIGHTS.items()
-            )
-            + "parameters:\n  normalize: false\n"
-            "dtype: bfloat16\n"
-        )
+        mk_cfg = mergekit_config(root / "mergekit.yml", base, dirs)
         series = {
             "floor": Series("cold I/O floor"),
             "pvreg": Series("cold pvreg compose"),
