@@ -20,6 +20,7 @@ FLAGS: dict[str, str] = {
     "names": "--name",
     "tags": "--tag",
     "lm_eval_tasks": "--lm-eval-task",
+    "n_bootstrap": "--bootstrap",
 }
 
 

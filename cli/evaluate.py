@@ -38,6 +38,11 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Score only the fi
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu (default), cuda, cuda:1, mps.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap intervals.")]
+BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples per 95% interval.")]
+KlTopKOpt = Annotated[
+    int | None,
+    typer.Option("--kl-top-k", help="KL over the base's K most likely tokens per position (default: full vocabulary)."),
+]
 MethodOpt = Annotated[str | None, typer.Option("--method", help="Merge method: linear (default), ties, dare_*.")]
 DensityOpt = Annotated[float | None, typer.Option("--density", help="Kept fraction for ties/dare.")]
 
@@ -94,6 +99,8 @@ def eval_(
     batch_size: BatchOpt = 8,
     device: DeviceOpt = None,
     seed: SeedOpt = 0,
+    n_bootstrap: BootstrapOpt = 1000,
+    kl_top_k: KlTopKOpt = None,
     method: MethodOpt = None,
     density: DensityOpt = None,
     as_json: JsonOpt = False,
@@ -115,6 +122,8 @@ def eval_(
             batch_size=batch_size,
             device=device,
             seed=seed,
+            n_bootstrap=n_bootstrap,
+            kl_top_k=kl_top_k,
             method=method,
             density=density,
         )

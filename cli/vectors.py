@@ -112,9 +112,11 @@ def show(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
     with open_registry(ctx) as reg:
         meta = reg.show(ref)
         base = reg.base_info(meta.base_fingerprint)
-        evaluations = [] if as_json else reg.evaluations(ref)  # the ref as given: a legacy name may not parse
+        evaluations = reg.evaluations(ref)  # the ref as given: a legacy name may not parse
     if as_json:
-        emit_json(meta)
+        # The version's metadata, plus its latest stored evaluation (what the text form shows) and how many exist.
+        latest = evaluations[-1].model_dump(mode="json") if evaluations else None
+        emit_json({**meta.model_dump(mode="json"), "evaluations": len(evaluations), "latest_evaluation": latest})
         return
     rows = [
         ("ref", meta.ref),

@@ -69,7 +69,8 @@ class Report:
 
     def header(self) -> None:
         meta = self.meta
-        total = sum(t["seconds"] for t in self.timings)
+        # Jobs overlap (run.py --jobs), so the run's wall time is its own clock, not a sum of steps.
+        total = meta.get("total_seconds_before_report") or sum(t["seconds"] for t in self.timings)
         self.w(
             "# Preference vectors on SmolLM2-135M-Instruct with pvreg"
             + (" (SMOKE RUN — tiny model)" if meta["smoke"] else ""),
@@ -413,10 +414,21 @@ class Report:
         )
         for c in self.commands:
             self.w(f"{c['command']}    # {c.get('seconds', 0):.0f} s{', ' + c['note'] if c.get('note') else ''}")
-        self.w("```", "", "| stage | wall s | load average before | after |", "|---|---|---|---|")
-        for t in self.timings:
+        par = meta.get("parallel")
+        if par:
             self.w(
-                f"| {t['stage']}{' (' + t['note'] + ')' if t.get('note') else ''} | {t['seconds']:.0f} | "
+                "```",
+                "",
+                f"Steps ran {par['jobs']} at a time, {par['threads_per_job']} CPU thread(s) each, each as soon as the "
+                "vectors it needs were registered; `start` is minutes after the run began.",
+            )
+        else:
+            self.w("```")
+        self.w("", "| stage | start (min) | wall s | load average before | after |", "|---|---|---|---|---|")
+        for t in self.timings:
+            start = f"{t['start_s'] / 60:.1f}" if "start_s" in t else "—"
+            self.w(
+                f"| {t['stage']}{' (' + t['note'] + ')' if t.get('note') else ''} | {start} | {t['seconds']:.0f} | "
                 f"{' '.join(map(str, t.get('load_before') or ['—']))} | {' '.join(map(str, t.get('load_after') or ['—']))} |"
             )
         self.w(

@@ -177,9 +177,8 @@ def _apply_one(
     handle._saved[pname] = param.detach().to("cpu", copy=True)
     handle.touched.append(pname)
     acc = delta.dtype
-    new = (
-        param.detach().to(acc).add_(delta.to(param.device))
-        if param.dtype != acc
-        else param.detach().clone().add_(delta.to(param.device))
-    )
-    param.data.copy_(new.to(param.dtype))
+    if param.dtype == acc:
+        # Same dtype: add in place (the same rounding as a copy plus add, without two more passes over the model).
+        param.data.add_(delta.to(param.device))
+        return
+    param.data.copy_(param.detach().to(acc).add_(delta.to(param.device)).to(param.dtype))

@@ -49,6 +49,10 @@ def test_eval_cli_equals_api_and_is_listed(env, cli, tmp_path: Path) -> None:
     assert table[0].split()[:4] == ["ID", "CREATED", "TARGET", "SETS"] and len(table) == 4
     shown = cli("show", "v").stdout
     assert "evaluated:   #3 " in shown and "prose: nll_per_token=" in shown and "(3 evaluation(s)" in shown
+    shown_json = json.loads(cli("show", "v", "--json").stdout)
+    assert shown_json["evaluations"] == 3 and shown_json["latest_evaluation"]["id"] == 3
+    assert shown_json["latest_evaluation"]["metrics"] == from_cli["metrics"]
+    assert (shown_json["name"], shown_json["version"]) == ("v", 1) and "sha256" in shown_json
 
 
 def test_evals_of_an_unknown_ref_is_one_line(env, cli) -> None:
@@ -115,3 +119,21 @@ def test_show_and_evals_stay_on_the_read_path(env, cli, home: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert r.returncode == 0, r.stderr
     assert "evaluated:" in r.stdout and "RESULTS" in r.stdout
+
+
+def test_bootstrap_and_kl_top_k_flags_reach_the_stored_options(env, cli, tmp_path: Path) -> None:
+    common = ["--base", env["base"], "--text", env["text"], "--limit", "2", "--json"]
+    r = cli("eval", "v:0.5", *common, "--bootstrap", "50", "--kl-top-k", "5")
+    assert r.exit_code == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["options"]["n_bootstrap"] == 50 and record["options"]["kl_top_k"] == 5
+    with Registry.open() as reg:
+        api = reg.evaluate("v:0.5", base=env["base"], text=[env["text"]], limit=2, n_bootstrap=50, kl_top_k=5)
+    assert api.key == record["key"]  # the same measurement: found by its key, not measured under other options
+    full = json.loads(cli("eval", "v:0.5", *common).stdout)
+    assert full["key"] != record["key"] and full["options"]["n_bootstrap"] == 1000
+    swept = cli("sweep", "v=0,0.5", "--base", env["base"], "--text", env["text"], "--limit", "2", "--bootstrap", "50",
+                "--kl-top-k", "5", "--out", tmp_path / "s", "--json")
+    assert swept.exit_code == 0, swept.stderr
+    points = json.loads(swept.stdout)["points"]
+    assert points[1]["evaluation"]["key"] == record["key"] and points[1]["evaluation"]["reused"]

@@ -993,6 +993,8 @@ CASES = [
     C("eval-duplicate-label", eval_file("t.txt", "w1 w2 w3\n"), EVAL + "helpful --pairs a={t}/p.jsonl --text a={t}/t.txt", 2, "eval set label 'a' is used twice"),
     C("eval-limit-zero", PAIRS, EVAL + "helpful --pairs {t}/p.jsonl --limit 0", 2, "--limit must be a positive integer"),
     C("eval-batch-size-zero", PAIRS, EVAL + "helpful --pairs {t}/p.jsonl --batch-size 0", 2, "--batch-size must be a positive integer"),
+    C("eval-bootstrap-zero", PAIRS, EVAL + "helpful --pairs {t}/p.jsonl --bootstrap 0", 2, "--bootstrap must be a positive integer"),
+    C("eval-kl-top-k-zero", PAIRS, EVAL + "helpful --text {t}/p.jsonl --kl-top-k 0", 2, "--kl-top-k must be a positive integer"),
     C("eval-base-mismatch", both(PAIRS, other_base), "eval helpful --base {t}/other-base --pairs {t}/p.jsonl", 2, "base mismatch"),
     C("eval-different-bases", vector_on_other_base, EVAL + "helpful other --pairs {t}/p.jsonl", 2, "the vectors were made for different bases"),
     C("eval-bad-term", PAIRS, EVAL + "helpful:abc --pairs {t}/p.jsonl", 2, "coefficient 'abc' is not a number"),

@@ -69,6 +69,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             str(work),
             "--report-dir",
             str(report),
+            "--jobs",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -82,10 +84,26 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_every_stage_ran_through_the_cli(smoke) -> None:
     commands = json.loads((smoke["work"] / "commands.json").read_text())
-    verbs = [c["command"].split()[3] for c in commands]  # pvreg --registry work/registry VERB ...
-    assert verbs == ["train"] * 3 + ["sweep"] * 3 + ["eval"] * 2 + ["similarity", "sweep"]
-    stages = [t["stage"] for t in json.loads((smoke["work"] / "timings.json").read_text())]
-    assert stages == ["prepare", "train", "sweep", "extend", "similarity", "grid", "report"]
+    verbs = sorted(c["command"].split()[3] for c in commands)  # pvreg --registry work/registry VERB ...
+    assert verbs == sorted(["train"] * 3 + ["sweep"] * 3 + ["eval"] * 2 + ["similarity", "sweep"])
+    timings = json.loads((smoke["work"] / "timings.json").read_text())
+    jobs = {t["stage"]: (t["start_s"], t["start_s"] + t["seconds"]) for t in timings}
+    names = ["corrigible", "refusal", "myopic"]
+    assert set(jobs) == {"prepare", "report", "extend", "similarity", "grid"} | {
+        f"{verb} {n}" for verb in ("train", "sweep") for n in names
+    }
+    # Each job started only once the vectors it needs were registered (0.2 s: the clocks' rounding) ...
+    ended = {n: jobs[f"train {n}"][1] for n in names}
+    for n in names:
+        assert jobs[f"sweep {n}"][0] >= ended[n] - 0.2
+    assert jobs["grid"][0] >= max(ended["corrigible"], ended["refusal"]) - 0.2
+    assert min(jobs["extend"][0], jobs["similarity"][0]) >= max(ended.values()) - 0.2
+    # ... and two ran side by side (--jobs 2): the first two trainings overlap.
+    (a0, a1), (b0, b1) = jobs["train corrigible"], jobs["train refusal"]
+    assert max(a0, b0) < min(a1, b1)
+    meta = json.loads((smoke["work"] / "meta.json").read_text())
+    assert meta["parallel"] == {"jobs": 2, "threads_per_job": max(1, meta["parallel"]["usable_cpus"] // 2),
+                                "usable_cpus": meta["parallel"]["usable_cpus"]}
     # What the report prints is relative to the work directory: no local paths.
     text = (smoke["report"] / "report.md").read_text()
     assert str(smoke["work"]) not in text and str(smoke["base"]) not in text
