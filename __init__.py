@@ -5,8 +5,18 @@ The public Python API is deliberately small; everything else lives in
 and ``pvreg.cli`` (the command line).
 """
 
-from pvreg.registry.api import Registry
-from pvreg.registry.errors import PvregError
-from pvreg.registry.version import __version__
+import gc as _gc
+
+# The collector is paused while these imports run (SQLAlchemy and pydantic build ~10^5 long-lived objects and
+# no garbage; see registry/gcpause.py) and restored after, so an importing program keeps its own settings.
+_collecting = _gc.isenabled()
+_gc.disable()
+try:
+    from pvreg.registry.api import Registry
+    from pvreg.registry.errors import PvregError
+    from pvreg.registry.version import __version__
+finally:
+    if _collecting:
+        _gc.enable()
 
 __all__ = ["PvregError", "Registry", "__version__"]

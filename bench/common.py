@@ -3,7 +3,7 @@ output comparison and per-child measurements.
 
 Also runnable as a script for the child processes the harness times::
 
-    python bench/common.py floor --read F... --write-dir DIR --write-sizes N... [--fsync]
+    python bench/common.py floor --read F... --write-dir DIR --write-sizes N... [--fsync] [--direct]
     python bench/common.py naive --base DIR --vector FILE:W ... --out DIR
 
 Nothing here imports pvreg: the baselines must not share its code.
@@ -289,8 +289,12 @@ def dir_bytes(files: list[Path]) -> int:
 # --------------------------------------------------------------------------- #
 
 
-def floor_main(read: list[str], write_dir: str, sizes: list[int], do_fsync: bool) -> None:
-    """Read every input byte once, then write files of the output's sizes (fsynced like pvreg)."""
+def floor_main(read: list[str], write_dir: str, sizes: list[int], do_fsync: bool, direct: bool = False) -> None:
+    """Read every input byte once, then write files of the output's sizes (fsynced like pvreg).
+
+    ``direct``: write with ``O_DIRECT`` from one page-aligned buffer (the last block zero-padded, the file
+    truncated to its size), the way pvreg writes large files; the floor is then the faster of the two.
+    """
     buf = bytearray(BUF_BYTES)
     read_all([Path(p) for p in read], buf)
     out = Path(write_dir)
@@ -298,6 +302,9 @@ def floor_main(read: list[str], write_dir: str, sizes: list[int], do_fsync: bool
     view = memoryview(buf)
     for k, size in enumerate(sizes):
         path = out / f"out-{k:05d}.bin"
+        if direct:
+            _direct_write(path, size)
+            continue
         with open(path, "wb", buffering=0) as f:
             left = size
             while left:
@@ -308,6 +315,25 @@ def floor_main(read: list[str], write_dir: str, sizes: list[int], do_fsync: bool
         fd = os.open(out, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
+
+
+def _direct_write(path: Path, size: int, chunk: int = 8 << 20) -> None:
+    import mmap
+
+    aligned = mmap.mmap(-1, chunk)
+    aligned.write(b"\x01" * chunk)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        left = size
+        while left > 0:
+            n = min(chunk, -(-left // 4096) * 4096)
+            os.write(fd, memoryview(aligned)[:n])
+            left -= n
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        aligned.close()
 
 
 def naive_main(base: str, vectors: list[tuple[str, float]], out: str) -> None:
@@ -503,13 +529,14 @@ def main() -> None:
     f.add_argument("--write-dir", required=True)
     f.add_argument("--write-sizes", nargs="+", type=int, required=True)
     f.add_argument("--fsync", action="store_true")
+    f.add_argument("--direct", action="store_true", help="write with O_DIRECT (always fsynced)")
     n = sub.add_parser("naive")
     n.add_argument("--base", required=True)
     n.add_argument("--vector", nargs="+", required=True, help="FILE:WEIGHT")
     n.add_argument("--out", required=True)
     args = ap.parse_args()
     if args.cmd == "floor":
-        floor_main(args.read, args.write_dir, args.write_sizes, args.fsync)
+        floor_main(args.read, args.write_dir, args.write_sizes, args.fsync, args.direct)
     else:
         vecs = [(v.rsplit(":", 1)[0], float(v.rsplit(":", 1)[1])) for v in args.vector]
         naive_main(args.base, vecs, args.out)

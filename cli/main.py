@@ -178,4 +178,11 @@ def main_callback(
 
 
 def main() -> None:
-    app(prog_name="pvreg")
+    """The ``pvreg`` console script.  The cyclic garbage collector is off for the command (see gcpause)."""
+    from pvreg.registry import gcpause
+
+    gcpause.pause()
+    try:
+        app(prog_name="pvreg")
+    finally:
+        gcpause.before_exit()

@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pvreg.registry.directio import MIN_BYTES as DIRECT_MIN_BYTES
+from pvreg.registry.directio import DirectWriter, open_direct
+
 TEMP_PREFIX = ".pvreg-tmp-"
 #: The names :func:`temp_sibling` makes (``.pvreg-tmp-<32 hex><suffix>``): the only names ``gc`` acts on.
 TEMP_NAME_RE = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{32}(?P<suffix>[-.a-z]*)")
@@ -130,7 +133,8 @@ class AtomicFile:
     exception, a ``return``) deletes the temporary file.
     """
 
-    def __init__(self, target: Path, *, overwrite: bool = True) -> None:
+    def __init__(self, target: Path, *, overwrite: bool = True, size_hint: int = 0) -> None:
+        """``size_hint``: the bytes about to be written; a large file bypasses the page cache (:mod:`.directio`)."""
         self.target = target
         self.overwrite = overwrite
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +144,17 @@ class AtomicFile:
         self.done = False
         self._written = 0  # bytes handed to write()
         self._kicked = 0  # writeback started up to here
+        self._direct: DirectWriter | None = None
+        if size_hint >= DIRECT_MIN_BYTES:
+            fd = open_direct(self.temp)
+            if fd is not None:
+                self._direct = DirectWriter(fd)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
+            if self._direct is not None:
+                self._direct.write(data)
+                return
             self.handle.write(data)
             self._written += data.nbytes if isinstance(data, memoryview) else len(data)
             if self._written - self._kicked >= WRITEBACK_BYTES:
@@ -163,6 +175,10 @@ class AtomicFile:
             self.target = target
             target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self._direct is not None:
+                self._direct.finish()
+                os.fsync(self._direct.fd)
+                self._close_direct()
             self.handle.flush()
             os.fsync(self.handle.fileno())
         except OSError as exc:
@@ -185,9 +201,17 @@ class AtomicFile:
             return
         self.done = True
         with contextlib.suppress(OSError):
+            self._close_direct()
+        with contextlib.suppress(OSError):
             self.handle.close()  # flushes: fails again when the disk is full, and must not keep the temp file
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            direct.close()
+            os.close(direct.fd)
 
     def __enter__(self) -> AtomicFile:
         return self

@@ -105,6 +105,9 @@ def load_model(path: Path, device: str | None, what: str) -> tuple[Any, Any]:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError) as exc:
             raise EvalError(f"{opt(what)} {os.fspath(path)}: cannot load its tokenizer ({first_line(exc)})") from None
+        from pvreg.registry import gcpause
+
+        gcpause.resume()  # scoring allocates per batch for as long as it runs: the collector is needed again
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError, RuntimeError) as exc:

@@ -439,9 +439,9 @@ class StreamingWriter:
         self._next = 0
         # digest=False: the caller hashes what it needs itself; finish() then returns "".
         self._hash = hashlib.sha256() if digest else None
-        self._file = AtomicFile(target, overwrite=overwrite)
         header = build_header(entries, metadata)
         self.size = len(header) + sum(math.prod(s) * DTYPES[c][0] for _, c, s in entries)
+        self._file = AtomicFile(target, overwrite=overwrite, size_hint=self.size)
         self._emit(header)
 
     def _emit(self, data: bytes | memoryview) -> None:

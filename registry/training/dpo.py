@@ -254,6 +254,7 @@ def _fit(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    from pvreg.registry import gcpause
     from pvreg.schemas.training import RunMetrics
 
     started = time.perf_counter()
@@ -261,6 +262,7 @@ def _fit(
     rows = [trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.train]
     eval_rows = [trainer_row(p, swap=plan.swap, chat=plan.chat) for p in plan.eval]
     tokenizer = load_tokenizer(plan.base)  # fresh per run: TRL sets a pad token on the one it gets
+    gcpause.resume()  # a training loop allocates per step for as long as it runs: the collector is needed again
     try:
         model = AutoModelForCausalLM.from_pretrained(plan.base, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:

@@ -17,13 +17,14 @@ def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     r = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--params", "3e6", "--repeats", "1", "--skip-mergekit",
-         "--list-versions", "30", "--cold-params", "3e6", "--cold-repeats", "1",
+         "--list-versions", "30", "--cold-params", "3e6", "--cold-repeats", "1", "--skip-lora",
          "--workdir", str(tmp_path / "work"), "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = out.read_text()
-    for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "pvreg verify", "pvreg list", "### Targets",
+    for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "| I/O floor, O_DIRECT write |",
+                   "| cold I/O floor, O_DIRECT write |", "pvreg verify", "pvreg list", "### Targets",
                    "≥ 3× faster than mergekit", "(pvreg compose − import torch) ≤ 1.5× I/O floor",
                    "≤ 1.25× cold I/O floor", "extraction (start-up excluded", "byte-identical across the 1 warm runs",
                    "independent float64 computation within one bf16 rounding | 0 of"):
@@ -45,3 +46,14 @@ def test_compare_bench_runs_and_prints_ratios(tmp_path: Path) -> None:
     assert "| pvreg similarity a b c |" in r.stdout and "× floor" in r.stdout
     worst = float(r.stdout.split("max |cosine difference| = ")[1].split(";")[0])
     assert worst < 1e-10
+
+
+def test_lora_bench_runs_at_one_layer(tmp_path: Path) -> None:
+    """bench/bench_lora.py (part of `make bench`) at one layer, two policies: the table and the bf16 re-check."""
+    out = tmp_path / "lora.md"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_lora.py"), "--layers", "1", "--ranks", "8",
+                        "--energies", "0.9", "--skip-mergekit", "--skip-svd", "--workdir", str(tmp_path / "work"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    table = out.read_text()
+    assert "| rank 8 |" in table and "| energy 0.9 |" in table
