@@ -5,18 +5,13 @@ The public Python API is deliberately small; everything else lives in
 and ``pvreg.cli`` (the command line).
 """
 
-import gc as _gc
+from pvreg.registry.gcpause import suspended as _gc_suspended
 
-# The collector is paused while these imports run (SQLAlchemy and pydantic build ~10^5 long-lived objects and
-# no garbage; see registry/gcpause.py) and restored after, so an importing program keeps its own settings.
-_collecting = _gc.isenabled()
-_gc.disable()
-try:
+# The collector is off while these imports run (SQLAlchemy and pydantic build ~10^5 long-lived objects and
+# no garbage; see registry/gcpause.py) and as it was after, so an importing program keeps its own settings.
+with _gc_suspended():
     from pvreg.registry.api import Registry
     from pvreg.registry.errors import PvregError
     from pvreg.registry.version import __version__
-finally:
-    if _collecting:
-        _gc.enable()
 
 __all__ = ["PvregError", "Registry", "__version__"]

@@ -23,9 +23,23 @@ the process ends the ordinary way, with atexit handlers and files flushed.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 #: Whether :func:`pause` turned the collector off (one flag per process, in a dict: no ``global`` needed).
 _state = {"paused": False}
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """The collector off for the block, then as it was (``import pvreg`` runs its imports inside one)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def pause() -> None:
