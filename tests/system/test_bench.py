@@ -52,7 +52,7 @@ def test_lora_bench_runs_at_one_layer(tmp_path: Path) -> None:
     """bench/bench_lora.py (part of `make bench`) at one layer, two policies: the table and the bf16 re-check."""
     out = tmp_path / "lora.md"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_lora.py"), "--layers", "1", "--ranks", "8",
-                        "--energies", "0.9", "--skip-mergekit", "--skip-svd", "--workdir", str(tmp_path / "work"),
+                        "--energies", "0.9", "--skip-mergekit", "--skip-svd", "--workdir", str(tmp_path),
                         "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     table = out.read_text()
