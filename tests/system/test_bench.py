@@ -15,14 +15,20 @@ from helpers.paths import REPO
 
 def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
+    # --readme puts the same report between the README's markers and leaves the rest as it was.
+    readme = tmp_path / "README.md"
+    readme.write_text("# intro\n<!-- bench-results:begin -->\nold table\n<!-- bench-results:end -->\n\nafter\n")
     r = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--params", "3e6", "--repeats", "1", "--skip-mergekit",
          "--list-versions", "30", "--cold-params", "3e6", "--cold-repeats", "1", "--skip-lora",
-         "--workdir", str(tmp_path / "work"), "--out", str(out)],
+         "--workdir", str(tmp_path / "work"), "--out", str(out), "--readme", str(readme)],
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = out.read_text()
+    assert readme.read_text() == (
+        f"# intro\n<!-- bench-results:begin -->\n{report.strip()}\n<!-- bench-results:end -->\n\nafter\n"
+    )
     for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "| I/O floor, O_DIRECT write |",
                    "| cold I/O floor, O_DIRECT write |", "pvreg verify", "pvreg list", "### Targets",
                    "≥ 3× faster than mergekit", "(pvreg compose − import torch) ≤ 1.5× I/O floor",
@@ -57,3 +63,16 @@ def test_lora_bench_runs_at_one_layer(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     table = out.read_text()
     assert "| rank 8 |" in table and "| energy 0.9 |" in table
+
+
+def test_bench_refuses_a_readme_without_its_markers_before_running(tmp_path: Path) -> None:
+    """A README the report could not be put into is refused at once (one line, exit 2), not after the run."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# intro\n<!-- bench-results:begin -->\nno end marker\n")
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--readme", str(readme)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {readme}: needs one '<!-- bench-results:begin -->' line before one '<!-- bench-results:end -->' line"
+    ]
+    assert readme.read_text() == "# intro\n<!-- bench-results:begin -->\nno end marker\n"
