@@ -525,8 +525,12 @@ def readme_results(report: Report, figure_prefix: str) -> str:
     )
 
 
+#: The work directory's records copied to ``out/results/`` (splits, settings and load, commands, times).
+RECORDS = ("data/splits.json", "meta.json", "commands.json", "timings.json", "similarity.json")
+
+
 def write_report(work: Path, out: Path, readme: Path | None = None) -> Path:
-    """Write ``out/report.md`` and ``out/figures/`` from ``work``; returns the report's path.
+    """Write ``out/report.md``, ``out/figures/`` and ``out/results/`` from ``work``; returns the report's path.
 
     With ``readme``, the part of that file between the paper-results markers is replaced by the
     headline table, the overview figure and the claims, so the README quotes the same run.
@@ -538,6 +542,14 @@ def write_report(work: Path, out: Path, readme: Path | None = None) -> Path:
     text = report.render()
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps({"claims": report.claims}, indent=1) + "\n")
+    # The run's own records beside the report, so what it quotes can be audited without the work directory.
+    results = out / "results"
+    if results.exists():
+        shutil.rmtree(results)
+    results.mkdir()
+    for record in RECORDS:
+        if (work / record).is_file():
+            shutil.copyfile(work / record, results / Path(record).name)
     if readme is not None:
         current = readme.read_text()
         if README_BEGIN in current and README_END in current:

@@ -107,6 +107,15 @@ def test_every_stage_ran_through_the_cli(smoke) -> None:
     # What the report prints is relative to the work directory: no local paths.
     text = (smoke["report"] / "report.md").read_text()
     assert str(smoke["work"]) not in text and str(smoke["base"]) not in text
+    # The run's records sit beside the report, copied as they are, without local paths either.
+    results = smoke["report"] / "results"
+    assert sorted(p.name for p in results.iterdir()) == sorted(
+        ["splits.json", "meta.json", "commands.json", "timings.json", "similarity.json"]
+    )
+    assert (results / "splits.json").read_bytes() == (smoke["work"] / "data" / "splits.json").read_bytes()
+    for record in results.iterdir():
+        body = record.read_text()
+        assert str(smoke["work"]) not in body and str(smoke["base"]) not in body and str(REPO) not in body, record
 
 
 def test_splits_are_disjoint_fixed_and_cover_the_source(smoke) -> None:
