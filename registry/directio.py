@@ -11,8 +11,10 @@ the file is on disk but not in the page cache, so a reader right after reads
 it from the disk.
 
 Direct I/O needs every write aligned in memory, length and file offset.  The
-bytes are therefore staged in the aligned buffer and written a whole buffer at
-a time; the last, partial buffer is zero-padded to the alignment and the file
+bytes are therefore staged in an aligned buffer and written a whole buffer at
+a time, by a thread of the writer's own while the next buffer fills (two
+buffers: a direct write waits for the device, and the caller — hashing the
+next tensor, say — need not wait with it); the last, partial buffer is zero-padded to the alignment and the file
 truncated back to its length.  Where the filesystem refuses ``O_DIRECT`` (tmpfs,
 some network and FUSE filesystems), :func:`open_direct` returns None, and a
 refusal at the first write switches the descriptor back to buffered writes:
@@ -21,9 +23,14 @@ the bytes written are the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 #: Alignment of every direct write (memory, length, offset): a multiple of the usual 512 B and 4 KiB blocks.
 ALIGN = 4096
@@ -48,20 +55,28 @@ def open_direct(path: os.PathLike[str] | str) -> int | None:
 
 
 class DirectWriter:
-    """Appends bytes to ``fd`` (opened by :func:`open_direct`, positioned at 0) through an aligned buffer.
+    """Appends bytes to ``fd`` (opened by :func:`open_direct`, positioned at 0) through aligned buffers.
 
-    :meth:`finish` writes the rest and sets the file's length; the caller then
-    fsyncs (the data is on the device already, the fsync makes the size and the
-    device's cache durable) and closes ``fd``.
+    A full buffer is written by a background thread while :meth:`write` fills
+    the other one; at most one write is in flight, so the writes reach the
+    file in order.  :meth:`finish` writes the rest, waits for it and sets the
+    file's length; the caller then fsyncs (the data is on the device already,
+    the fsync makes the size and the device's cache durable) and closes ``fd``.
+    A failed write is raised by the next :meth:`write` or by :meth:`finish`.
     """
 
     def __init__(self, fd: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         import numpy as np
 
         self.fd = fd
-        self._buf = mmap.mmap(-1, CHUNK)  # anonymous mappings are page-aligned
-        self._view = np.frombuffer(self._buf, dtype=np.uint8)
+        self._bufs = [mmap.mmap(-1, CHUNK), mmap.mmap(-1, CHUNK)]  # anonymous mappings are page-aligned
+        self._views = [np.frombuffer(b, dtype=np.uint8) for b in self._bufs]
+        self._current = 0  # the buffer being filled
         self._fill = 0
+        self._pending: Future[None] | None = None  # the other buffer's write, while in flight
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvreg-direct")
         self.size = 0  # logical bytes written so far
         self._direct = True
 
@@ -73,28 +88,49 @@ class DirectWriter:
         while pos < n:
             take = min(n - pos, CHUNK - self._fill)
             # numpy releases the GIL for the copy, so the compute threads keep running.
-            np.copyto(self._view[self._fill : self._fill + take], src[pos : pos + take])
+            view = self._views[self._current]
+            np.copyto(view[self._fill : self._fill + take], src[pos : pos + take])
             self._fill += take
             pos += take
             if self._fill == CHUNK:
-                self._flush(CHUNK)
+                self._hand_off(CHUNK)
         self.size += n
 
     def finish(self) -> int:
-        """Write the staged tail (zero-padded to :data:`ALIGN`) and truncate the file to its length."""
+        """Write the staged tail (zero-padded to :data:`ALIGN`), wait for every write, set the file's length."""
         if self._fill:
             padded = -(-self._fill // ALIGN) * ALIGN
-            self._view[self._fill : padded] = 0
-            self._flush(padded)
+            self._views[self._current][self._fill : padded] = 0
+            self._hand_off(padded)
+        self._wait()
         os.ftruncate(self.fd, self.size)
         return self.size
 
     def close(self) -> None:
-        del self._view  # the numpy view exports the mapping's buffer: it goes first
-        self._buf.close()
+        """Wait for a write still in flight (its error, if any, is the caller's to have seen), free the buffers."""
+        with contextlib.suppress(OSError):
+            self._wait()
+        self._pool.shutdown(wait=True)
+        del self._views  # the numpy views export the mappings' buffers: they go first
+        for b in self._bufs:
+            # A failed write's traceback may still hold a view of its buffer: the mapping then goes with it.
+            with contextlib.suppress(BufferError):
+                b.close()
 
-    def _flush(self, nbytes: int) -> None:
-        view = memoryview(self._buf)[:nbytes]
+    def _hand_off(self, nbytes: int) -> None:
+        """Queue the current buffer's first ``nbytes`` for writing and fill the other one meanwhile."""
+        self._wait()  # the other buffer is free again once its write is done
+        self._pending = self._pool.submit(self._write_out, self._bufs[self._current], nbytes)
+        self._current ^= 1
+        self._fill = 0
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_out(self, buf: mmap.mmap, nbytes: int) -> None:
+        view = memoryview(buf)[:nbytes]
         try:
             done = 0
             while done < nbytes:
@@ -106,7 +142,6 @@ class DirectWriter:
                     self._buffered()  # refused at write time: the same bytes through the page cache
         finally:
             view.release()
-        self._fill = 0
 
     def _buffered(self) -> None:
         import fcntl

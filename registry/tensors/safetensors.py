@@ -316,6 +316,7 @@ class SafetensorsFile:
         self.path = path
         self._slots, self.metadata, self.size = parse_header(path)
         self._mmap: mmap.mmap | None = None
+        self._address: int | None = None  # of the mapping, for page-cache residency checks
         self._lock = threading.Lock()  # fingerprinting reads tensors from several threads
 
     @property
@@ -333,6 +334,9 @@ class SafetensorsFile:
                     # ACCESS_COPY gives a writable private view, which torch.frombuffer
                     # needs; pages are shared with the page cache until written.
                     self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                    from pvreg.registry.tensors import pagecache  # ctypes: only once a tensor is read
+
+                    self._address = pagecache.base_address(self._mmap)
             return self._mmap
 
     def raw(self, name: str) -> memoryview:
@@ -371,15 +375,21 @@ class SafetensorsFile:
         """Start reading the tensor's pages into the page cache, without waiting (``MADV_WILLNEED``).
 
         The kernel reads ahead while the caller computes something else; the
-        pages are not mapped into this process, so RSS does not grow.  On a
-        warm cache it costs one syscall.
+        pages are not mapped into this process, so RSS does not grow.  A tensor
+        already cached gets no advice (:mod:`pagecache`: the advice would still
+        walk all its pages).
         """
         slot = self._slots[name]
         if slot.info.nbytes == 0:
             return
+        mapping = self._map()
+        from pvreg.registry.tensors import pagecache
+
+        if self._address is not None and pagecache.cached(self._address, slot.start, slot.info.nbytes):
+            return
         start = slot.start // mmap.PAGESIZE * mmap.PAGESIZE
         with contextlib.suppress(OSError):  # advice only: never a reason to fail
-            self._map().madvise(mmap.MADV_WILLNEED, start, slot.start + slot.info.nbytes - start)
+            mapping.madvise(mmap.MADV_WILLNEED, start, slot.start + slot.info.nbytes - start)
 
     def close(self) -> None:
         if self._mmap is not None:

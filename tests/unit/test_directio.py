@@ -81,6 +81,30 @@ def test_a_refusal_at_the_first_write_falls_back_to_buffered_writes(tmp_path: Pa
     assert (tmp_path / "x.bin").read_bytes() == b"".join(pieces)
 
 
+def test_a_failed_background_write_is_raised_and_nothing_is_published(tmp_path: Path, monkeypatch) -> None:
+    """Full buffers are written by the writer's thread; a device error there reaches the caller, once."""
+    real_write = os.write
+    calls: list[int] = []
+
+    def write(fd: int, data) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:  # the second buffer: the first write call after one has succeeded
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", write)
+    target = tmp_path / "x.bin"
+    f = AtomicFile(target, size_hint=directio.MIN_BYTES)
+    if f._direct is None:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    with pytest.raises(OSError, match="Input/output error"):
+        for _ in range(4):  # the failure of buffer 2 surfaces at a later write or at the commit
+            f.write(b"y" * directio.CHUNK)
+        f.commit()
+    f.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_abort_removes_the_temporary_file(tmp_path: Path) -> None:
     f = AtomicFile(tmp_path / "gone.bin", size_hint=directio.MIN_BYTES)
     f.write(b"x" * (directio.CHUNK + 5))
