@@ -537,7 +537,7 @@ def main() -> None:
         args.out.write_text(full + "\n")
         say(f"wrote {args.out}")
     if args.readme:
-        replace_marked(args.readme, *README_BENCH, report)
+        replace_marked(args.readme, *README_BENCH, demote(report, 1))
         if lora is not None:
             replace_marked(args.readme, *README_LORA, demote(lora, 2))
         say(f"updated {args.readme}")
@@ -550,7 +550,7 @@ README_LORA = ("<!-- lora-results:begin -->", "<!-- lora-results:end -->")
 
 
 def demote(markdown: str, levels: int) -> str:
-    """``markdown`` with every heading ``levels`` deeper (bench_lora's ``##`` report inside a README section)."""
+    """``markdown`` with every heading ``levels`` deeper (a ``##`` report inside a README section)."""
     return "\n".join("#" * levels + ln if ln.startswith("#") else ln for ln in markdown.splitlines())
 
 

@@ -26,9 +26,10 @@ def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = out.read_text()
-    assert readme.read_text() == (
-        f"# intro\n<!-- bench-results:begin -->\n{report.strip()}\n<!-- bench-results:end -->\n\nafter\n"
-    )
+    # ... one heading level deeper, as a section of the README's "## Benchmarks".
+    quoted = "\n".join("#" + ln if ln.startswith("#") else ln for ln in report.strip().splitlines())
+    assert quoted.startswith("### pvreg benchmark") and "\n#### Targets\n" in quoted
+    assert readme.read_text() == f"# intro\n<!-- bench-results:begin -->\n{quoted}\n<!-- bench-results:end -->\n\nafter\n"
     for needle in ("### Compose", "| pvreg compose |", "| I/O floor |", "| I/O floor, O_DIRECT write |",
                    "| cold I/O floor, O_DIRECT write |", "pvreg verify", "pvreg list", "### Targets",
                    "≥ 3× faster than mergekit", "(pvreg compose − import torch) ≤ 1.5× I/O floor",
