@@ -368,24 +368,22 @@ class Report:
             ),
             "",
         )
-        probe = [self.ext[k]["metrics"].get("probe", {}).get("perplexity") for k in (2, 3)]
-        if None not in probe:
-            pb, pa = as_metric(probe[0]), as_metric(probe[1])
-            dp = diff(pb, pa)
-            kept = dp.low <= 0
-            self.w(
-                f"- General ability when {p3} joins: probe perplexity {pb.value:.2f} → {pa.value:.2f} "
-                f"(×{pa.value / pb.value:.2f}; {verdict(dp)}).",
-                "",
-            )
         self.claims.append(
             ("extendability: p1/p2 accuracy not hurt by adding p3", "holds" if all(held) else "does not hold")
         )
+        probe = [self.ext[k]["metrics"].get("probe", {}).get("perplexity") for k in (2, 3)]
         if None not in probe:
+            pb, pa = as_metric(probe[0]), as_metric(probe[1])
+            dp, factor = diff(pb, pa), pa.value / pb.value
+            self.w(
+                f"- General ability when {p3} joins: probe perplexity {pb.value:.2f} → {pa.value:.2f} "
+                f"(×{factor:.2f}; {verdict(dp)}).",
+                "",
+            )
             self.claims.append(
                 (
                     "extendability: general ability (probe perplexity) kept when p3 joins",
-                    "holds" if kept else f"does not hold (×{pa.value / pb.value:.2f})",
+                    "holds" if dp.low <= 0 else f"does not hold (×{factor:.2f})",
                 )
             )
         self.claims.append(
