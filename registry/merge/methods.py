@@ -69,6 +69,7 @@ from pvreg.registry.merge.tensorops import (
     kth_largest_abs,
     trim_count,
 )
+from pvreg.registry.tensors.workers import widen
 
 __all__ = [
     "METHODS",
@@ -248,17 +249,21 @@ class Linear(MergeMethod):
 
 
 def add_weighted(
-    acc: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], order: Sequence[int]
+    acc: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    order: Sequence[int],
+    widened: torch.Tensor | None = None,
 ) -> None:
     """``acc += Σ_i w_i·δ_i`` in ``order``: the one place the ``linear`` arithmetic is spelled out.
 
-    ``δ_i`` may be of a narrower float dtype than ``acc`` (bf16/f16 into float32):
-    torch widens element-wise inside the fused multiply-add, which gives
-    bit-identical results to casting ``δ_i`` to ``acc``'s dtype first without
-    materialising that copy (the engine's streaming path relies on this).
+    ``δ_i`` may be of a narrower float dtype than ``acc`` (bf16/f16 into float32);
+    the engine's streaming path passes ``widened``, a scratch buffer of ``acc``'s
+    dtype and size, and each ``δ_i`` is widened into it first (:func:`widen`:
+    same bits, faster than torch's mixed-dtype add).
     """
     for i in order:
-        acc.add_(deltas[i], alpha=weights[i])
+        acc.add_(widen(deltas[i], widened), alpha=weights[i])
 
 
 class Ties(MergeMethod):

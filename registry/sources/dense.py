@@ -29,7 +29,7 @@ from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
 from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
 from pvreg.registry.tensors.readahead import Readahead
 from pvreg.registry.tensors.safetensors import CHUNK_ELEMENTS, TensorInfo
-from pvreg.registry.tensors.workers import Workers, single_threaded_torch
+from pvreg.registry.tensors.workers import Workers, single_threaded_torch, widen
 
 if TYPE_CHECKING:
     import torch
@@ -100,15 +100,16 @@ class _DiffSource:
 
         def job(k: int, part: slice) -> None:
             stored = out[part]
-            e = self._workers.scratch(compute, part.stop - part.start) if cast else stored
+            n = part.stop - part.start
+            e = self._workers.scratch(compute, n) if cast else stored
             e.copy_(a[part])
-            e.sub_(b[part])  # b is upcast element-wise; exact for float32/bf16/f16 inputs
-            esq = dsq = 0.0
+            e.sub_(widen(b[part], self._workers.scratch(compute, n, slot=1)))  # exact for float32/bf16/f16
             if cast:
                 stored.copy_(e)  # the one cast to the stored dtype
-                esq, dsq = chunk_error_sums(e, stored)
-            c = stored.to(torch.float64)
-            sums[k] = (esq, dsq, float(torch.dot(c, c)))
+                sums[k] = chunk_error_sums(e, stored)
+            else:
+                c = stored.to(torch.float64)
+                sums[k] = (0.0, 0.0, float(torch.dot(c, c)))
 
         with single_threaded_torch():
             self._workers.run(numel, job, CHUNK_ELEMENTS)

@@ -150,7 +150,8 @@ class _Meter:
         Chunks must be those of :func:`iter_chunks`, so the float64 sums come out
         the same whether the meter runs after the cast or fused into it.
         """
-        return self.account(name, *chunk_error_sums(e, s), s.dtype)
+        esq, dsq, _ = chunk_error_sums(e, s)
+        return self.account(name, esq, dsq, s.dtype)
 
     def account(self, name: str, esq: float, dsq: float, stored_dtype: torch.dtype) -> bool:
         """Add one chunk's :func:`chunk_error_sums` (in chunk order); False: stop metering this tensor."""
@@ -184,14 +185,19 @@ class _Meter:
         return math.sqrt(self.error_sq / self.exact_sq) if self.exact_sq > 0 else 0.0
 
 
-def chunk_error_sums(e: torch.Tensor, s: torch.Tensor) -> tuple[float, float]:
-    """(‖e‖², ‖s − e‖²) in float64 for one chunk: exact delta ``e``, stored ``s``."""
+def chunk_error_sums(e: torch.Tensor, s: torch.Tensor) -> tuple[float, float, float]:
+    """(‖e‖², ‖s − e‖², ‖s‖²) in float64 for one chunk: exact delta ``e``, stored ``s``.
+
+    ‖s‖² comes from the same float64 copy of ``s``, so the extraction pass widens
+    the stored chunk once for both the error meter and the blob's norm.
+    """
     import torch
 
     e64 = e.to(torch.float64)
     d = s.to(torch.float64)
+    stored_sq = float(torch.dot(d, d))
     d.sub_(e64)
-    return float(torch.dot(e64, e64)), float(torch.dot(d, d))
+    return float(torch.dot(e64, e64)), float(torch.dot(d, d)), stored_sq
 
 
 def _finish(meter: _Meter, close: Callable[[], None]) -> Callable[[BlobStats], None]:

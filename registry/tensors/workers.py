@@ -40,13 +40,16 @@ class Workers:
         self._pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="pvreg-compose")
         self._local = threading.local()
 
-    def scratch(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
-        """This thread's reusable buffer, the first ``numel`` elements (at most a slice)."""
+    def scratch(self, dtype: torch.dtype, numel: int, slot: int = 0) -> torch.Tensor:
+        """This thread's reusable buffer number ``slot``, the first ``numel`` elements (at most a slice)."""
         import torch
 
-        buf = getattr(self._local, "buf", None)
+        bufs: dict[int, torch.Tensor] | None = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = self._local.bufs = {}
+        buf = bufs.get(slot)
         if buf is None or buf.dtype != dtype or buf.numel() < numel:
-            buf = self._local.buf = torch.empty(max(SLICE_ELEMENTS, numel), dtype=dtype)
+            buf = bufs[slot] = torch.empty(max(SLICE_ELEMENTS, numel), dtype=dtype)
         return buf[:numel]
 
     def run(self, numel: int, job: Callable[[int, slice], None], size: int = SLICE_ELEMENTS) -> None:
@@ -75,6 +78,19 @@ class Workers:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def widen(t: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
+    """``t`` copied into ``buffer`` (a scratch slot) when their dtypes differ, else ``t`` itself.
+
+    For bf16/f16 into float32 the copy is exact, so ops on the result give the
+    same bits as torch's own mixed-dtype ops, whose casting loop is unvectorised:
+    the cast into a cache-resident buffer plus a same-dtype op is faster.
+    """
+    if buffer is None or t.dtype == buffer.dtype:
+        return t
+    buffer.copy_(t)
+    return buffer
 
 
 @contextlib.contextmanager
