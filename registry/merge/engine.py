@@ -125,7 +125,7 @@ def finite_bound(out_dtype: torch.dtype) -> float:
 
 
 def cast_stays_finite(acc: torch.Tensor, bound: float) -> bool:
-    """True only if ``acc`` (one slice) casts to a finite tensor of the dtype ``bound`` is for (see :func:`finite_bound`)."""
+    """True only if ``acc`` (one slice of at most ``SLICE_ELEMENTS``) casts finitely to the dtype of ``bound``."""
     import torch
 
     total = float(torch.dot(acc, acc))

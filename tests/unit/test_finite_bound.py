@@ -40,3 +40,8 @@ def test_an_inf_or_nan_accumulator_fails_even_for_float64_output() -> None:
     for v in (float("inf"), float("nan")):
         acc[3] = v
         assert not _passes(acc, torch.float64)
+
+
+def test_the_slice_size_keeps_the_bound_sound() -> None:
+    """finite_bound's ½ holds while n·u ≤ 1/3 (then n·u/(1 − n·u) ≤ ½); a larger slice would need a smaller bound."""
+    assert SLICE_ELEMENTS * 2.0**-24 <= 1 / 3
