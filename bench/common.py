@@ -238,6 +238,7 @@ class Sample:
     wall: float
     maxrss: int  # bytes
     rc: int
+    cpu: float = float("nan")  # user + system seconds of the child (all its threads)
 
 
 _WRAPPER = (
@@ -246,13 +247,13 @@ _WRAPPER = (
     "if pid == 0:\n"
     "    os.execvp(sys.argv[2], sys.argv[2:])\n"
     "_, st, ru = os.wait4(pid, 0)\n"
-    "open(sys.argv[1], 'w').write(str(ru.ru_maxrss))\n"
+    "open(sys.argv[1], 'w').write(f'{ru.ru_maxrss} {ru.ru_utime} {ru.ru_stime}')\n"
     "sys.exit(os.waitstatus_to_exitcode(st))\n"
 )
 
 
 def measure(cmd: list, log: Path, *, env: dict | None = None, cwd: Path | None = None) -> Sample:
-    """Run ``cmd`` as a child; return its wall time and the OS's peak RSS of that process alone.
+    """Run ``cmd`` as a child; return its wall time, CPU time and the OS's peak RSS of that process alone.
 
     Linux carries ``ru_maxrss`` across fork and exec, so a child forked from this
     (large) harness would report the harness's RSS.  The tool is therefore started
@@ -262,7 +263,7 @@ def measure(cmd: list, log: Path, *, env: dict | None = None, cwd: Path | None =
     cmd = [str(c) for c in cmd]
     rss_file = log.with_name(".maxrss")
     if Path("/usr/bin/time").exists():
-        wrapped = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
+        wrapped = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss_file), *cmd]
     else:
         wrapped = [sys.executable, "-S", "-c", _WRAPPER, str(rss_file), *cmd]
     with open(log, "ab") as out:
@@ -273,11 +274,12 @@ def measure(cmd: list, log: Path, *, env: dict | None = None, cwd: Path | None =
             wrapped, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False
         )  # rc goes in the Sample
         wall = time.perf_counter() - t0
-    try:
-        maxrss_kib = int(rss_file.read_text().split()[-1])
+    try:  # the last line: GNU time puts "Command exited with non-zero status N" before it
+        rss, user, system = rss_file.read_text().splitlines()[-1].split()
+        maxrss_kib, cpu = int(rss), float(user) + float(system)
     except (OSError, ValueError, IndexError):
-        maxrss_kib = -1
-    return Sample(wall, maxrss_kib * 1024, proc.returncode)
+        maxrss_kib, cpu = -1, float("nan")
+    return Sample(wall, maxrss_kib * 1024, proc.returncode, cpu)
 
 
 def dir_bytes(files: list[Path]) -> int:
@@ -469,6 +471,19 @@ def check_exact(out_dir: Path, base_dir: Path, vectors: list[tuple[Path, float]]
         elements += exact.numel()
         del b, got, exact, mag, ulp, err, allowed
     return ExactCheck(elements, over, worst)
+
+
+def sha256_seconds(nbytes: int, buf: bytearray) -> float:
+    """One core's time to sha256 ``nbytes`` already in memory (the hash pvreg computes for a fingerprint)."""
+    import hashlib
+
+    view, h, left = memoryview(buf), hashlib.sha256(), nbytes
+    t = time.perf_counter()
+    while left > 0:
+        n = min(left, len(view))
+        h.update(view[:n])
+        left -= n
+    return time.perf_counter() - t
 
 
 def output_digest(model_dir: Path) -> str:

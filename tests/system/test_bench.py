@@ -34,8 +34,14 @@ def test_bench_harness_runs_at_toy_size(tmp_path: Path) -> None:
                    "| cold I/O floor, O_DIRECT write |", "pvreg verify", "pvreg list", "### Targets",
                    "≥ 3× faster than mergekit", "(pvreg compose − import torch) ≤ 1.5× I/O floor",
                    "≤ 1.25× cold I/O floor", "extraction (start-up excluded", "byte-identical across the 1 warm runs",
-                   "independent float64 computation within one bf16 rounding | 0 of"):
+                   "independent float64 computation within one bf16 rounding | 0 of",
+                   "proposed: warm (pvreg compose − import torch) ≤ I/O floor + output sha256",
+                   "proposed: extraction (− import torch) ≤ its I/O floor + sha256 of θ+ and blob",
+                   "sha256 of the bytes each must hash, in memory, one core"):
         assert needle in report, needle
+    # The CPU column is measured (GNU time or the wait4 wrapper), not left blank.
+    row = next(ln for ln in report.splitlines() if ln.startswith("| pvreg compose |"))
+    assert float(row.split("|")[5]) > 0, row
 
 
 def test_bench_script_runs_and_prints_ratio(tmp_path: Path) -> None:
