@@ -106,11 +106,7 @@ class _DiffSource:
             e.sub_(widen(b[part], self._workers.scratch(compute, n, slot=1)))  # exact for float32/bf16/f16
             if cast:
                 stored.copy_(e)  # the one cast to the stored dtype
-                wide = (
-                    self._workers.scratch(torch.float64, n, slot=2),
-                    self._workers.scratch(torch.float64, n, slot=3),
-                )
-                sums[k] = chunk_error_sums(e, stored, wide)
+                sums[k] = chunk_error_sums(e, stored)
             else:
                 c = stored.to(torch.float64)
                 sums[k] = (0.0, 0.0, float(torch.dot(c, c)))

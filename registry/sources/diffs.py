@@ -185,25 +185,16 @@ class _Meter:
         return math.sqrt(self.error_sq / self.exact_sq) if self.exact_sq > 0 else 0.0
 
 
-def chunk_error_sums(
-    e: torch.Tensor, s: torch.Tensor, scratch: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> tuple[float, float, float]:
+def chunk_error_sums(e: torch.Tensor, s: torch.Tensor) -> tuple[float, float, float]:
     """(‖e‖², ‖s − e‖², ‖s‖²) in float64 for one chunk: exact delta ``e``, stored ``s``.
 
     ‖s‖² comes from the same float64 copy of ``s``, so the extraction pass widens
     the stored chunk once for both the error meter and the blob's norm.
-    ``scratch``: two float64 buffers of the chunk's size to widen into (the
-    extraction pass reuses per-thread ones) instead of two fresh allocations;
-    the arithmetic, and so every bit of the sums, is the same.
     """
     import torch
 
-    if scratch is None:
-        e64, d = e.to(torch.float64), s.to(torch.float64)
-    else:
-        e64, d = scratch
-        e64.copy_(e)
-        d.copy_(s)
+    e64 = e.to(torch.float64)
+    d = s.to(torch.float64)
     stored_sq = float(torch.dot(d, d))
     d.sub_(e64)
     return float(torch.dot(e64, e64)), float(torch.dot(d, d)), stored_sq
