@@ -20,9 +20,13 @@ What it does, all on the same files and in one run:
    mergekit ``task_arithmetic`` (weights 1/0.7/0.3, normalize false, dtype
    bfloat16, CPU, defaults otherwise) and a naive load_file/add/save_file merge.
    Every timed command is a fresh child process; wall time from the parent,
-   peak RSS of that process alone from the OS (GNU time's %M, i.e. wait4's
-   ru_maxrss, taken by a small wrapper because Linux carries ru_maxrss across
-   fork+exec from this large harness).
+   peak RSS and user + system CPU time of that process alone from the OS (GNU
+   time's %M %U %S, i.e. wait4's rusage, taken by a small wrapper because Linux
+   carries ru_maxrss across fork+exec from this large harness).  ``import torch``
+   is timed beside every compose and extraction run: the targets subtract it.
+   The harness also times one core's sha256 over the bytes pvreg must hash (the
+   output's fingerprint; for extraction, the new input's and the blob's), which
+   the floor does not do: the proposed targets add it to the floor.
 4. Checks pvreg's output against mergekit's tensor by tensor.
 5. Repeats pvreg compose on a model ~4x smaller (same width, fewer layers, so
    the largest tensor is the same) and compares peak RSS.
