@@ -138,6 +138,7 @@ class Bench:
         self.log = workdir / "bench.log"
         self.pvreg = tool("pvreg")
         self.py = sys.executable
+        self.import_torch = [self.py, "-c", "import torch"]  # the fixed start-up every compose/add pays
         self.common = str(HERE / "common.py")
         self.buf = bytearray(common.BUF_BYTES)
         self.digests: list[str] = []  # sha256 of pvreg's output weights, one per warm run
@@ -284,7 +285,7 @@ class Bench:
             self.timed(series["pvreg"], self.compose_cmd(home, base, outs["pvreg"]), warm, [outs["pvreg"]])
             if not series["pvreg"].ok:
                 raise SystemExit("bench: pvreg compose failed")
-            self.timed(series["torch"], [self.py, "-c", "import torch"], [], [])
+            self.timed(series["torch"], self.import_torch, [], [])
             self.digests.append(common.output_digest(outs["pvreg"]))
             sizes = [p.stat().st_size for p in weight_files(outs["pvreg"])]
             self.hash_s.append(common.sha256_seconds(sum(sizes), self.buf))
@@ -363,7 +364,7 @@ class Bench:
             )
             if not pv.ok:
                 raise SystemExit("bench: pvreg add --positive/--negative failed")
-            self.timed(torch_s, [self.py, "-c", "import torch"], [], [])
+            self.timed(torch_s, self.import_torch, [], [])
             from pvreg import Registry
 
             with Registry.open(home) as reg:
@@ -401,7 +402,7 @@ class Bench:
         mergekit = None if self.args.skip_mergekit else tool("mergekit-yaml")
         for r in range(self.args.cold_repeats):
             say(f"cold compose repetition {r + 1}/{self.args.cold_repeats}")
-            self.timed(series["torch"], [self.py, "-c", "import torch"], [], cache="cold")
+            self.timed(series["torch"], self.import_torch, [], cache="cold")
             self.timed(series["pvreg"], self.compose_cmd(home, base, out_pv), [], [out_pv], cache="cold")
             if not series["pvreg"].ok:
                 raise SystemExit("bench: cold pvreg compose failed")
@@ -431,8 +432,7 @@ class Bench:
         bench_list.build(home, self.args.list_versions, 100)
         say(f"built a {self.args.list_versions}-version registry in {time.perf_counter() - t:.0f} s")
         cmds = bench_list.list_commands(self.pvreg, home)
-        # The fixed start-up every compose/add pays before touching a tensor.
-        cmds["torch"] = [self.py, "-c", "import torch"]
+        cmds["torch"] = self.import_torch
         times = bench_list.timed_all(cmds, max(7, self.args.repeats))
         common_rm(self.work / "list")
         return times

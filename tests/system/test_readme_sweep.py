@@ -8,7 +8,7 @@ excerpt and ``docs/sweep-margin.png`` instead (then commit them).
 
 The figures are compared to a relative 1e-4, not character for character: float32
 matmuls round differently across CPU instruction sets and library releases (the KL
-column moved in its sixth digit between two CI machines), while a stale excerpt (a
+column moved in its sixth digit with the environment, code unchanged), while a stale excerpt (a
 changed command, metric or model) moves them by far more.
 """
 
