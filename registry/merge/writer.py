@@ -6,11 +6,8 @@ as it is computed and its input pages are released right after.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +22,7 @@ from pvreg.registry.merge.engine import (
 )
 from pvreg.registry.merge.plan import Plan
 from pvreg.registry.tensors.hfnames import SAFETENSORS_INDEX
+from pvreg.registry.tensors.workers import WriteBehind
 
 if TYPE_CHECKING:
     import torch
@@ -167,51 +165,6 @@ def _write_tensor(
     writer.write(name, buf)
     del buf  # every view of the mapped pages goes before they are released
     ckpt.release(name)
-
-
-class WriteBehind:
-    """One background thread that runs jobs in submission order, at most :data:`PENDING` queued.
-
-    The bound keeps RSS at a few tensors (each pending job holds one output
-    tensor); a job's exception is raised in the caller at the next
-    :meth:`submit` or :meth:`drain`.
-    """
-
-    PENDING = 2
-
-    def __init__(self) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvreg-write")
-        self._pending: list[Future[None]] = []
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        while len(self._pending) >= self.PENDING:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(fn, *args))
-
-    def drain(self) -> None:
-        while self._pending:
-            self._pending.pop(0).result()
-
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        """On the way out (an exception, say) wait for every job before anything else is torn down."""
-        try:
-            yield
-        except BaseException:
-            for f in self._pending:
-                f.cancel()
-            concurrent.futures.wait(self._pending)
-            self._pending.clear()
-            raise
-        self.drain()
-
-    def __enter__(self) -> WriteBehind:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_vector(plan: Plan, target: Path, progress: ComposeProgress | None) -> Written:

@@ -29,7 +29,7 @@ from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
 from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
 from pvreg.registry.tensors.readahead import Readahead
 from pvreg.registry.tensors.safetensors import CHUNK_ELEMENTS, TensorInfo
-from pvreg.registry.tensors.workers import Workers, single_threaded_torch, widen
+from pvreg.registry.tensors.workers import Workers, single_threaded_torch, while_importing_torch, widen
 
 if TYPE_CHECKING:
     import torch
@@ -175,9 +175,9 @@ def _dense(
         input_codes = {i.dtype for i in m_ckpt.infos.values()} | {i.dtype for i in s_ckpt.infos.values()}
         code = stored or _default_dtype(input_codes)
 
-        # One (cached) hashing pass: input fingerprints + which deltas are exactly zero.
-        m_fp, m_dig = _hash(m_ckpt, cache)
-        s_fp, s_dig = _hash(s_ckpt, cache)
+        # One (cached) hashing pass: input fingerprints + which deltas are exactly zero; it runs
+        # while torch imports, which the diff pass needs next.
+        (m_fp, m_dig), (s_fp, s_dig) = while_importing_torch(lambda: (_hash(m_ckpt, cache), _hash(s_ckpt, cache)))
         names = sorted(base_infos)
         zero = [n for n in names if m_ckpt.infos[n].dtype == s_ckpt.infos[n].dtype and m_dig[n] == s_dig[n]]
         zero_set = set(zero)

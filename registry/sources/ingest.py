@@ -4,7 +4,8 @@ Every way of making a vector (a delta file, a checkpoint pair, a LoRA
 adapter, a composition) ends here: a :class:`TensorSource` says which tensors
 there will be, then yields them one at a time; :func:`write_blob` checks each
 one (floating dtype, finite values), accumulates float64 norms, and streams its
-bytes into the store.  Memory stays at one tensor plus a reduction chunk.
+bytes into the store.  Memory stays at a few tensors (the one being made, the
+ones being hashed and written behind it) plus a reduction chunk.
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ def tensor_sq_norm(t: torch.Tensor, *, label: str, name: str) -> float:
     return total
 
 
+def _write_tensor(writer: StreamingWriter, source: TensorSource, name: str, t: torch.Tensor) -> None:
+    """Write one tensor (its raw bytes where the source has them), then let the source drop its inputs.
+
+    Runs on the :class:`~pvreg.registry.tensors.workers.WriteBehind` thread, in plan order.
+    """
+    raw = source.raw(name)
+    writer.write(name, raw if raw is not None else t)
+    del t, raw  # every view of mapped pages goes before they are released
+    source.release(name)
+
+
 def write_blob(
     source: TensorSource,
     store: BlobStore,
@@ -130,27 +142,30 @@ def write_blob(
     Callers hold ``store.writer_lock()`` until the version row referencing the
     blob is committed, so ``gc`` cannot remove it in between.
     """
+    from pvreg.registry.tensors.workers import WriteBehind
+
     plan = sorted(source.plan(), key=lambda i: i.name)
     entries = [(i.name, i.dtype, i.shape) for i in plan]
     store.ensure()
     norms: dict[str, float] = {}
     total = 0.0
-    with StreamingWriter(store.staging, entries, {"format": "pt"}) as writer:
-        for info in plan:
-            t = source.tensor(info.name)
-            # A source that computed the norm in its own pass (dense diffs) saves a pass here.
-            known = getattr(source, "sq_norm", None)
-            sq = known(info.name) if known is not None else None
-            if sq is None:
-                sq = tensor_sq_norm(t, label=source.label, name=info.name)
-            norms[info.name] = math.sqrt(sq)
-            total += sq
-            raw = source.raw(info.name)
-            writer.write(info.name, raw if raw is not None else t)
-            del t, raw
-            source.release(info.name)
-            if progress is not None:
-                progress(info.nbytes)
+    # behind exits first: no write is in flight when the writer commits or aborts.
+    with StreamingWriter(store.staging, entries, {"format": "pt"}) as writer, WriteBehind() as behind:
+        with behind.scope():
+            for info in plan:
+                t = source.tensor(info.name)
+                # A source that computed the norm in its own pass (dense diffs) saves a pass here.
+                known = getattr(source, "sq_norm", None)
+                sq = known(info.name) if known is not None else None
+                if sq is None:
+                    sq = tensor_sq_norm(t, label=source.label, name=info.name)
+                norms[info.name] = math.sqrt(sq)
+                total += sq
+                # Hashing (the blob's sha256) and writing overlap the next tensor's computation.
+                behind.submit(_write_tensor, writer, source, info.name, t)
+                del t
+                if progress is not None:
+                    progress(info.nbytes)
         digest = writer.finish()
         if expect_sha256 is not None and digest != expect_sha256:
             raise InvalidVectorError(

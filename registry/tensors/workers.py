@@ -1,4 +1,9 @@
-"""Parallel slices for streaming tensor passes (compose, extraction), robust on a shared machine.
+"""The threads of the streaming tensor passes (compose, extraction), robust on a shared machine.
+
+:class:`Workers` computes a tensor's slices in parallel, :class:`WriteBehind`
+hashes and writes the previous tensor meanwhile, and :func:`while_importing_torch`
+runs the GIL-free work that comes before the first tensor (hashing inputs) while
+torch imports.
 
 Why not torch's own intra-op threads: every torch op is a parallel region
 that ends in a barrier, so on a shared machine where one of the threads is
@@ -11,14 +16,18 @@ tensor out dynamically, so a stalled worker only delays its own slice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 #: Elements per slice for elementwise (``linear``) methods.  Each worker keeps one
 #: float32 buffer of this size (1 MiB) and reuses it, so the temporaries stay in
@@ -104,3 +113,63 @@ def single_threaded_torch() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class WriteBehind:
+    """One background thread that runs jobs in submission order, at most :data:`PENDING` queued.
+
+    The bound keeps RSS at a few tensors (each pending job holds one output
+    tensor); a job's exception is raised in the caller at the next
+    :meth:`submit` or :meth:`drain`.
+    """
+
+    PENDING = 2
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvreg-write")
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self.PENDING:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """On the way out (an exception, say) wait for every job before anything else is torn down."""
+        try:
+            yield
+        except BaseException:
+            for f in self._pending:
+                f.cancel()
+            concurrent.futures.wait(self._pending)
+            self._pending.clear()
+            raise
+        self.drain()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def while_importing_torch(work: Callable[[], T]) -> T:
+    """``work()`` on a helper thread while this thread imports torch; its result, or its error raised here.
+
+    Why: ``import torch`` is 1.5-3.5 s of one core on a small machine, most of a
+    small extraction, and the input hashing before the first tensor releases the
+    GIL (hashlib on large buffers), so on a second core it costs almost no wall
+    time.  Run inline once torch is imported.
+    """
+    if "torch" in sys.modules:
+        return work()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvreg-prepare") as pool:
+        future = pool.submit(work)
+        import torch  # noqa: F401 - imported for its side effect: the first tensor op needs it
+
+        return future.result()

@@ -338,6 +338,30 @@ def test_disk_full_while_writing_the_blob(cli, tmp_path, home, base_dir, base_te
     assert cli("verify").exit_code == 0
 
 
+def test_disk_full_while_extracting_a_vector(cli, tmp_path, home, base_dir, base_tensors, mounts, snapshot,
+                                            monkeypatch) -> None:
+    """Extraction writes the blob on a write-behind thread: its ENOSPC still reaches the user as one line."""
+    from helpers.factories import save_checkpoint
+
+    fs = mounts(tmp_path / "fs", "2m")
+    home = fs / "reg"
+    monkeypatch.setenv("PVREG_HOME", str(home))
+    seed_registry(cli, tmp_path, base_dir, base_tensors, names=("helpful",))
+    ft = save_checkpoint(tmp_path / "ft", {n: t + 0.01 * torch.ones_like(t) for n, t in base_tensors.items()})
+    # one extraction (removed again) first, so the fingerprint cache has its rows before the snapshot
+    assert cli("add", "warm", "--finetuned", ft, "--base", base_dir).exit_code == 0
+    assert cli("rm", "warm").exit_code == 0 and cli("gc").exit_code == 0
+    before = snapshot()
+    filler = fill(fs, leave=32768 + 8192)  # room for SQLite's -shm, not for the blob
+    line = one_error_line(cli("add", "new", "--finetuned", ft, "--base", base_dir), 1, "no space left on device")
+    assert str(home / "blobs" / "sha256") in line
+    assert temporaries(home) == []
+    filler.unlink()
+    assert snapshot() == before
+    assert cli("add", "new", "--finetuned", ft, "--base", base_dir).exit_code == 0
+    assert cli("verify").exit_code == 0
+
+
 def test_disk_full_at_commit_leaves_no_orphan_blob(cli, tmp_path, base_dir, base_tensors, mounts, snapshot,
                                                    monkeypatch) -> None:
     """The blob store has room, the database's file system does not: the insert fails after the blob is in place."""
