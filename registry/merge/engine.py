@@ -20,6 +20,8 @@ __all__ = ["SLICE_ELEMENTS", "Workers", "check_finite", "combined_delta", "merge
 if TYPE_CHECKING:
     import torch
 
+    from pvreg.registry.tensors.buffers import OutputBuffers
+
 
 def combined_delta(plan: Plan, name: str, users: Sequence[Input], part: slice | None = None) -> torch.Tensor:
     """Σ η_i·s_i·φ_i for one tensor (or the method's variant), in the accumulation dtype.
@@ -41,6 +43,7 @@ def merged_tensor(
     out_dtype: torch.dtype,
     workers: Workers | None = None,
     device: Any = None,
+    buffers: OutputBuffers | None = None,
 ) -> torch.Tensor:
     """θ_base + Δ for one tensor, accumulated in ``plan.spec.accumulate``, cast to ``out_dtype``.
 
@@ -49,7 +52,9 @@ def merged_tensor(
     float64) buffer, the base is added, and the slice is cast once into the
     output.  One pass over each input, no float32 copy of any input, and the
     same operations in the same order as ``Linear.combine`` followed by
-    ``+ base`` (bit-identical; the tests compare both).
+    ``+ base`` (bit-identical; the tests compare both).  ``buffers``: lend the
+    output from there (the caller gives it back once written) instead of
+    fresh memory.
     """
     import torch
 
@@ -82,7 +87,7 @@ def merged_tensor(
         )
     own = workers is None
     pool = workers or Workers(1)
-    out = torch.empty(base.shape, dtype=out_dtype)
+    out = torch.empty(base.shape, dtype=out_dtype) if buffers is None else buffers.take(name, base.shape, out_dtype)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
 
     bound = finite_bound(out_dtype)

@@ -21,6 +21,7 @@ from pvreg.registry.merge.engine import (
     single_threaded_torch,
 )
 from pvreg.registry.merge.plan import Plan
+from pvreg.registry.tensors.buffers import OutputBuffers
 from pvreg.registry.tensors.hfnames import SAFETENSORS_INDEX
 from pvreg.registry.tensors.workers import WriteBehind
 
@@ -112,6 +113,7 @@ def write_model(
         readahead = Readahead(sequence)
         position = 0
         on = (device, Staging()) if device is not None else None
+        buffers = OutputBuffers()
         with single_threaded_torch(), Workers() as workers, WriteBehind() as behind:
             for k, shard in enumerate(shards, 1):
                 fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
@@ -125,7 +127,9 @@ def write_model(
                         info = ckpt.infos[name]
                         u = users[name]
                         if u:
-                            out = merged_tensor(plan, name, u, ckpt.tensor(name), torch_dtype(code), workers, on)
+                            out = merged_tensor(
+                                plan, name, u, ckpt.tensor(name), torch_dtype(code), workers, on, buffers
+                            )
                             _release(plan, name, u)  # the inputs' pages are no longer needed
                             ckpt.release(name)
                             known = None
@@ -136,7 +140,7 @@ def write_model(
                             out = ckpt.tensor(name).to(torch_dtype(code))
                             known = None
                         # Hashing and writing overlap the next tensor's computation.
-                        behind.submit(_write_tensor, writer, ckpt, name, out, known, shard_digests)
+                        behind.submit(_write_tensor, writer, ckpt, name, out, known, shard_digests, buffers)
                         out = None
                         weight_map[name] = fname
                         if progress is not None:
@@ -152,9 +156,15 @@ def write_model(
 
 
 def _write_tensor(
-    writer: Any, ckpt: Any, name: str, out: torch.Tensor | None, known_digest: str | None, digests: dict[str, str]
+    writer: Any,
+    ckpt: Any,
+    name: str,
+    out: torch.Tensor | None,
+    known_digest: str | None,
+    digests: dict[str, str],
+    buffers: OutputBuffers,
 ) -> None:
-    """Hash (unless known) and write one output tensor, then drop the base's pages for it.
+    """Hash (unless known) and write one output tensor, then drop the base's pages and reuse its buffer.
 
     Runs on the :class:`WriteBehind` thread (hashlib and ``write`` release the GIL).
     """
@@ -163,8 +173,9 @@ def _write_tensor(
     buf = ckpt.raw(name) if out is None else tensor_bytes(out)
     digests[name] = known_digest or hashlib.sha256(buf).hexdigest()
     writer.write(name, buf)
-    del buf  # every view of the mapped pages goes before they are released
+    del buf, out  # every view of the mapped pages goes before they are released
     ckpt.release(name)
+    buffers.give(name)
 
 
 def write_vector(plan: Plan, target: Path, progress: ComposeProgress | None) -> Written:

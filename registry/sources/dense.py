@@ -25,6 +25,7 @@ from pvreg.registry.sources.diffs import (
     chunk_error_sums,
 )
 from pvreg.registry.sources.ingest import tensor_sq_norm
+from pvreg.registry.tensors.buffers import OutputBuffers
 from pvreg.registry.tensors.checkpoint import Checkpoint, open_checkpoint
 from pvreg.registry.tensors.dtypes import DTYPES, dtype_name, torch_dtype
 from pvreg.registry.tensors.readahead import Readahead
@@ -54,6 +55,7 @@ class _DiffSource:
     _position: dict[str, int] = field(default_factory=dict)
     _readahead: Readahead | None = None
     _workers: Workers = field(default_factory=Workers)
+    _buffers: OutputBuffers = field(default_factory=OutputBuffers)  # outputs come back at release()
 
     def __post_init__(self) -> None:
         self._pending = {i.name for i in self.infos}
@@ -94,7 +96,7 @@ class _DiffSource:
         compute = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
         target = torch_dtype(self.meter.stored_code)
         numel = a.numel()
-        out = torch.empty(numel, dtype=target)
+        out = self._buffers.take(name, (numel,), target)
         cast = target != compute
         sums: dict[int, tuple[float, float, float]] = {}
 
@@ -136,6 +138,7 @@ class _DiffSource:
     def release(self, name: str) -> None:
         self.minuend.release(name)
         self.subtrahend.release(name)
+        self._buffers.give(name)
         self._pending.discard(name)
         if not self._pending:
             self.close()

@@ -42,7 +42,10 @@ class TensorSource(Protocol):
         ...
 
     def release(self, name: str) -> None:
-        """Called once the tensor is written: drop its input pages (bounded RSS)."""
+        """Called once the tensor is written: drop its input pages and reuse its memory (bounded RSS).
+
+        The tensor (and every view of it) must not be used afterwards.
+        """
         ...
 
 
