@@ -47,10 +47,10 @@ class OutputBuffers:
                 raise RuntimeError(f"output buffer for {name!r} is already lent")  # a caller bug, never user input
             # the smallest idle buffer that is large enough (tensors compare by value: indices, not list.remove)
             fits = [i for i, b in enumerate(self._idle) if b.numel() >= nbytes]
-            buf = self._idle.pop(min(fits, key=lambda i: self._idle[i].numel())) if fits else None
-        if buf is None:
-            buf = torch.empty(nbytes, dtype=torch.uint8)
-        with self._lock:
+            if fits:
+                buf = self._idle.pop(min(fits, key=lambda i: self._idle[i].numel()))
+            else:
+                buf = torch.empty(nbytes, dtype=torch.uint8)  # uninitialised: no page is touched here
             self._lent[name] = buf
         return buf[:nbytes].view(dtype).view(shape)
 
