@@ -23,6 +23,7 @@ from pvreg.registry.tensors.checkpoint import Checkpoint
 from pvreg.registry.tensors.dtypes import FLOAT_DTYPES, dtype_name
 from pvreg.registry.tensors.fit import fit_problems, misfit_error
 from pvreg.registry.tensors.safetensors import StreamingWriter, TensorInfo, iter_chunks
+from pvreg.registry.tensors.workers import WriteBehind
 
 if TYPE_CHECKING:
     import torch
@@ -145,8 +146,6 @@ def write_blob(
     Callers hold ``store.writer_lock()`` until the version row referencing the
     blob is committed, so ``gc`` cannot remove it in between.
     """
-    from pvreg.registry.tensors.workers import WriteBehind
-
     plan = sorted(source.plan(), key=lambda i: i.name)
     entries = [(i.name, i.dtype, i.shape) for i in plan]
     store.ensure()
